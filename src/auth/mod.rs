@@ -1,0 +1,1 @@
+//! Route auth modes and single-flight inline refresh.

@@ -1,0 +1,147 @@
+use super::*;
+
+fn problems(text: &str) -> Vec<Problem> {
+    Config::parse(text, "t.toml").unwrap_err().problems
+}
+
+fn keys(text: &str) -> Vec<String> {
+    problems(text).into_iter().map(|p| p.key).collect()
+}
+
+#[test]
+fn empty_file_is_valid_with_defaults() {
+    let c = Config::parse("", "t").unwrap();
+    assert_eq!(c.server.listen, DEFAULT_LISTEN.parse().unwrap());
+    assert_eq!(c.store.url, StoreUrl::Memory);
+    assert_eq!(c.tokens.refresh_grace, Duration::from_secs(30));
+    assert_eq!(c.tokens.session_max_age, Duration::from_secs(45 * 86400));
+    assert_eq!(c.cookies.refresh_path, "/v0/sign_in/refresh");
+    assert!(c.cookies.secure);
+    assert_eq!(c.cookies.same_site, SameSite::Lax);
+}
+
+#[test]
+fn unknown_keys_are_all_reported() {
+    let k = keys("[server]\nlisen = \"x\"\n[tokens]\nfoo = 1\n[[routes]]\nupstream = \"http://a\"\nbogus = true\n");
+    assert!(k.contains(&"server.lisen".to_string()), "{k:?}");
+    assert!(k.contains(&"tokens.foo".to_string()), "{k:?}");
+    assert!(k.iter().any(|k| k.starts_with("routes") && k.ends_with("bogus")), "{k:?}");
+}
+
+#[test]
+fn every_semantic_problem_is_reported_with_its_key() {
+    let k = keys(
+        r#"
+[server]
+listen = "nope"
+upstream_timeout = "soon"
+trusted_proxies = ["10.0.0.0/33"]
+[store]
+url = "postgres://x"
+[tokens]
+algorithm = "HS256"
+sealing_keys = ["c2hvcnQ="]
+[cookies]
+same_site = "Sometimes"
+[[clients]]
+authentication = "magic"
+[[routes]]
+path_prefix = "/a"
+upstream = "ftp://x"
+auth = "maybe"
+max_body = "lots"
+"#,
+    );
+    for want in [
+        "server.listen",
+        "server.upstream_timeout",
+        "server.trusted_proxies[0]",
+        "store.url",
+        "tokens.algorithm",
+        "tokens.sealing_keys[0]",
+        "cookies.same_site",
+        "clients[0].client_id",
+        "routes[0].upstream",
+        "routes[0].auth",
+        "routes[0].max_body",
+    ] {
+        assert!(k.contains(&want.to_string()), "missing {want} in {k:?}");
+    }
+}
+
+#[test]
+fn type_errors_name_the_key() {
+    let p = problems("[server]\nlisten = 8080\n");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].key, "server.listen", "{:?}", p[0]);
+    assert!(p[0].message.contains("line 2"), "{:?}", p[0]);
+}
+
+#[test]
+fn refresh_path_must_cover_session_routes() {
+    let text = r#"
+[[routes]]
+path_prefix = "/app"
+upstream = "http://127.0.0.1:1"
+auth = "session"
+"#;
+    let p = problems(text);
+    assert_eq!(p[0].key, "routes[0].auth");
+    assert!(p[0].message.contains("refresh_path"));
+    let ok = format!("[cookies]\nrefresh_path = \"/\"\n{text}");
+    Config::parse(&ok, "t").unwrap();
+    let ok = format!("[cookies]\nrefresh_path = \"/app\"\n{text}");
+    Config::parse(&ok, "t").unwrap();
+}
+
+#[test]
+fn store_urls() {
+    assert_eq!(
+        parse_store_url("redis+cluster://a:1,b:2").unwrap(),
+        StoreUrl::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])
+    );
+    assert_eq!(
+        parse_store_url("redis+sentinel://s:26379/mymaster").unwrap(),
+        StoreUrl::Sentinel {
+            sentinels: vec!["redis://s:26379".into()],
+            master: "mymaster".into(),
+            tls: false
+        }
+    );
+    assert_eq!(
+        parse_store_url("redis://127.0.0.1:6379/0").unwrap(),
+        StoreUrl::Redis("redis://127.0.0.1:6379/0".into())
+    );
+    assert!(parse_store_url("redis+sentinel://s:1").is_err());
+}
+
+#[test]
+fn durations_and_sizes() {
+    assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    assert_eq!(parse_duration("45d").unwrap(), Duration::from_secs(45 * 86400));
+    assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+    assert!(parse_duration("-1s").is_err());
+    let c = Config::parse(
+        "[[routes]]\nupstream = \"http://127.0.0.1:1/base/\"\nmax_body = \"10MB\"\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.routes[0].max_body, Some(10_000_000));
+    assert_eq!(c.routes[0].upstreams[0].base_path, "/base");
+}
+
+#[test]
+fn path_cover_rules() {
+    assert!(path_covers("/", "/anything"));
+    assert!(path_covers("/app", "/app/x"));
+    assert!(path_covers("/app/", "/app/x"));
+    assert!(!path_covers("/app", "/application"));
+    assert!(!path_covers("/v0/sign_in/refresh", "/"));
+}
+
+#[test]
+fn dev_default_is_valid() {
+    let c = Config::dev_default("http://127.0.0.1:3000");
+    assert_eq!(c.routes.len(), 1);
+    assert_eq!(c.clients.len(), 2);
+}

@@ -1,0 +1,28 @@
+//! sis-gateway: a reverse-proxy auth gateway for Sign-in Service style sessions.
+//!
+//! # Layout
+//!
+//! - [`config`]: `gateway.toml` parsed into a raw form, then validated into a typed [`config::Config`].
+//! - [`clock`]: injectable wall clock for expiry and grace windows.
+//! - [`tokens`]: access JWTs (keys, `kid`, JWKS) and sealed `v1:` refresh tokens.
+//! - [`session`]: sessions, the rotation rules and the store trait, with memory and Redis backends.
+//! - [`sign_in`]: the SiS endpoints (refresh, revoke, logout, certs), their errors, cookies and CORS.
+//! - [`auth`]: route auth modes and single-flight inline refresh on pass-through routes.
+//! - [`proxy`]: route table, pooled upstream client, header operations, upgrades.
+//! - [`server`]: listeners, TLS, connection limits, request dispatch, access log, graceful shutdown.
+//! - [`admin`]: health, readiness, Prometheus metrics and the session admin API.
+//! - [`demo`]: the built-in demo upstream behind `sis-gateway demo`.
+
+pub mod admin;
+pub mod auth;
+pub mod body;
+pub mod clock;
+pub mod config;
+pub mod ctx;
+pub mod demo;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod session;
+pub mod sign_in;
+pub mod tokens;

@@ -1,0 +1,1 @@
+//! Route table, upstream client, header operations, upgrades.

@@ -1,0 +1,1 @@
+//! Listeners, TLS, connection limits, dispatch, access log, graceful shutdown.

@@ -1,0 +1,1 @@
+//! Sessions, rotation rules and the store trait.

@@ -1,0 +1,1 @@
+//! Access JWTs and sealed refresh tokens.
