@@ -29,6 +29,11 @@ impl SignIn {
         json_error(StatusCode::NOT_FOUND, "Not found")
     }
 
+    /// The session admin API (`/admin/...` on the admin listener).
+    pub async fn admin(&self, _req: Request<Incoming>) -> Response<Body> {
+        json_error(StatusCode::NOT_FOUND, "Not found")
+    }
+
     /// Readiness of what sign-in depends on (the session store).
     pub async fn ready(&self) -> bool {
         true

@@ -1,0 +1,1 @@
+//! Starts the gateway for tests.

@@ -1,0 +1,1 @@
+//! Starts `redis-server` processes for tests.

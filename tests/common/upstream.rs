@@ -1,0 +1,1 @@
+//! Real upstream servers for tests.
