@@ -1,5 +1,9 @@
 //! The SiS endpoints under `sign_in.path_prefix`.
 
+pub mod cookies;
+pub mod cors;
+pub mod params;
+
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 

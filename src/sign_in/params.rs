@@ -1,0 +1,237 @@
+//! Where the refresh endpoint's inputs come from (SPEC §1): a query or
+//! form/JSON body parameter first, then the cookie of the same name. An empty
+//! value counts as missing.
+
+use http::header::{HeaderMap, CONTENT_TYPE, COOKIE};
+use percent_encoding::percent_decode_str;
+
+/// The two credentials a sign-in call may carry.
+#[derive(Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub refresh_token: Option<String>,
+    pub anti_csrf_token: Option<String>,
+    /// The refresh token came from the cookie (not a parameter).
+    pub from_cookie: bool,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .field("anti_csrf_token", &self.anti_csrf_token.as_ref().map(|_| "[redacted]"))
+            .field("from_cookie", &self.from_cookie)
+            .finish()
+    }
+}
+
+/// A body could not be understood.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed request body")]
+pub struct MalformedBody;
+
+/// Reads the credentials from `query`, a small already-read `body` and the
+/// `Cookie` headers, in that order of precedence.
+pub fn credentials(
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+    refresh_cookie: &str,
+    anti_csrf_cookie: &str,
+) -> Result<Credentials, MalformedBody> {
+    let mut refresh = None;
+    let mut anti_csrf = None;
+    if let Some(q) = query {
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            take(&mut refresh, &mut anti_csrf, &k, &v);
+        }
+    }
+    if !body.is_empty() {
+        let ctype = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if ctype.starts_with("application/json") || ctype.ends_with("+json") {
+            let value: serde_json::Value =
+                serde_json::from_slice(body).map_err(|_| MalformedBody)?;
+            if let Some(obj) = value.as_object() {
+                for (k, v) in obj {
+                    if let Some(s) = v.as_str() {
+                        take(&mut refresh, &mut anti_csrf, k, s);
+                    }
+                }
+            }
+        } else if ctype.starts_with("application/x-www-form-urlencoded") || ctype.is_empty() {
+            for (k, v) in form_urlencoded::parse(body) {
+                take(&mut refresh, &mut anti_csrf, &k, &v);
+            }
+        }
+    }
+    let mut from_cookie = false;
+    if refresh.is_none() || anti_csrf.is_none() {
+        for (name, value) in cookies(headers) {
+            if refresh.is_none() && name == refresh_cookie {
+                refresh = nonempty(value);
+                from_cookie = refresh.is_some();
+            } else if anti_csrf.is_none() && name == anti_csrf_cookie {
+                anti_csrf = nonempty(value);
+            }
+        }
+    }
+    Ok(Credentials {
+        refresh_token: refresh,
+        anti_csrf_token: anti_csrf,
+        from_cookie,
+    })
+}
+
+fn take(refresh: &mut Option<String>, anti_csrf: &mut Option<String>, key: &str, value: &str) {
+    let slot = match key {
+        "refresh_token" => refresh,
+        "anti_csrf_token" => anti_csrf,
+        _ => return,
+    };
+    if slot.is_none() {
+        *slot = nonempty(value);
+    }
+}
+
+/// Empty counts as missing; a value still URI-encoded (`v1%3A...`, as SiS
+/// clients send it inside bodies and cookies) is decoded once more. Tokens this
+/// gateway issues never contain `%`, so the extra decode cannot alter one.
+fn nonempty(value: &str) -> Option<String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return None;
+    }
+    let decoded = if value.contains('%') {
+        percent_decode_str(value).decode_utf8_lossy().into_owned()
+    } else {
+        value.to_owned()
+    };
+    (!decoded.is_empty()).then_some(decoded)
+}
+
+/// Every `name=value` pair of every `Cookie` header (RFC 6265 §5.4), tolerant
+/// of odd spacing; values keep their raw form, surrounding quotes removed.
+pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            Some((name.trim(), value))
+        })
+}
+
+/// The first cookie called `name`.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    cookies(headers).find(|(n, _)| *n == name).map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    const RC: &str = "vagov_refresh_token";
+    const AC: &str = "vagov_anti_csrf_token";
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn creds(q: Option<&str>, h: &[(&str, &str)], body: &str) -> Credentials {
+        credentials(q, &headers(h), body.as_bytes(), RC, AC).unwrap()
+    }
+
+    #[test]
+    fn query_encoded_and_raw() {
+        let c = creds(Some("refresh_token=v1%3Aabc&anti_csrf_token=x"), &[], "");
+        assert_eq!(c.refresh_token.as_deref(), Some("v1:abc"));
+        assert_eq!(c.anti_csrf_token.as_deref(), Some("x"));
+        let c = creds(Some("refresh_token=v1:abc"), &[], "");
+        assert_eq!(c.refresh_token.as_deref(), Some("v1:abc"));
+        assert!(!c.from_cookie);
+    }
+
+    #[test]
+    fn form_body_encoded_raw_and_double_encoded() {
+        let form = [("content-type", "application/x-www-form-urlencoded")];
+        for body in [
+            "refresh_token=v1:abc-_Z",
+            "refresh_token=v1%3Aabc-_Z",
+            "refresh_token=v1%253Aabc-_Z",
+        ] {
+            let c = creds(None, &form, body);
+            assert_eq!(c.refresh_token.as_deref(), Some("v1:abc-_Z"), "{body}");
+        }
+    }
+
+    #[test]
+    fn json_body() {
+        let c = creds(
+            None,
+            &[("content-type", "application/json")],
+            r#"{"refresh_token":"v1%3Aq","anti_csrf_token":"t","other":1}"#,
+        );
+        assert_eq!(c.refresh_token.as_deref(), Some("v1:q"));
+        assert_eq!(c.anti_csrf_token.as_deref(), Some("t"));
+        assert!(credentials(
+            None,
+            &headers(&[("content-type", "application/json")]),
+            b"{nope",
+            RC,
+            AC
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn parameter_wins_over_cookie_and_empty_is_missing() {
+        let cookie = [("cookie", "a=b; vagov_refresh_token=v1:fromcookie;vagov_anti_csrf_token=c")];
+        let c = creds(Some("refresh_token=v1:param"), &cookie, "");
+        assert_eq!(c.refresh_token.as_deref(), Some("v1:param"));
+        assert_eq!(c.anti_csrf_token.as_deref(), Some("c"));
+        let c = creds(Some("refresh_token="), &cookie, "");
+        assert_eq!(c.refresh_token.as_deref(), Some("v1:fromcookie"));
+        assert!(c.from_cookie);
+        let c = creds(None, &[("cookie", "vagov_refresh_token=")], "");
+        assert_eq!(c.refresh_token, None);
+    }
+
+    #[test]
+    fn cookie_parsing_is_tolerant() {
+        let h = headers(&[
+            ("cookie", "  x = 1 ;;; broken ; vagov_refresh_token=\"v1%3Aq\""),
+            ("cookie", "y=2"),
+        ]);
+        assert_eq!(cookie(&h, "x"), Some("1"));
+        assert_eq!(cookie(&h, "y"), Some("2"));
+        let c = credentials(None, &h, b"", RC, AC).unwrap();
+        assert_eq!(c.refresh_token.as_deref(), Some("v1:q"));
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_bytes(b"a=\xff\xfe").unwrap());
+        assert_eq!(cookies(&h).count(), 0);
+    }
+
+    #[test]
+    fn debug_redacts() {
+        let c = creds(Some("refresh_token=v1:secret"), &[], "");
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+}
