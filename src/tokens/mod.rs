@@ -2,12 +2,47 @@
 //!
 //! - [`seal`]: `v1:` refresh tokens (AES-256-GCM under rotating sealing keys) and the
 //!   sealed successor kept for the replay window.
+//! - [`jwt`]: access tokens signed with parsed aws-lc-rs keys, verified by `kid`, and the JWKS.
+//! - [`keys`]: key generation for `sis-gateway keygen`.
+
+use std::path::PathBuf;
 
 use aws_lc_rs::{digest, rand};
 
+pub mod jwt;
+pub mod keys;
 pub mod seal;
 
+pub use jwt::{AccessClaims, AccessTokens, VerifyError};
+pub use keys::{generate_pem, generate_sealing_key, keygen, Keygen};
 pub use seal::{open_successor, seal_successor, OpenError, RefreshPayload, Sealer};
+
+/// Errors of key loading, key generation and signing. Messages never carry key material.
+#[derive(thiserror::Error, Debug)]
+pub enum TokenError {
+    /// A configured key is unusable; `key` names the configuration key.
+    #[error("{key}: {message}")]
+    Config { key: String, message: String },
+    /// A PEM handed to [`AccessTokens::from_pem`] is unusable; `index` is its position.
+    #[error("signing key #{index}: {message}")]
+    InvalidKey { index: usize, message: String },
+    #[error("no signing key given")]
+    NoKeys,
+    #[error("refusing to overwrite existing file {}", .0.display())]
+    AlreadyExists(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("key generation failed")]
+    KeyGeneration,
+    #[error("signing failed")]
+    Signing,
+    #[error("cannot encode access token claims: {0}")]
+    Encode(#[from] serde_json::Error),
+}
 
 /// Lowercase hex SHA-256 of `token`: what the store keeps, and the
 /// `refresh_token_hash` / `parent_refresh_token_hash` claims.
