@@ -21,7 +21,7 @@
 //! - anything else → the session is deleted, [`RotateOutcome::Theft`].
 //!
 //! Backends: [`MemoryStore`] (one process, tests and development) and
-//! [`RedisStore`] (single node or cluster), both behind [`Store`].
+//! [`RedisStore`] (single node, cluster or Sentinel), both behind [`Store`].
 
 mod memory;
 mod redis;
@@ -167,8 +167,13 @@ impl Store {
             StoreUrl::Memory => Ok(Store::Memory(MemoryStore::new())),
             StoreUrl::Redis(url) => Ok(Store::Redis(RedisStore::single(url, cfg)?)),
             StoreUrl::Cluster(nodes) => Ok(Store::Redis(RedisStore::cluster(nodes, cfg)?)),
-            StoreUrl::Sentinel { .. } => Err(StoreError::Unavailable(
-                "redis+sentinel:// is not supported yet".into(),
+            StoreUrl::Sentinel {
+                sentinels,
+                master,
+                tls: false,
+            } => Ok(Store::Redis(RedisStore::sentinel(sentinels, master, cfg)?)),
+            StoreUrl::Sentinel { tls: true, .. } => Err(StoreError::Unavailable(
+                "rediss+sentinel:// (TLS) is not supported by this build".into(),
             )),
         }
     }

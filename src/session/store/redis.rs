@@ -1,4 +1,5 @@
-//! Sessions in Redis, single node or cluster.
+//! Sessions in Redis: a single node, a cluster, or a master found through
+//! Sentinel.
 //!
 //! Layout (`P` = `store.key_prefix`):
 //! - `P s:{<handle>}`: hash `user client attrs created exp cur prev prev_until
@@ -21,9 +22,10 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
+use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use ::redis::{
-    Client, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, ProtocolVersion, RedisError, RedisFuture,
-    RedisResult, Script, Value,
+    Client, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, ProtocolVersion, RedisConnectionInfo,
+    RedisError, RedisFuture, RedisResult, Script, ServerErrorKind, Value,
 };
 use futures_util::future::join_all;
 
@@ -60,6 +62,12 @@ enum Backend {
         client: Box<ClusterClient>,
         conn: tokio::sync::OnceCell<ClusterConnection>,
     },
+    /// The master is asked of the sentinels on first use, and again after
+    /// an error that suggests it moved (connection lost, timeout, READONLY).
+    Sentinel {
+        sentinel: Box<tokio::sync::Mutex<SentinelClient>>,
+        master: std::sync::Mutex<Option<ConnectionManager>>,
+    },
 }
 
 impl fmt::Debug for RedisStore {
@@ -70,6 +78,7 @@ impl fmt::Debug for RedisStore {
                 &match self.inner.backend {
                     Backend::Single(_) => "single",
                     Backend::Cluster { .. } => "cluster",
+                    Backend::Sentinel { .. } => "sentinel",
                 },
             )
             .field("prefix", &self.inner.prefix)
@@ -128,16 +137,34 @@ impl RedisStore {
             info = info.set_redis_settings(settings);
         }
         let client = Client::open(info).map_err(config_error)?;
-        // No retry loop inside the manager: an operation while Redis is down
-        // fails at once (Unavailable) and the next one tries a fresh
-        // connection, instead of every caller waiting out a backoff.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.timeout))
-            .set_response_timeout(Some(cfg.timeout))
-            .set_number_of_retries(0);
-        let manager =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(config_error)?;
+        let manager = lazy_manager(client, cfg.timeout).map_err(config_error)?;
         Ok(Self::with_backend(Backend::Single(manager), cfg))
+    }
+
+    /// A store on the master that the sentinels name `master`; `sentinels`
+    /// are `redis://host:port` URLs of Sentinel nodes.
+    pub fn sentinel(
+        sentinels: &[String],
+        master: &str,
+        cfg: &StoreConfig,
+    ) -> Result<RedisStore, StoreError> {
+        let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(
+            RedisConnectionInfo::default().set_protocol(ProtocolVersion::RESP3),
+        );
+        let client = SentinelClient::build(
+            sentinels.to_vec(),
+            master.to_owned(),
+            Some(node),
+            SentinelServerType::Master,
+        )
+        .map_err(config_error)?;
+        Ok(Self::with_backend(
+            Backend::Sentinel {
+                sentinel: Box::new(tokio::sync::Mutex::new(client)),
+                master: std::sync::Mutex::new(None),
+            },
+            cfg,
+        ))
     }
 
     /// A store on a Redis cluster; `nodes` are seed URLs.
@@ -188,6 +215,40 @@ impl RedisStore {
                 .get_or_try_init(|| client.get_async_connection())
                 .await
                 .map(|c| Conn::Cluster(c.clone())),
+            Backend::Sentinel { sentinel, master } => {
+                if let Some(m) = lock(master).clone() {
+                    return Ok(Conn::Single(m));
+                }
+                // One lookup at a time; the others then find its result.
+                let mut sentinel = sentinel.lock().await;
+                if let Some(m) = lock(master).clone() {
+                    return Ok(Conn::Single(m));
+                }
+                let client = sentinel.async_get_client().await?;
+                let m = lazy_manager(client, self.inner.timeout)?;
+                *lock(master) = Some(m.clone());
+                Ok(Conn::Single(m))
+            }
+        }
+    }
+
+    /// After an error that may mean the master moved (or none at all: an
+    /// outer timeout), forget it so the next operation asks the sentinels.
+    fn forget_master(&self, e: Option<&RedisError>) {
+        let Backend::Sentinel { master, .. } = &self.inner.backend else {
+            return;
+        };
+        let moved = e.is_none_or(|e| {
+            e.is_io_error()
+                || e.is_timeout()
+                || e.is_connection_dropped()
+                || matches!(
+                    e.kind(),
+                    ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+                )
+        });
+        if moved {
+            lock(master).take();
         }
     }
 
@@ -206,6 +267,9 @@ impl RedisStore {
                     Ok(conn) => op(conn).await,
                     Err(e) => Err(e),
                 };
+                if let Err(e) = &result {
+                    self.forget_master(Some(e));
+                }
                 match result {
                     Err(e) if e.is_connection_refusal() && !retried => retried = true,
                     other => return other,
@@ -214,7 +278,10 @@ impl RedisStore {
         };
         match tokio::time::timeout(self.inner.timeout, attempt).await {
             Ok(result) => result.map_err(store_error),
-            Err(_) => Err(StoreError::Timeout),
+            Err(_) => {
+                self.forget_master(None);
+                Err(StoreError::Timeout)
+            }
         }
     }
 
@@ -238,6 +305,21 @@ impl RedisStore {
             tracing::debug!(error = %e, "could not remove a handle from its user index");
         }
     }
+}
+
+/// A connection manager that connects on first use. No retry loop inside
+/// it: an operation while Redis is down fails at once and the next one tries
+/// a fresh connection, instead of every caller waiting out a backoff.
+fn lazy_manager(client: Client, timeout: Duration) -> RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(0);
+    ConnectionManager::new_lazy_with_config(client, config)
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn config_error(e: RedisError) -> StoreError {
