@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisCluster, RedisServer};
+use common::redis::{wait_replicated, RedisCluster, RedisSentinel, RedisServer};
 use sis_gateway::config::{StoreConfig, StoreUrl};
 use sis_gateway::session::{
     NewSession, RotateOutcome, RotateRequest, SessionRecord, SessionStore, Store, StoreError,
@@ -621,4 +621,53 @@ async fn redis_cluster_rotates_across_failover() {
         );
     }
     assert_eq!(s.revoke_user("u0").await.unwrap(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_follows_failover() {
+    let master = RedisServer::start();
+    let replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port().to_string()]);
+    let sentinel = RedisSentinel::start("sis", master.port(), 1);
+    let cfg = redis_config(StoreUrl::Sentinel {
+        sentinels: vec![sentinel.url()],
+        master: "sis".into(),
+        tls: false,
+    });
+    let s = Store::connect(&cfg).await.unwrap();
+    create(&s, "h1", "u1", T0).await;
+    expect_rotated(
+        s.rotate(rotation("h1", "h1-0", "t1", T0 + MIN))
+            .await
+            .unwrap(),
+    );
+    wait_replicated(&master, Duration::from_secs(5));
+
+    assert_eq!(sentinel.cli(&["SENTINEL", "FAILOVER", "sis"]), "OK");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while sentinel.master_port("sis") != Some(replica.port()) {
+        assert!(
+            Instant::now() < deadline,
+            "sentinel failover did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Demote the old master now rather than wait for the sentinel's next
+    // round to do it; until then a write could land on it and be lost (a
+    // property of Sentinel itself).
+    let new_port = replica.port().to_string();
+    assert_eq!(master.cli(&["REPLICAOF", "127.0.0.1", &new_port]), "OK");
+
+    // The store still talks to the old master; its READONLY answer sends the
+    // store back to the sentinel for the new one.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let rec = loop {
+        match s.rotate(rotation("h1", "t1", "t2", T0 + 2 * MIN)).await {
+            Ok(o) => break expect_rotated(o),
+            Err(e) if Instant::now() < deadline => eprintln!("after failover: {e}"),
+            Err(e) => panic!("sentinel store did not follow the failover: {e}"),
+        }
+    };
+    assert_eq!(rec.refresh_exp_ms, T0 + 2 * MIN + REFRESH_TTL);
+    assert!(replica.cli(&["HGET", "t:s:{h1}", "cur"]) == hash("t2"));
 }

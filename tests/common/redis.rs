@@ -1,5 +1,5 @@
 //! Starts `redis-server` processes for tests: single nodes that can be
-//! stopped, restarted and paused, and small clusters with replicas.
+//! stopped, restarted and paused, replicas, sentinels, and small clusters.
 //!
 //! Everything listens on 127.0.0.1 only and keeps its files in a temporary
 //! directory that is removed with the server.
@@ -102,12 +102,18 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// As [`start`](Self::start), with extra `redis-server` arguments
+    /// (e.g. `["--replicaof", "127.0.0.1", "6379"]`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let dir = temp_dir("redis");
         for _ in 0..20 {
             let mut server = RedisServer {
                 port: free_port(),
                 dir: dir.clone(),
-                extra: Vec::new(),
+                extra: extra.iter().map(|a| a.to_string()).collect(),
                 child: None,
                 owns_dir: true,
             };
@@ -134,12 +140,38 @@ impl RedisServer {
 
     fn spawn(&mut self) -> bool {
         let port = self.port.to_string();
-        let child = Command::new("redis-server")
-            .args(["--port", &port, "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        let mut cmd = Command::new("redis-server");
+        // A sentinel takes its (rewritable) config file first.
+        let sentinel_conf = self.dir.join(format!("sentinel-{port}.conf"));
+        if sentinel_conf.exists() {
+            cmd.arg(&sentinel_conf).arg("--sentinel");
+        } else {
+            // No 5 s wait for more replicas before a full sync.
+            cmd.args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--repl-diskless-sync-delay",
+                "0",
+            ]);
+        }
+        let child = cmd
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--protected-mode",
+                "no",
+            ])
             .arg("--dir")
             .arg(&self.dir)
-            .args(["--dbfilename", &format!("dump-{port}.rdb")])
+            .args(if sentinel_conf.exists() {
+                vec![]
+            } else {
+                vec!["--dbfilename".to_owned(), format!("dump-{port}.rdb")]
+            })
             .args(["--logfile", &format!("redis-{port}.log")])
             .args(&self.extra)
             .stdin(Stdio::null())
@@ -248,6 +280,99 @@ impl Drop for RedisServer {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// A Redis Sentinel watching one master.
+pub struct RedisSentinel {
+    server: RedisServer,
+}
+
+impl RedisSentinel {
+    /// Starts a sentinel that monitors `master_port` as `name` (quorum 1,
+    /// down after one second) and waits until it knows `replicas` replicas.
+    pub fn start(name: &str, master_port: u16, replicas: usize) -> RedisSentinel {
+        let dir = temp_dir("sentinel");
+        for _ in 0..20 {
+            let port = free_port();
+            let conf = format!(
+                "sentinel monitor {name} 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 5000\n"
+            );
+            std::fs::write(dir.join(format!("sentinel-{port}.conf")), conf)
+                .expect("write sentinel config");
+            if let Some(mut server) = RedisServer::start_in(port, &dir, Vec::new()) {
+                server.owns_dir = true;
+                let sentinel = RedisSentinel { server };
+                sentinel.wait_for_replicas(name, replicas, Duration::from_secs(20));
+                return sentinel;
+            }
+        }
+        panic!("could not start a sentinel");
+    }
+
+    fn wait_for_replicas(&self, name: &str, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let out = self.cli(&["SENTINEL", "REPLICAS", name]);
+            if out.lines().filter(|l| *l == "slave").count() >= n {
+                return;
+            }
+            sleep(Duration::from_millis(50));
+        }
+        panic!("sentinel did not see {n} replicas within {timeout:?}");
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.server.cli(args)
+    }
+
+    /// The port of the master the sentinel currently names.
+    pub fn master_port(&self, name: &str) -> Option<u16> {
+        self.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", name])
+            .lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+    }
+}
+
+/// Waits until `master`'s replicas have acknowledged every write made
+/// before the call.
+pub fn wait_replicated(master: &RedisServer, timeout: Duration) {
+    let target = master_offset(&master.cli(&["INFO", "replication"]));
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if replicas_caught_up(&master.cli(&["INFO", "replication"]), target) {
+            return;
+        }
+        sleep(Duration::from_millis(20));
+    }
+    panic!("replicas did not catch up within {timeout:?}");
+}
+
+fn master_offset(info: &str) -> i64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix("master_repl_offset:"))
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .unwrap_or(0)
+}
+
+/// Whether every replica listed in an `INFO replication` answer has
+/// acknowledged offset `target` (the master keeps writing on its own, e.g.
+/// sentinel hellos, so "caught up with now" may never hold).
+fn replicas_caught_up(info: &str, target: i64) -> bool {
+    info.lines()
+        .filter(|l| l.starts_with("slave") && l.contains("offset="))
+        .all(|l| {
+            l.split(',')
+                .find_map(|kv| kv.strip_prefix("offset="))
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|o| o >= target)
+        })
 }
 
 /// A Redis cluster of masters with replicas, all on loopback.
@@ -363,26 +488,20 @@ impl RedisCluster {
 
     /// Waits until every master's replicas have acknowledged its writes.
     pub fn wait_replicated(&self, timeout: Duration) {
+        let targets: Vec<(usize, i64)> = self
+            .masters()
+            .into_iter()
+            .map(|i| {
+                (
+                    i,
+                    master_offset(&self.nodes[i].cli(&["INFO", "replication"])),
+                )
+            })
+            .collect();
         let deadline = Instant::now() + timeout;
         'outer: while Instant::now() < deadline {
-            for i in self.masters() {
-                let info = self.nodes[i].cli(&["INFO", "replication"]);
-                let field = |name: &str| -> Option<i64> {
-                    info.lines()
-                        .find_map(|l| l.strip_prefix(name))
-                        .and_then(|v| v.trim().parse().ok())
-                };
-                let master = field("master_repl_offset:").unwrap_or(0);
-                let acked = info
-                    .lines()
-                    .filter(|l| l.starts_with("slave") && l.contains("offset="))
-                    .all(|l| {
-                        l.split(',')
-                            .find_map(|kv| kv.strip_prefix("offset="))
-                            .and_then(|v| v.parse::<i64>().ok())
-                            .is_some_and(|o| o >= master)
-                    });
-                if !acked {
+            for &(i, target) in &targets {
+                if !replicas_caught_up(&self.nodes[i].cli(&["INFO", "replication"]), target) {
                     sleep(Duration::from_millis(20));
                     continue 'outer;
                 }
