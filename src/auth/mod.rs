@@ -1,1 +1,304 @@
-//! Route auth modes and single-flight inline refresh.
+//! Route auth modes (SPEC §5): `public`, `session`, `required`.
+//!
+//! On `session` and `required` routes a valid access token is checked with no
+//! store call (and remembered until it expires, so the hot path skips the
+//! signature check too). When the access cookie is missing, expired or within
+//! `tokens.refresh_skew` of expiry and a refresh cookie is present, the
+//! gateway rotates inline: the request goes upstream with the new access
+//! cookie and the response carries the new `Set-Cookie`s.
+
+mod cache;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::body::{empty, json_error, Body};
+use crate::config::{AuthMode, RouteConfig};
+use crate::session::service::RefreshError;
+use crate::sign_in::{cookies, params, SignIn};
+use crate::tokens::jwt::{AccessClaims, VerifyError};
+
+pub use cache::VerifiedCache;
+
+/// Who the request is, once auth has run.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub claims: Arc<AccessClaims>,
+    /// The access token to forward as `Authorization: Bearer` when the route asks.
+    pub access_token: Arc<str>,
+}
+
+/// What auth decided for a request that may go upstream.
+#[derive(Debug, Default)]
+pub struct Decision {
+    pub identity: Option<Identity>,
+    /// `Set-Cookie`s to add to the upstream's response.
+    pub set_cookies: Vec<HeaderValue>,
+    /// Whether an inline refresh happened (for metrics).
+    pub rotated: bool,
+    /// The inline refresh was answered from memory.
+    pub coalesced: bool,
+}
+
+/// Session work shared by every route: verified-token cache and inline refresh.
+pub struct Auth {
+    skew: Duration,
+    verified: VerifiedCache,
+}
+
+impl Auth {
+    pub fn new(skew: Duration) -> Auth {
+        Auth {
+            skew,
+            verified: VerifiedCache::new(100_000),
+        }
+    }
+
+    /// Runs the route's auth mode over the request headers, editing them for
+    /// the upstream. `Err` is the response to send instead of forwarding.
+    pub async fn authenticate(
+        &self,
+        sign_in: &SignIn,
+        route: &RouteConfig,
+        headers: &mut HeaderMap,
+    ) -> Result<Decision, Response<Body>> {
+        if route.auth == AuthMode::Public {
+            return Ok(Decision::default());
+        }
+        let sessions = sign_in.sessions();
+        let now_secs = sessions.now_ms() / 1000;
+        let skew = self.skew.as_secs();
+        let cfg = sign_in.cookies();
+        let mut decision = Decision::default();
+
+        // A Bearer header wins over the cookie and is never refreshed inline.
+        if let Some(bearer) = bearer(headers) {
+            return match self.verify(sessions, &bearer, now_secs) {
+                Ok(claims) => {
+                    decision.identity = Some(Identity {
+                        claims,
+                        access_token: bearer.into(),
+                    });
+                    Ok(decision)
+                }
+                Err(VerifyError::Expired(_)) if route.auth == AuthMode::Required => Err(
+                    json_error(StatusCode::FORBIDDEN, "Access token has expired"),
+                ),
+                Err(_) if route.auth == AuthMode::Required => Err(json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "Access token JWT is malformed",
+                )),
+                Err(_) => Ok(decision),
+            };
+        }
+
+        let access_name = cfg.access_name();
+        if let Some(token) = params::cookie(headers, &access_name).filter(|t| !t.is_empty()) {
+            if let Ok(claims) = self.verify(sessions, token, now_secs) {
+                if claims.exp > now_secs + skew {
+                    decision.identity = Some(Identity {
+                        claims,
+                        access_token: token.into(),
+                    });
+                    return Ok(decision);
+                }
+            }
+        }
+
+        let refresh = params::cookie(headers, &cfg.refresh_name())
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
+        if let Some(refresh) = refresh {
+            let anti_csrf = params::cookie(headers, &cfg.anti_csrf_name()).map(str::to_owned);
+            match sessions
+                .refresh_inline(&refresh, anti_csrf.as_deref())
+                .await
+            {
+                Ok((bundle, coalesced)) => {
+                    decision.coalesced = coalesced;
+                    replace_cookie(headers, &access_name, &bundle.access_token);
+                    decision.set_cookies = sign_in.set_cookies(&bundle);
+                    decision.rotated = true;
+                    self.verified
+                        .insert(&bundle.access_token, bundle.claims.clone());
+                    decision.identity = Some(Identity {
+                        claims: bundle.claims.clone(),
+                        access_token: bundle.access_token.as_str().into(),
+                    });
+                }
+                Err(e) => {
+                    if e.session_gone() {
+                        decision.set_cookies = cookies::expire_all(cfg);
+                    }
+                    if e == RefreshError::StoreUnavailable && route.auth == AuthMode::Required {
+                        return Err(json_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "Session store unavailable",
+                        ));
+                    }
+                    remove_cookie(headers, &access_name);
+                }
+            }
+        } else if route.auth == AuthMode::Session {
+            // An expired access cookie with nothing to refresh it is dropped,
+            // so the upstream never mistakes it for a session.
+            remove_cookie(headers, &access_name);
+        }
+
+        if decision.identity.is_none() && route.auth == AuthMode::Required {
+            let mut res = unauthenticated(route, headers);
+            for c in decision.set_cookies {
+                res.headers_mut().append(header::SET_COOKIE, c);
+            }
+            return Err(res);
+        }
+        Ok(decision)
+    }
+
+    fn verify(
+        &self,
+        sessions: &crate::session::service::Sessions,
+        token: &str,
+        now_secs: u64,
+    ) -> Result<Arc<AccessClaims>, VerifyError> {
+        if let Some(claims) = self.verified.get(token, now_secs) {
+            return Ok(claims);
+        }
+        let claims = Arc::new(sessions.verify_access(token)?);
+        self.verified.insert(token, claims.clone());
+        Ok(claims)
+    }
+}
+
+/// Adds the identity headers (and the Bearer token when the route asks) for a
+/// request with a valid session. Incoming copies were removed before auth ran.
+pub fn add_identity(route: &RouteConfig, identity: &Identity, headers: &mut HeaderMap) {
+    let h = &route.identity_headers;
+    let c = &identity.claims;
+    for (name, value) in [
+        (&h.user_uuid, c.sub.as_str()),
+        (&h.session_handle, c.session_handle.as_str()),
+        (&h.client_id, c.client_id.as_str()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name.clone(), v);
+        }
+    }
+    if route.forward_bearer {
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", identity.access_token)) {
+            headers.insert(header::AUTHORIZATION, v);
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
+        .then(|| token.trim().to_owned())
+}
+
+/// 401, or a redirect to the route's `login_url` for a browser navigation.
+fn unauthenticated(route: &RouteConfig, headers: &HeaderMap) -> Response<Body> {
+    let navigation = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    if let (true, Some(login)) = (navigation, &route.login_url) {
+        if let Ok(location) = HeaderValue::from_str(login) {
+            let mut res = Response::new(empty());
+            *res.status_mut() = StatusCode::FOUND;
+            res.headers_mut().insert(header::LOCATION, location);
+            return res;
+        }
+    }
+    json_error(StatusCode::UNAUTHORIZED, "Not authenticated")
+}
+
+/// Rewrites every `Cookie` header, replacing (or adding) `name=value`.
+pub fn replace_cookie(headers: &mut HeaderMap, name: &str, value: &str) {
+    let mut pairs = cookie_pairs_without(headers, name);
+    pairs.push(format!("{name}={value}"));
+    set_cookie_header(headers, pairs);
+}
+
+/// Rewrites every `Cookie` header without `name`.
+pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    if params::cookie(headers, name).is_none() {
+        return;
+    }
+    let pairs = cookie_pairs_without(headers, name);
+    set_cookie_header(headers, pairs);
+}
+
+fn cookie_pairs_without(headers: &HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .filter(|p| p.split_once('=').map_or(p.trim(), |(n, _)| n.trim()) != name)
+        .map(str::to_owned)
+        .collect()
+}
+
+fn set_cookie_header(headers: &mut HeaderMap, pairs: Vec<String>) {
+    headers.remove(header::COOKIE);
+    if pairs.is_empty() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&pairs.join("; ")) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// Names a header that must never come from a client on any route.
+pub fn is_identity_header(route: &RouteConfig, name: &HeaderName) -> bool {
+    let h = &route.identity_headers;
+    name == h.user_uuid || name == h.session_handle || name == h.client_id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(cookie: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
+        m
+    }
+
+    #[test]
+    fn replaces_and_removes_cookies() {
+        let mut m = h("a=1; vagov_access_token=old; b=2");
+        replace_cookie(&mut m, "vagov_access_token", "new");
+        assert_eq!(m[header::COOKIE], "a=1; b=2; vagov_access_token=new");
+        remove_cookie(&mut m, "vagov_access_token");
+        assert_eq!(m[header::COOKIE], "a=1; b=2");
+        let mut m = h("vagov_access_token=x");
+        remove_cookie(&mut m, "vagov_access_token");
+        assert!(m.get(header::COOKIE).is_none());
+        let mut m = HeaderMap::new();
+        replace_cookie(&mut m, "n", "v");
+        assert_eq!(m[header::COOKIE], "n=v");
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut m = HeaderMap::new();
+        m.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bEaReR  tok "),
+        );
+        assert_eq!(bearer(&m).as_deref(), Some("tok"));
+        m.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&m), None);
+        m.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer(&m), None);
+    }
+}

@@ -4,6 +4,7 @@
 //! tokens; [`store`] holds the atomic rotation rules (SPEC §2) with a memory
 //! and a Redis backend that apply them identically.
 
+pub mod service;
 pub mod store;
 
 pub use store::*;

@@ -138,7 +138,9 @@ mod tests {
     fn info_token_matches_the_front_end_format() {
         assert_eq!(iso_millis(1_717_697_375_946), "2024-06-06T18:09:35.946Z");
         let v = info_value(1_717_697_375_946, 1_717_698_875_760);
-        let decoded = percent_encoding::percent_decode_str(&v).decode_utf8().unwrap();
+        let decoded = percent_encoding::percent_decode_str(&v)
+            .decode_utf8()
+            .unwrap();
         assert_eq!(
             decoded,
             r#"{"access_token_expiration":"2024-06-06T18:09:35.946Z","refresh_token_expiration":"2024-06-06T18:34:35.760Z"}"#

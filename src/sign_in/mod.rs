@@ -1,26 +1,92 @@
-//! The SiS endpoints under `sign_in.path_prefix`.
+//! The SiS endpoints under `sign_in.path_prefix` (SPEC §1) and the session
+//! admin API (SPEC §6).
+//!
+//! - `POST refresh`, `POST revoke`, `GET revoke_all_sessions`, `GET logout`,
+//!   `GET openid_connect/certs`, each with credentialed CORS for listed origins.
+//! - Error bodies are `{"errors":"<message>"}` with the exact SiS messages.
 
+pub mod admin;
 pub mod cookies;
 pub mod cors;
+pub mod limit;
 pub mod params;
 
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::body::{json_error, Body};
-use crate::config::Config;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::body::{empty, json, json_error, Body};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{Authentication, ClientConfig, Config, CookiesConfig};
 use crate::ctx::RequestCtx;
+use crate::session::service::{Bundle, RefreshError, Sessions};
+use crate::session::store::Store;
+use crate::tokens::jwt::{AccessClaims, AccessTokens, VerifyError};
+use crate::tokens::seal::Sealer;
+
+enum Endpoint {
+    Refresh,
+    Revoke,
+    RevokeAll,
+    Logout,
+    Certs,
+}
+
+/// Sign-in request bodies are a few hundred bytes; anything past this is refused.
+const MAX_BODY: usize = 64 * 1024;
+/// A client that has not sent its (small) body within this is cut off.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The sign-in endpoints and everything they need.
 pub struct SignIn {
     prefix: String,
+    cookies: CookiesConfig,
+    cors_origins: Vec<String>,
+    sessions: Arc<Sessions>,
+    admin_token: Option<crate::config::Secret>,
+    limiter: limit::FailureLimiter,
 }
 
 impl SignIn {
+    /// Connects the store and loads keys as configured, on the system clock.
     pub async fn new(config: &Config) -> anyhow::Result<SignIn> {
+        Self::with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    pub async fn with_clock(config: &Config, clock: SharedClock) -> anyhow::Result<SignIn> {
+        let store = Store::connect(&config.store).await?;
+        let sealer = if config.tokens.sealing_keys.is_empty() {
+            tracing::warn!(
+                "no tokens.sealing_keys configured: using an ephemeral sealing key; refresh tokens \
+                 will not survive a restart and other instances cannot open them (dev only)"
+            );
+            Sealer::ephemeral()
+        } else {
+            Sealer::new(&config.tokens.sealing_keys)
+        };
+        let access = AccessTokens::load(&config.tokens)?;
+        let sessions = Sessions::new(config, store, sealer, access, clock.clone());
         Ok(SignIn {
             prefix: config.sign_in.path_prefix.clone(),
+            cookies: config.cookies.clone(),
+            cors_origins: config.sign_in.cors_origins.clone(),
+            sessions: Arc::new(sessions),
+            admin_token: config.admin.token.clone(),
+            limiter: limit::FailureLimiter::new(config.sign_in.failures_per_minute, clock),
         })
+    }
+
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    pub fn cookies(&self) -> &CookiesConfig {
+        &self.cookies
     }
 
     /// True when `path` belongs to the sign-in endpoints.
@@ -29,17 +95,312 @@ impl SignIn {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     }
 
-    pub async fn handle(&self, _req: Request<Incoming>, _ctx: &RequestCtx) -> Response<Body> {
-        json_error(StatusCode::NOT_FOUND, "Not found")
+    pub async fn handle(&self, req: Request<Incoming>, ctx: &RequestCtx) -> Response<Body> {
+        let origin = cors::allowed_origin(req.headers(), &self.cors_origins).cloned();
+        let preflight = cors::is_preflight(req.method(), req.headers());
+        let mut res = if preflight {
+            let mut r = Response::new(empty());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        } else if self.limiter.blocked(ctx.client_ip) {
+            json_error(StatusCode::TOO_MANY_REQUESTS, "Too many failed requests")
+        } else {
+            let res = self.route(req).await;
+            if res.status().is_client_error() && res.status() != StatusCode::NOT_FOUND {
+                self.limiter.failed(ctx.client_ip);
+            }
+            res
+        };
+        cors::decorate(res.headers_mut(), origin.as_ref(), preflight);
+        res
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+        let endpoint = req.uri().path()[self.prefix.len()..].trim_end_matches('/');
+        let (endpoint, allowed) = match endpoint {
+            "/refresh" => (Endpoint::Refresh, Method::POST),
+            "/revoke" => (Endpoint::Revoke, Method::POST),
+            "/revoke_all_sessions" => (Endpoint::RevokeAll, Method::GET),
+            "/logout" => (Endpoint::Logout, Method::GET),
+            "/openid_connect/certs" => (Endpoint::Certs, Method::GET),
+            _ => return json_error(StatusCode::NOT_FOUND, "Not found"),
+        };
+        if req.method() != allowed {
+            let mut r = json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
+            if let Ok(v) = HeaderValue::from_str(allowed.as_str()) {
+                r.headers_mut().insert(header::ALLOW, v);
+            }
+            return r;
+        }
+        match endpoint {
+            Endpoint::Refresh => self.refresh(req).await,
+            Endpoint::Revoke => self.revoke(req).await,
+            Endpoint::RevokeAll => self.revoke_all(req).await,
+            Endpoint::Logout => self.logout(req).await,
+            Endpoint::Certs => self.certs(),
+        }
+    }
+
+    /// Reads the query, body and cookies of a refresh or revoke call.
+    async fn credentials(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<params::Credentials, Response<Body>> {
+        let (parts, body) = req.into_parts();
+        let body = read_small_body(&parts.headers, body).await?;
+        params::credentials(
+            parts.uri.query(),
+            &parts.headers,
+            &body,
+            &self.cookies.refresh_name(),
+            &self.cookies.anti_csrf_name(),
+        )
+        .map_err(|_| json_error(StatusCode::BAD_REQUEST, "Malformed request body"))
+    }
+
+    async fn refresh(&self, req: Request<Incoming>) -> Response<Body> {
+        let creds = match self.credentials(req).await {
+            Ok(c) => c,
+            Err(res) => return res,
+        };
+        let Some(token) = creds.refresh_token.as_deref() else {
+            return self.error(RefreshError::NotDefined, None);
+        };
+        match self
+            .sessions
+            .refresh(token, creds.anti_csrf_token.as_deref())
+            .await
+        {
+            Ok(bundle) => self.issued(&bundle, StatusCode::OK),
+            Err(e) => {
+                let client = self.client_of(token);
+                self.error(e, client.as_deref())
+            }
+        }
+    }
+
+    /// The client a token names, for choosing the error shape (cookies or not).
+    fn client_of(&self, token: &str) -> Option<Arc<ClientConfig>> {
+        self.sessions.open_client(token)
+    }
+
+    async fn revoke(&self, req: Request<Incoming>) -> Response<Body> {
+        let creds = match self.credentials(req).await {
+            Ok(c) => c,
+            Err(res) => return res,
+        };
+        let Some(token) = creds.refresh_token.as_deref() else {
+            return self.error(RefreshError::NotDefined, None);
+        };
+        match self
+            .sessions
+            .revoke(token, creds.anti_csrf_token.as_deref())
+            .await
+        {
+            Ok(client) => {
+                let mut res = Response::new(empty());
+                if client.authentication == Authentication::Cookie {
+                    append_cookies(res.headers_mut(), cookies::expire_all(&self.cookies));
+                }
+                res
+            }
+            Err(e) => {
+                let client = self.client_of(token);
+                self.error(e, client.as_deref())
+            }
+        }
+    }
+
+    /// The access token of a request: a Bearer header wins over the cookie.
+    fn access_token<'a>(&self, headers: &'a HeaderMap) -> Option<std::borrow::Cow<'a, str>> {
+        if let Some(v) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        {
+            if let Some(t) = v
+                .strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+            {
+                let t = t.trim();
+                if !t.is_empty() {
+                    return Some(t.into());
+                }
+            }
+        }
+        params::cookie(headers, &self.cookies.access_name())
+            .filter(|v| !v.is_empty())
+            .map(Into::into)
+    }
+
+    fn verified_access(&self, headers: &HeaderMap) -> Result<AccessClaims, Response<Body>> {
+        let Some(token) = self.access_token(headers) else {
+            return Err(json_error(
+                StatusCode::UNAUTHORIZED,
+                "Access token JWT is malformed",
+            ));
+        };
+        match self.sessions.verify_access(&token) {
+            Ok(claims) => Ok(claims),
+            Err(VerifyError::Expired(_)) => Err(json_error(
+                StatusCode::FORBIDDEN,
+                "Access token has expired",
+            )),
+            Err(VerifyError::Invalid) => Err(json_error(
+                StatusCode::UNAUTHORIZED,
+                "Access token JWT is malformed",
+            )),
+        }
+    }
+
+    async fn revoke_all(&self, req: Request<Incoming>) -> Response<Body> {
+        let claims = match self.verified_access(req.headers()) {
+            Ok(c) => c,
+            Err(res) => return res,
+        };
+        match self.sessions.revoke_user(&claims.sub).await {
+            Ok(_) => Response::new(empty()),
+            Err(e) => self.error(e.into(), None),
+        }
+    }
+
+    async fn logout(&self, req: Request<Incoming>) -> Response<Body> {
+        let query_client = req.uri().query().and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "client_id")
+                .map(|(_, v)| v.into_owned())
+        });
+        // An expired access token still names the session to end.
+        let claims =
+            self.access_token(req.headers())
+                .and_then(|t| match self.sessions.verify_access(&t) {
+                    Ok(c) => Some(c),
+                    Err(VerifyError::Expired(c)) => Some(*c),
+                    Err(VerifyError::Invalid) => None,
+                });
+        if let Some(c) = &claims {
+            if let Err(e) = self.sessions.revoke_handle(&c.session_handle).await {
+                return self.error(e.into(), None);
+            }
+        }
+        let client_id = query_client.or_else(|| claims.map(|c| c.client_id));
+        let redirect = client_id
+            .as_deref()
+            .and_then(|id| self.sessions.client(id))
+            .and_then(|c| c.logout_redirect_uri.clone());
+        let mut res = match redirect.and_then(|r| HeaderValue::from_str(&r).ok()) {
+            Some(location) => {
+                let mut r = Response::new(empty());
+                *r.status_mut() = StatusCode::FOUND;
+                r.headers_mut().insert(header::LOCATION, location);
+                r
+            }
+            None => Response::new(empty()),
+        };
+        append_cookies(res.headers_mut(), cookies::expire_all(&self.cookies));
+        res
+    }
+
+    fn certs(&self) -> Response<Body> {
+        let mut res = json(StatusCode::OK, &self.sessions.access_tokens().jwks());
+        res.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=300"),
+        );
+        res
+    }
+
+    /// A successful create or refresh, shaped for the client's kind.
+    fn issued(&self, b: &Bundle, status: StatusCode) -> Response<Body> {
+        match b.client.authentication {
+            Authentication::Api => {
+                let mut data = serde_json::json!({
+                    "access_token": b.access_token,
+                    "refresh_token": b.refresh_token,
+                });
+                if b.client.anti_csrf {
+                    data["anti_csrf_token"] = b.anti_csrf_token.clone().into();
+                }
+                json(status, &serde_json::json!({ "data": data }))
+            }
+            Authentication::Cookie => {
+                let mut res = json(status, &serde_json::json!({}));
+                append_cookies(res.headers_mut(), self.set_cookies(b));
+                res
+            }
+        }
+    }
+
+    /// The `Set-Cookie` values that carry a bundle to a browser.
+    pub fn set_cookies(&self, b: &Bundle) -> Vec<HeaderValue> {
+        cookies::issue(
+            &self.cookies,
+            &cookies::Issued {
+                access_token: &b.access_token,
+                refresh_token: &b.refresh_token,
+                anti_csrf_token: b.client.anti_csrf.then_some(b.anti_csrf_token.as_str()),
+                access_exp_ms: b.access_exp_ms,
+                refresh_exp_ms: b.session.refresh_exp_ms,
+            },
+        )
+    }
+
+    fn error(&self, e: RefreshError, client: Option<&ClientConfig>) -> Response<Body> {
+        let status = match e {
+            RefreshError::NotDefined => StatusCode::BAD_REQUEST,
+            RefreshError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RefreshError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        let mut res = json_error(status, &e.to_string());
+        if e.session_gone() && client.is_some_and(|c| c.authentication == Authentication::Cookie) {
+            append_cookies(res.headers_mut(), cookies::expire_all(&self.cookies));
+        }
+        res
     }
 
     /// The session admin API (`/admin/...` on the admin listener).
-    pub async fn admin(&self, _req: Request<Incoming>) -> Response<Body> {
-        json_error(StatusCode::NOT_FOUND, "Not found")
+    pub async fn admin(&self, req: Request<Incoming>) -> Response<Body> {
+        admin::handle(self, req).await
     }
 
     /// Readiness of what sign-in depends on (the session store).
     pub async fn ready(&self) -> bool {
-        true
+        self.sessions.ready().await
+    }
+
+    /// The access-token keys in use.
+    pub fn access_tokens(&self) -> &AccessTokens {
+        self.sessions.access_tokens()
+    }
+}
+
+fn append_cookies(headers: &mut HeaderMap, values: Vec<HeaderValue>) {
+    for v in values {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
+/// Reads a small body with a size cap and a deadline.
+async fn read_small_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, Response<Body>> {
+    let too_large = || json_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
+    if headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > MAX_BODY as u64)
+    {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(json_error(
+            StatusCode::BAD_REQUEST,
+            "Malformed request body",
+        )),
+        Err(_) => Err(json_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "Request body timed out",
+        )),
     }
 }

@@ -17,8 +17,14 @@ pub struct Credentials {
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
-            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
-            .field("anti_csrf_token", &self.anti_csrf_token.as_ref().map(|_| "[redacted]"))
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field(
+                "anti_csrf_token",
+                &self.anti_csrf_token.as_ref().map(|_| "[redacted]"),
+            )
             .field("from_cookie", &self.from_cookie)
             .finish()
     }
@@ -203,7 +209,10 @@ mod tests {
 
     #[test]
     fn parameter_wins_over_cookie_and_empty_is_missing() {
-        let cookie = [("cookie", "a=b; vagov_refresh_token=v1:fromcookie;vagov_anti_csrf_token=c")];
+        let cookie = [(
+            "cookie",
+            "a=b; vagov_refresh_token=v1:fromcookie;vagov_anti_csrf_token=c",
+        )];
         let c = creds(Some("refresh_token=v1:param"), &cookie, "");
         assert_eq!(c.refresh_token.as_deref(), Some("v1:param"));
         assert_eq!(c.anti_csrf_token.as_deref(), Some("c"));
@@ -217,7 +226,10 @@ mod tests {
     #[test]
     fn cookie_parsing_is_tolerant() {
         let h = headers(&[
-            ("cookie", "  x = 1 ;;; broken ; vagov_refresh_token=\"v1%3Aq\""),
+            (
+                "cookie",
+                "  x = 1 ;;; broken ; vagov_refresh_token=\"v1%3Aq\"",
+            ),
             ("cookie", "y=2"),
         ]);
         assert_eq!(cookie(&h, "x"), Some("1"));

@@ -125,6 +125,45 @@ impl RedisServer {
         panic!("could not start redis-server on a free port");
     }
 
+    /// Every key and every value in the server, concatenated: what a dump of
+    /// the store would show an attacker.
+    pub fn dump_all(&self) -> Vec<u8> {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut con = client.get_connection().expect("connect to redis");
+        let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut con).expect("KEYS");
+        let mut out = Vec::new();
+        for key in keys {
+            let kind: String = redis::cmd("TYPE").arg(&key).query(&mut con).expect("TYPE");
+            let values: Vec<Vec<u8>> = match kind.as_str() {
+                "hash" => redis::cmd("HGETALL").arg(&key).query(&mut con),
+                "set" => redis::cmd("SMEMBERS").arg(&key).query(&mut con),
+                "string" => redis::cmd("GET")
+                    .arg(&key)
+                    .query::<Vec<u8>>(&mut con)
+                    .map(|v| vec![v]),
+                "list" => redis::cmd("LRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query(&mut con),
+                "zset" => redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query(&mut con),
+                other => panic!("unexpected key type {other}"),
+            }
+            .expect("read value");
+            out.extend_from_slice(&key);
+            out.push(b'\n');
+            for v in values {
+                out.extend_from_slice(&v);
+                out.push(b'\n');
+            }
+        }
+        out
+    }
+
     /// Starts a server on `port` with extra arguments, in `dir`; `None` when it
     /// does not come up (port taken).
     fn start_in(port: u16, dir: &Path, extra: Vec<String>) -> Option<RedisServer> {

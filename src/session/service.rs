@@ -1,0 +1,485 @@
+//! Sessions as the sign-in endpoints and inline refresh see them: tokens in,
+//! tokens out. Opens and checks the presented refresh token before the store
+//! is touched, asks the store to rotate in one atomic step, and signs the
+//! successor's access token. Concurrent refreshes of one token in this process
+//! share a single store call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use subtle::ConstantTimeEq;
+use tokio::sync::OnceCell;
+
+use crate::clock::SharedClock;
+use crate::config::{ClientConfig, Config};
+use crate::session::store::{
+    NewSession, RotateOutcome, RotateRequest, SessionRecord, SessionStore, Store, StoreError,
+};
+use crate::tokens::jwt::{AccessClaims, AccessTokens, VerifyError};
+use crate::tokens::seal::{open_successor, seal_successor, OpenError, RefreshPayload, Sealer};
+use crate::tokens::{random_hex, token_hash};
+
+/// Why a refresh (or revoke) failed; each maps to one row of SPEC §1.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshError {
+    #[error("Refresh token is not defined")]
+    NotDefined,
+    #[error("Refresh token cannot be decrypted")]
+    Undecryptable,
+    #[error("Refresh token version is invalid")]
+    Version,
+    #[error("No valid Session found")]
+    NoSession,
+    #[error("Anti CSRF token is not valid")]
+    AntiCsrf,
+    #[error("Token theft detected")]
+    Theft,
+    #[error("Session store unavailable")]
+    StoreUnavailable,
+    #[error("Internal error")]
+    Internal,
+}
+
+impl RefreshError {
+    /// The session is gone for good: cookie clients get their cookies expired.
+    pub fn session_gone(&self) -> bool {
+        matches!(self, RefreshError::NoSession | RefreshError::Theft)
+    }
+
+    /// A metrics label.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            RefreshError::NotDefined => "not_defined",
+            RefreshError::Undecryptable => "undecryptable",
+            RefreshError::Version => "version",
+            RefreshError::NoSession => "expired",
+            RefreshError::AntiCsrf => "anti_csrf",
+            RefreshError::Theft => "theft",
+            RefreshError::StoreUnavailable => "store_error",
+            RefreshError::Internal => "internal",
+        }
+    }
+}
+
+impl From<StoreError> for RefreshError {
+    fn from(e: StoreError) -> Self {
+        tracing::warn!(error = %e, "session store call failed");
+        RefreshError::StoreUnavailable
+    }
+}
+
+/// The tokens of one session after a create or a rotation.
+#[derive(Clone)]
+pub struct Bundle {
+    pub session: SessionRecord,
+    pub client: Arc<ClientConfig>,
+    pub access_token: String,
+    pub access_exp_ms: u64,
+    pub refresh_token: String,
+    pub anti_csrf_token: String,
+    /// The claims signed into `access_token`.
+    pub claims: Arc<AccessClaims>,
+    /// The presented token was replayed inside the grace window.
+    pub replayed: bool,
+}
+
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bundle")
+            .field("session_handle", &self.session.handle)
+            .field("client_id", &self.client.client_id)
+            .field("replayed", &self.replayed)
+            .finish_non_exhaustive()
+    }
+}
+
+type Flight = Arc<OnceCell<Result<Bundle, RefreshError>>>;
+
+/// Results of recent inline refreshes, reused for the replay window so a burst
+/// of requests carrying one refresh cookie costs one store call.
+#[derive(Default)]
+struct Recent {
+    /// Presented token hash → its successor bundle and the end of its window.
+    by_presented: HashMap<String, (Bundle, u64)>,
+    /// Successor token hash → the presented token hash it came from; when the
+    /// successor is itself rotated, the older entry must stop answering.
+    by_successor: HashMap<String, String>,
+}
+
+/// Past this many entries, expired ones are swept on insert.
+const RECENT_SWEEP_AT: usize = 50_000;
+
+pub struct Sessions {
+    store: Store,
+    sealer: Sealer,
+    access: AccessTokens,
+    clock: SharedClock,
+    clients: HashMap<String, Arc<ClientConfig>>,
+    issuer: String,
+    grace: Duration,
+    max_age: Duration,
+    in_flight: Mutex<HashMap<String, Flight>>,
+    recent: Mutex<Recent>,
+}
+
+impl Sessions {
+    pub fn new(
+        config: &Config,
+        store: Store,
+        sealer: Sealer,
+        access: AccessTokens,
+        clock: SharedClock,
+    ) -> Sessions {
+        Sessions {
+            store,
+            sealer,
+            access,
+            clock,
+            clients: config
+                .clients
+                .iter()
+                .map(|c| (c.client_id.clone(), Arc::new(c.clone())))
+                .collect(),
+            issuer: config.tokens.issuer.clone(),
+            grace: config.tokens.refresh_grace,
+            max_age: config.tokens.session_max_age,
+            in_flight: Mutex::new(HashMap::new()),
+            recent: Mutex::new(Recent::default()),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn access_tokens(&self) -> &AccessTokens {
+        &self.access
+    }
+
+    pub fn client(&self, client_id: &str) -> Option<&Arc<ClientConfig>> {
+        self.clients.get(client_id)
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    fn max_age_ms(&self) -> u64 {
+        self.max_age.as_millis() as u64
+    }
+
+    /// Opens a session for a user who has just authenticated.
+    pub async fn create(
+        &self,
+        user_uuid: &str,
+        client_id: &str,
+        user_attributes: serde_json::Value,
+    ) -> Result<Bundle, CreateError> {
+        let client = self
+            .clients
+            .get(client_id)
+            .cloned()
+            .ok_or(CreateError::UnknownClient)?;
+        let now = self.clock.now_ms();
+        let handle = uuid::Uuid::new_v4().to_string();
+        let payload =
+            RefreshPayload::new(handle.clone(), user_uuid.to_owned(), client_id.to_owned());
+        let refresh_token = self.sealer.seal(&payload);
+        let refresh_exp_ms =
+            (now + client.refresh_token_ttl.as_millis() as u64).min(now + self.max_age_ms());
+        let record = SessionRecord {
+            handle,
+            user_uuid: user_uuid.to_owned(),
+            client_id: client_id.to_owned(),
+            user_attributes: user_attributes.to_string(),
+            created_at_ms: now,
+            refresh_exp_ms,
+        };
+        self.store
+            .create(NewSession {
+                record: record.clone(),
+                token_hash: token_hash(&refresh_token),
+                max_age_ms: self.max_age_ms(),
+                now_ms: now,
+            })
+            .await
+            .map_err(CreateError::Store)?;
+        self.bundle(record, client, &payload, refresh_token, None, false)
+            .map_err(|_| CreateError::Internal)
+    }
+
+    /// Opens a presented refresh token and checks its anti-CSRF token; no
+    /// store call. Returns the payload and its client.
+    pub fn open(
+        &self,
+        refresh_token: &str,
+        anti_csrf: Option<&str>,
+    ) -> Result<(RefreshPayload, Arc<ClientConfig>), RefreshError> {
+        let payload = self.sealer.open(refresh_token).map_err(|e| match e {
+            OpenError::Undecryptable => RefreshError::Undecryptable,
+            OpenError::Version => RefreshError::Version,
+        })?;
+        // A client removed from the configuration has no valid sessions.
+        let client = self
+            .clients
+            .get(&payload.client_id)
+            .cloned()
+            .ok_or(RefreshError::NoSession)?;
+        if client.anti_csrf {
+            let ok = anti_csrf.is_some_and(|given| {
+                bool::from(given.as_bytes().ct_eq(payload.anti_csrf_token.as_bytes()))
+            });
+            if !ok {
+                return Err(RefreshError::AntiCsrf);
+            }
+        }
+        Ok((payload, client))
+    }
+
+    /// The client a token names, when it opens; for shaping error responses.
+    pub fn open_client(&self, refresh_token: &str) -> Option<Arc<ClientConfig>> {
+        let payload = self.sealer.open(refresh_token).ok()?;
+        self.clients.get(&payload.client_id).cloned()
+    }
+
+    /// SPEC §2: rotates `refresh_token` once; concurrent and replayed calls
+    /// converge on the same successor.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        anti_csrf: Option<&str>,
+    ) -> Result<Bundle, RefreshError> {
+        let (payload, client) = self.open(refresh_token, anti_csrf)?;
+        let presented_hash = token_hash(refresh_token);
+        let flight = {
+            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(presented_hash.clone()).or_default().clone()
+        };
+        let result = flight
+            .get_or_init(|| self.rotate(refresh_token, &presented_hash, &payload, client))
+            .await
+            .clone();
+        {
+            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if map
+                .get(&presented_hash)
+                .is_some_and(|f| Arc::ptr_eq(f, &flight))
+            {
+                map.remove(&presented_hash);
+            }
+        }
+        result
+    }
+
+    /// As [`Sessions::refresh`], but a token refreshed in this process within
+    /// the replay window is answered from memory. Used by inline refresh on
+    /// pass-through routes, where bursts of parallel requests are the norm.
+    /// Returns whether the answer came from memory.
+    pub async fn refresh_inline(
+        &self,
+        refresh_token: &str,
+        anti_csrf: Option<&str>,
+    ) -> Result<(Bundle, bool), RefreshError> {
+        if self.grace.is_zero() {
+            return self
+                .refresh(refresh_token, anti_csrf)
+                .await
+                .map(|b| (b, false));
+        }
+        // Checked per caller: a remembered result never skips the anti-CSRF check.
+        self.open(refresh_token, anti_csrf)?;
+        let presented_hash = token_hash(refresh_token);
+        let now = self.clock.now_ms();
+        {
+            let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((bundle, until)) = recent.by_presented.get(&presented_hash) {
+                if now < *until {
+                    return Ok((bundle.clone(), true));
+                }
+            }
+        }
+        let bundle = self.refresh(refresh_token, anti_csrf).await?;
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.by_presented.len() >= RECENT_SWEEP_AT {
+            let Recent {
+                by_presented,
+                by_successor,
+            } = &mut *recent;
+            by_presented.retain(|_, (_, until)| now < *until);
+            by_successor.retain(|_, presented| by_presented.contains_key(presented));
+        }
+        recent
+            .by_successor
+            .insert(token_hash(&bundle.refresh_token), presented_hash.clone());
+        recent.by_presented.insert(
+            presented_hash,
+            (bundle.clone(), now + self.grace.as_millis() as u64),
+        );
+        Ok((bundle, false))
+    }
+
+    /// `presented_hash` was just rotated away: a remembered result that handed
+    /// it out as a successor must not be served any more.
+    fn forget_predecessor(&self, presented_hash: &str) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(older) = recent.by_successor.remove(presented_hash) {
+            recent.by_presented.remove(&older);
+        }
+    }
+
+    async fn rotate(
+        &self,
+        presented: &str,
+        presented_hash: &str,
+        payload: &RefreshPayload,
+        client: Arc<ClientConfig>,
+    ) -> Result<Bundle, RefreshError> {
+        let next = RefreshPayload::new(
+            payload.session_handle.clone(),
+            payload.user_uuid.clone(),
+            payload.client_id.clone(),
+        );
+        let next_token = self.sealer.seal(&next);
+        let outcome = self
+            .store
+            .rotate(RotateRequest {
+                handle: payload.session_handle.clone(),
+                presented_hash: presented_hash.to_owned(),
+                new_hash: token_hash(&next_token),
+                sealed_successor: seal_successor(presented, &next_token),
+                now_ms: self.clock.now_ms(),
+                grace_ms: self.grace.as_millis() as u64,
+                refresh_ttl_ms: client.refresh_token_ttl.as_millis() as u64,
+                max_age_ms: self.max_age_ms(),
+            })
+            .await?;
+        match outcome {
+            RotateOutcome::Rotated(record) => {
+                self.forget_predecessor(presented_hash);
+                self.bundle(
+                    record,
+                    client,
+                    &next,
+                    next_token,
+                    Some(presented_hash),
+                    false,
+                )
+            }
+            RotateOutcome::Replay {
+                record,
+                sealed_successor,
+            } => {
+                let successor = open_successor(presented, &sealed_successor).ok_or_else(|| {
+                    tracing::error!("stored successor does not open with the presented token");
+                    RefreshError::Internal
+                })?;
+                let next = self.sealer.open(&successor).map_err(|_| {
+                    tracing::error!("stored successor is not a token of this gateway");
+                    RefreshError::Internal
+                })?;
+                self.bundle(record, client, &next, successor, Some(presented_hash), true)
+            }
+            RotateOutcome::Theft => {
+                self.forget_predecessor(presented_hash);
+                tracing::warn!(
+                    session_handle = %payload.session_handle,
+                    "refresh token replayed outside the grace rules; session revoked"
+                );
+                Err(RefreshError::Theft)
+            }
+            RotateOutcome::NoSession => Err(RefreshError::NoSession),
+        }
+    }
+
+    fn bundle(
+        &self,
+        record: SessionRecord,
+        client: Arc<ClientConfig>,
+        payload: &RefreshPayload,
+        refresh_token: String,
+        parent_hash: Option<&str>,
+        replayed: bool,
+    ) -> Result<Bundle, RefreshError> {
+        let now = self.clock.now_ms();
+        let access_exp_ms = now + client.access_token_ttl.as_millis() as u64;
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            aud: client.audience.clone(),
+            client_id: client.client_id.clone(),
+            sub: record.user_uuid.clone(),
+            jti: random_hex(16),
+            iat: now / 1000,
+            exp: access_exp_ms / 1000,
+            session_handle: record.handle.clone(),
+            refresh_token_hash: token_hash(&refresh_token),
+            parent_refresh_token_hash: parent_hash.map(str::to_owned),
+            anti_csrf_token: payload.anti_csrf_token.clone(),
+            last_regeneration_time: now / 1000,
+            version: "V0".to_owned(),
+            user_attributes: serde_json::from_str(&record.user_attributes)
+                .unwrap_or(serde_json::Value::Object(Default::default())),
+        };
+        let access_token = self.access.sign(&claims).map_err(|e| {
+            tracing::error!(error = %e, "signing an access token failed");
+            RefreshError::Internal
+        })?;
+        Ok(Bundle {
+            claims: Arc::new(claims),
+            anti_csrf_token: payload.anti_csrf_token.clone(),
+            session: record,
+            client,
+            access_token,
+            access_exp_ms: (access_exp_ms / 1000) * 1000,
+            refresh_token,
+            replayed,
+        })
+    }
+
+    /// Revokes the session a valid refresh token belongs to.
+    pub async fn revoke(
+        &self,
+        refresh_token: &str,
+        anti_csrf: Option<&str>,
+    ) -> Result<Arc<ClientConfig>, RefreshError> {
+        let (payload, client) = self.open(refresh_token, anti_csrf)?;
+        if self.store.revoke(&payload.session_handle).await? {
+            Ok(client)
+        } else {
+            Err(RefreshError::NoSession)
+        }
+    }
+
+    /// Checks an access token against this gateway's keys and clock.
+    pub fn verify_access(&self, token: &str) -> Result<AccessClaims, VerifyError> {
+        self.access.verify(token, self.clock.now_secs())
+    }
+
+    pub async fn revoke_handle(&self, handle: &str) -> Result<bool, StoreError> {
+        self.store.revoke(handle).await
+    }
+
+    pub async fn revoke_user(&self, user_uuid: &str) -> Result<usize, StoreError> {
+        self.store.revoke_user(user_uuid).await
+    }
+
+    pub async fn list_user(&self, user_uuid: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        self.store
+            .list_user(user_uuid, self.clock.now_ms(), self.max_age_ms())
+            .await
+    }
+
+    pub async fn ready(&self) -> bool {
+        self.store.ping().await.is_ok()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("unknown client_id")]
+    UnknownClient,
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("internal error")]
+    Internal,
+}
