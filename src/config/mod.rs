@@ -320,7 +320,8 @@ impl Config {
             .map_err(|e| fail(vec![toml_problem(text, &e)]))?;
         let mut v = Validator::default();
         for key in unknown {
-            v.problem(key, "unknown key");
+            // serde_ignored writes `?` for the inside of an Option.
+            v.problem(key.replace(".?", ""), "unknown key");
         }
         let config = v.config(raw);
         if v.problems.is_empty() {
@@ -560,12 +561,16 @@ impl Validator {
         };
 
         let store = StoreConfig {
-            url: {
-                let url = raw.store.url.as_deref().unwrap_or(DEFAULT_STORE_URL);
-                parse_store_url(url).unwrap_or_else(|e| {
+            // The URL may carry a password, so it may come from env: or file:.
+            url: match Secret::resolve(raw.store.url.as_deref().unwrap_or(DEFAULT_STORE_URL)) {
+                Ok(url) => parse_store_url(url.expose()).unwrap_or_else(|e| {
                     self.problem("store.url", e);
                     StoreUrl::Memory
-                })
+                }),
+                Err(e) => {
+                    self.problem("store.url", e);
+                    StoreUrl::Memory
+                }
             },
             key_prefix: raw
                 .store

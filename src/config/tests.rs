@@ -22,9 +22,10 @@ fn empty_file_is_valid_with_defaults() {
 
 #[test]
 fn unknown_keys_are_all_reported() {
-    let k = keys("[server]\nlisen = \"x\"\n[tokens]\nfoo = 1\n[[routes]]\nupstream = \"http://a\"\nbogus = true\n");
+    let k = keys("[server.tls]\ncert = \"c\"\nkey = \"k\"\nbogus = 1\n[server]\nlisen = \"x\"\n[tokens]\nfoo = 1\n[[routes]]\nupstream = \"http://a\"\nbogus = true\n");
     assert!(k.contains(&"server.lisen".to_string()), "{k:?}");
     assert!(k.contains(&"tokens.foo".to_string()), "{k:?}");
+    assert!(k.contains(&"server.tls.bogus".to_string()), "{k:?}");
     assert!(
         k.iter()
             .any(|k| k.starts_with("routes") && k.ends_with("bogus")),
