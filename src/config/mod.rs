@@ -386,7 +386,8 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     let key = key.trim().trim_matches('"');
     let table = text[..line_start].lines().rev().find_map(|l| {
         let l = l.trim();
-        l.starts_with('[').then(|| l.trim_matches(['[', ']']).trim().to_owned())
+        l.starts_with('[')
+            .then(|| l.trim_matches(['[', ']']).trim().to_owned())
     });
     Some(match table {
         Some(t) if !t.is_empty() => format!("{t}.{key}"),
@@ -435,7 +436,9 @@ impl Validator {
             Err(_) => {
                 self.problem(
                     key,
-                    format!("invalid address {value:?}: expected host-ip:port, e.g. 127.0.0.1:8080"),
+                    format!(
+                        "invalid address {value:?}: expected host-ip:port, e.g. 127.0.0.1:8080"
+                    ),
                 );
                 None
             }
@@ -476,7 +479,10 @@ impl Validator {
             None => DEFAULT_MAX_CONNECTIONS,
             Some(n) if n > 0 => n as usize,
             Some(n) => {
-                self.problem("server.max_connections", format!("must be positive, got {n}"));
+                self.problem(
+                    "server.max_connections",
+                    format!("must be positive, got {n}"),
+                );
                 DEFAULT_MAX_CONNECTIONS
             }
         };
@@ -572,7 +578,10 @@ impl Validator {
             ),
         };
         if store.key_prefix.contains(['{', '}']) {
-            self.problem("store.key_prefix", "must not contain '{' or '}' (used for hash tags)");
+            self.problem(
+                "store.key_prefix",
+                "must not contain '{' or '}' (used for hash tags)",
+            );
         }
 
         let t = raw.tokens;
@@ -591,7 +600,10 @@ impl Validator {
         let mut signing_keys = Vec::new();
         for (i, p) in t.signing_keys.unwrap_or_default().into_iter().enumerate() {
             if !Path::new(&p).is_file() {
-                self.problem(format!("tokens.signing_keys[{i}]"), format!("no such file {p:?}"));
+                self.problem(
+                    format!("tokens.signing_keys[{i}]"),
+                    format!("no such file {p:?}"),
+                );
             }
             signing_keys.push(PathBuf::from(p));
         }
@@ -684,11 +696,17 @@ impl Validator {
         };
         let secure = c.secure.unwrap_or(true);
         if same_site == SameSite::None && !secure {
-            self.problem("cookies.same_site", "SameSite=None requires cookies.secure = true");
+            self.problem(
+                "cookies.same_site",
+                "SameSite=None requires cookies.secure = true",
+            );
         }
         let prefix = c.prefix.unwrap_or_else(|| DEFAULT_COOKIE_PREFIX.to_owned());
         if prefix.is_empty() || !prefix.bytes().all(is_cookie_name_byte) {
-            self.problem("cookies.prefix", format!("{prefix:?} is not a valid cookie name prefix"));
+            self.problem(
+                "cookies.prefix",
+                format!("{prefix:?} is not a valid cookie name prefix"),
+            );
         }
         let refresh_path = c
             .refresh_path
@@ -778,7 +796,10 @@ impl Validator {
             "cookie" => Authentication::Cookie,
             "api" => Authentication::Api,
             other => {
-                self.problem(key("authentication"), format!("{other:?} is not one of cookie, api"));
+                self.problem(
+                    key("authentication"),
+                    format!("{other:?} is not one of cookie, api"),
+                );
                 Authentication::Cookie
             }
         };
@@ -797,8 +818,15 @@ impl Validator {
             self.problem(key("audience"), "must not be empty");
         }
         if let Some(uri) = &rc.logout_redirect_uri {
-            if uri.parse::<Uri>().map(|u| u.scheme().is_none()).unwrap_or(true) {
-                self.problem(key("logout_redirect_uri"), format!("{uri:?} is not an absolute URL"));
+            if uri
+                .parse::<Uri>()
+                .map(|u| u.scheme().is_none())
+                .unwrap_or(true)
+            {
+                self.problem(
+                    key("logout_redirect_uri"),
+                    format!("{uri:?} is not an absolute URL"),
+                );
             }
         }
         Some(ClientConfig {
@@ -820,9 +848,10 @@ impl Validator {
         }
         let mut specs = Vec::new();
         match (rr.upstream, rr.upstreams) {
-            (Some(_), Some(_)) => {
-                self.problem(key("upstream"), "set either upstream or upstreams, not both")
-            }
+            (Some(_), Some(_)) => self.problem(
+                key("upstream"),
+                "set either upstream or upstreams, not both",
+            ),
             (Some(u), None) => specs.push((key("upstream"), u)),
             (None, Some(list)) => {
                 if list.is_empty() {
@@ -853,7 +882,10 @@ impl Validator {
                 AuthMode::Public
             }
         };
-        let max_body = rr.max_body.as_deref().and_then(|v| self.size(&key("max_body"), v));
+        let max_body = rr
+            .max_body
+            .as_deref()
+            .and_then(|v| self.size(&key("max_body"), v));
         let mut identity_headers = IdentityHeaders::default();
         for (name, value) in rr.identity_headers.unwrap_or_default() {
             let k = format!("routes[{i}].identity_headers.{name}");
@@ -865,7 +897,10 @@ impl Validator {
                 "user_uuid" => identity_headers.user_uuid = header,
                 "session_handle" => identity_headers.session_handle = header,
                 "client_id" => identity_headers.client_id = header,
-                _ => self.problem(k, "unknown key: one of user_uuid, session_handle, client_id"),
+                _ => self.problem(
+                    k,
+                    "unknown key: one of user_uuid, session_handle, client_id",
+                ),
             }
         }
         if let Some(login) = &rr.login_url {
@@ -963,7 +998,10 @@ fn parse_store_url(url: &str) -> Result<StoreUrl, String> {
         return Ok(StoreUrl::Memory);
     }
     let split = |rest: &str| -> Vec<String> {
-        rest.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+        rest.split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
     };
     for (scheme, tls) in [("redis+cluster://", false), ("rediss+cluster://", true)] {
         if let Some(rest) = url.strip_prefix(scheme) {
@@ -981,14 +1019,21 @@ fn parse_store_url(url: &str) -> Result<StoreUrl, String> {
     for (scheme, tls) in [("redis+sentinel://", false), ("rediss+sentinel://", true)] {
         if let Some(rest) = url.strip_prefix(scheme) {
             let Some((hosts, master)) = rest.split_once('/') else {
-                return Err(format!("{url:?}: expected redis+sentinel://host:port/master-name"));
+                return Err(format!(
+                    "{url:?}: expected redis+sentinel://host:port/master-name"
+                ));
             };
             let sentinels = split(hosts);
             if sentinels.is_empty() || master.is_empty() {
-                return Err(format!("{url:?}: expected redis+sentinel://host:port/master-name"));
+                return Err(format!(
+                    "{url:?}: expected redis+sentinel://host:port/master-name"
+                ));
             }
             return Ok(StoreUrl::Sentinel {
-                sentinels: sentinels.into_iter().map(|n| format!("redis://{n}")).collect(),
+                sentinels: sentinels
+                    .into_iter()
+                    .map(|n| format!("redis://{n}"))
+                    .collect(),
                 master: master.to_owned(),
                 tls,
             });

@@ -25,7 +25,11 @@ fn unknown_keys_are_all_reported() {
     let k = keys("[server]\nlisen = \"x\"\n[tokens]\nfoo = 1\n[[routes]]\nupstream = \"http://a\"\nbogus = true\n");
     assert!(k.contains(&"server.lisen".to_string()), "{k:?}");
     assert!(k.contains(&"tokens.foo".to_string()), "{k:?}");
-    assert!(k.iter().any(|k| k.starts_with("routes") && k.ends_with("bogus")), "{k:?}");
+    assert!(
+        k.iter()
+            .any(|k| k.starts_with("routes") && k.ends_with("bogus")),
+        "{k:?}"
+    );
 }
 
 #[test]
@@ -118,7 +122,10 @@ fn store_urls() {
 #[test]
 fn durations_and_sizes() {
     assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-    assert_eq!(parse_duration("45d").unwrap(), Duration::from_secs(45 * 86400));
+    assert_eq!(
+        parse_duration("45d").unwrap(),
+        Duration::from_secs(45 * 86400)
+    );
     assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
     assert!(parse_duration("-1s").is_err());
     let c = Config::parse(
