@@ -87,7 +87,9 @@ impl ConnState {
                     if now >= deadline {
                         return "idle";
                     }
-                    deadline - now
+                    // Wake at least once per header timeout: a request head
+                    // may start arriving meanwhile, and its clock is shorter.
+                    (deadline - now).min(header_ms)
                 }
             };
             tokio::time::sleep(Duration::from_millis(wait_ms.max(1))).await;
