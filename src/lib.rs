@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`app`]: everything built from one configuration (proxy, sign-in, metrics) and request dispatch.
 //! - [`config`]: `gateway.toml` parsed into a raw form, then validated into a typed [`config::Config`].
 //! - [`clock`]: injectable wall clock for expiry and grace windows.
 //! - [`tokens`]: access JWTs (keys, `kid`, JWKS) and sealed `v1:` refresh tokens.
@@ -14,6 +15,7 @@
 //! - [`demo`]: the built-in demo upstream behind `sis-gateway demo`.
 
 pub mod admin;
+pub mod app;
 pub mod auth;
 pub mod body;
 pub mod clock;
@@ -26,3 +28,7 @@ pub mod server;
 pub mod session;
 pub mod sign_in;
 pub mod tokens;
+
+pub use app::App;
+pub use config::Config;
+pub use server::{run, serve, Listeners};

@@ -1,1 +1,554 @@
-//! Listeners, TLS, connection limits, dispatch, access log, graceful shutdown.
+//! Listeners, TLS, connection limits, dispatch, access log, graceful shutdown,
+//! configuration reload.
+//!
+//! [`run`] takes bound listeners and a shutdown future, so tests (and `main`)
+//! start the whole gateway on any port. The public listener speaks HTTP/1.1
+//! and h2c, or HTTPS (ALPN `h2`, `http/1.1`) when `[server.tls]` is set; the
+//! admin listener plain HTTP.
+
+mod conn;
+mod tls;
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tracing::Level;
+
+use crate::app::App;
+use crate::body::Body;
+use crate::config::{Config, ServerConfig};
+use crate::ctx::RequestCtx;
+use crate::metrics::Metrics;
+use crate::proxy::{self, headers, UpstreamName};
+
+use self::conn::{ActiveGuard, ConnState, ConnTicket, TrackedBody, TrackedStream};
+
+/// Connections the admin listener serves at once.
+pub const ADMIN_MAX_CONNECTIONS: usize = 256;
+/// How often `watch_config = true` looks at the file's modification time.
+pub const CONFIG_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The bound sockets the gateway serves.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `server.listen` and, when set, `server.admin_listen`.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let public = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
+        let admin = match config.server.admin_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("server.admin_listen: cannot bind {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { public, admin })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Public,
+    Admin,
+}
+
+/// What every connection task shares.
+struct Shared {
+    app: ArcSwap<App>,
+    metrics: Arc<Metrics>,
+    builder: auto::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    tls: Option<TlsAcceptor>,
+    public_slots: Arc<Semaphore>,
+    admin_slots: Arc<Semaphore>,
+    /// Set when the drain deadline passes: connections still open close now.
+    hard_stop: watch::Sender<bool>,
+}
+
+/// Builds the [`App`] for `config` and serves it until `shutdown` resolves,
+/// then drains connections for up to `server.shutdown_grace`.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let app = App::build(config, metrics).await?;
+    serve(app, listeners, shutdown).await
+}
+
+/// Serves an already built [`App`]; see [`run`].
+pub async fn serve(
+    app: App,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let server = app.config.server.clone();
+    let tls = match &server.tls {
+        Some(t) => Some(tls::acceptor(t)?),
+        None => None,
+    };
+    let shared = Arc::new(Shared {
+        metrics: app.metrics.clone(),
+        app: ArcSwap::from_pointee(app),
+        builder: connection_builder(&server),
+        header_read_timeout: server.header_read_timeout,
+        idle_timeout: server.idle_timeout,
+        tls,
+        public_slots: Arc::new(Semaphore::new(server.max_connections)),
+        admin_slots: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
+        hard_stop: watch::channel(false).0,
+    });
+    let Listeners { public, admin } = listeners;
+    tracing::info!(
+        addr = %public.local_addr()?,
+        tls = shared.tls.is_some(),
+        "public listener ready"
+    );
+    if let Some(admin) = &admin {
+        tracing::info!(addr = %admin.local_addr()?, "admin listener ready");
+    }
+
+    let mut reloads = reload_triggers(&shared);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (res, kind) = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(source) = reloads.recv() => {
+                tokio::spawn(reload(shared.clone(), source));
+                continue;
+            }
+            res = public.accept() => (res, Kind::Public),
+            res = accept(admin.as_ref()) => (res, Kind::Admin),
+        };
+        match res {
+            Ok((stream, peer)) => {
+                accept_connection(&shared, stream, peer, kind, graceful.watcher())
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, ?kind, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    // Stop accepting: new connections are refused from here on.
+    drop(public);
+    drop(admin);
+    let app = shared.app.load_full();
+    let grace = app.config.server.shutdown_grace;
+    let tunnels = app.proxy.tunnels().clone();
+    tracing::info!(
+        connections = graceful.count(),
+        tunnels = tunnels.active(),
+        ?grace,
+        "shutting down: draining"
+    );
+    let drained = async {
+        graceful.shutdown().await;
+        tunnels.drained().await;
+    };
+    match tokio::time::timeout(grace, drained).await {
+        Ok(()) => tracing::info!("drained; stopped"),
+        Err(_) => tracing::warn!(
+            tunnels = tunnels.active(),
+            "shutdown grace expired; closing the remaining connections"
+        ),
+    }
+    shared.hard_stop.send_replace(true);
+    tunnels.stop_all();
+    Ok(())
+}
+
+async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Header and idle timeouts are enforced per connection (see conn.rs);
+        // hyper's own header timeout would also close idle keep-alive connections.
+        .header_read_timeout(None)
+        // A request head that does not fit is answered 431 by hyper.
+        .max_buf_size(server.max_header_size.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX));
+    builder
+}
+
+fn accept_connection(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    watcher: Watcher,
+) {
+    let slots = match kind {
+        Kind::Public => &shared.public_slots,
+        Kind::Admin => &shared.admin_slots,
+    };
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
+        shared.metrics.connections_rejected.inc();
+        tracing::debug!(%peer, ?kind, "connection limit reached; closing");
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let ticket = ConnTicket::new(permit, shared.metrics.clone());
+    tokio::spawn(serve_connection(
+        shared.clone(),
+        stream,
+        peer,
+        kind,
+        ticket,
+        watcher,
+    ));
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    ticket: ConnTicket,
+    watcher: Watcher,
+) {
+    let state = ConnState::new();
+    let io = TrackedStream::new(stream, state.clone(), ticket);
+    match (&shared.tls, kind) {
+        (Some(acceptor), Kind::Public) => {
+            let handshake = tokio::time::timeout(shared.header_read_timeout, acceptor.accept(io));
+            match handshake.await {
+                Ok(Ok(tls)) => {
+                    serve_http(&shared, TokioIo::new(tls), peer, kind, true, state, watcher).await
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+        _ => serve_http(&shared, TokioIo::new(io), peer, kind, false, state, watcher).await,
+    }
+}
+
+async fn serve_http<I>(
+    shared: &Arc<Shared>,
+    io: I,
+    peer: SocketAddr,
+    kind: Kind,
+    tls: bool,
+    state: Arc<ConnState>,
+    watcher: Watcher,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = {
+        let shared = shared.clone();
+        let state = state.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let guard = ActiveGuard::new(&state);
+            if req.version() == Version::HTTP_2 {
+                state.set_h2();
+            }
+            let shared = shared.clone();
+            async move {
+                let res = match kind {
+                    Kind::Public => public_request(&shared, req, peer, tls).await,
+                    Kind::Admin => {
+                        let app = shared.app.load_full();
+                        crate::admin::handle(&app, req).await
+                    }
+                };
+                Ok::<_, Infallible>(res.map(|body| TrackedBody::new(body, guard)))
+            }
+        })
+    };
+    let conn = watcher.watch(shared.builder.serve_connection_with_upgrades(io, service));
+    let mut hard_stop = shared.hard_stop.subscribe();
+    tokio::select! {
+        res = conn => {
+            if let Err(e) = res {
+                tracing::debug!(%peer, error = %e, "connection closed with error");
+            }
+        }
+        reason = state.expired(shared.header_read_timeout, shared.idle_timeout) => {
+            tracing::debug!(%peer, reason, "closing connection");
+        }
+        _ = hard_stop.wait_for(|stop| *stop) => {}
+    }
+}
+
+/// One request on the public listener: request id, client address, dispatch,
+/// metrics and the access log line.
+async fn public_request(
+    shared: &Shared,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+) -> Response<Body> {
+    let start = Instant::now();
+    let app = shared.app.load_full();
+    let trusted_proxies = &app.config.server.trusted_proxies;
+    let trusted = proxy::is_trusted(trusted_proxies, peer.ip());
+
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if trusted && valid_request_id(v) => v.clone(),
+        _ => new_request_id(),
+    };
+    req.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+    let client_ip = if trusted {
+        headers::client_ip_from_forwarded(req.headers(), peer.ip().to_canonical(), |ip| {
+            proxy::is_trusted(trusted_proxies, ip)
+        })
+    } else {
+        peer.ip().to_canonical()
+    };
+    let ctx = RequestCtx {
+        peer,
+        client_ip,
+        request_id: request_id.to_str().unwrap_or_default().to_owned(),
+        tls,
+    };
+    // Only pay for copying what the log line needs when it is written.
+    let log = tracing::enabled!(target: "access", Level::INFO).then(|| {
+        (
+            req.method().clone(),
+            req.version(),
+            req.uri().path().to_owned(),
+        )
+    });
+
+    let handled = app.handle(req, &ctx).await;
+    let mut res = handled.response;
+    res.headers_mut().insert(X_REQUEST_ID, request_id);
+    let elapsed = start.elapsed();
+    let status = res.status().as_u16();
+    shared
+        .metrics
+        .record_request(&handled.route, status, elapsed);
+    if let Some((method, version, path)) = log {
+        let upstream = res.extensions().get::<UpstreamName>().map(|u| &*u.0);
+        tracing::info!(
+            target: "access",
+            method = %method,
+            path = %path,
+            version = ?version,
+            route = %handled.route,
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream,
+            request_id = %ctx.request_id,
+            client_ip = %ctx.client_ip,
+        );
+    }
+    res
+}
+
+/// A request id from a trusted proxy is kept when it is 1–128 visible ASCII
+/// characters; anything else is replaced.
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+/// A random (v4) UUID. Request ids need to be unique, not secret, so they
+/// come from a per-thread generator seeded once from the OS.
+fn new_request_id() -> HeaderValue {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
+            a ^ b.rotate_left(32)
+        });
+    }
+    // splitmix64
+    fn next(state: &Cell<u64>) -> u64 {
+        let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(s);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    let bytes = STATE.with(|s| {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&next(s).to_le_bytes());
+        out[8..].copy_from_slice(&next(s).to_le_bytes());
+        out
+    });
+    let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_str(uuid.hyphenated().encode_lower(&mut buf))
+        .expect("a UUID is a valid header value")
+}
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy)]
+enum ReloadSource {
+    Signal,
+    FileChanged,
+}
+
+/// SIGHUP, and with `server.watch_config` a change of the file's
+/// modification time, both for configs loaded from a file.
+fn reload_triggers(shared: &Arc<Shared>) -> mpsc::Receiver<ReloadSource> {
+    let (tx, rx) = mpsc::channel(4);
+    let app = shared.app.load();
+    let Some(path) = app.config.path.clone() else {
+        return rx;
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        if tx.send(ReloadSource::Signal).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload on signal is off")
+            }
+        }
+    }
+    if app.config.server.watch_config {
+        tokio::spawn(async move {
+            let modified =
+                |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let mut last: Option<SystemTime> = modified(&path);
+            loop {
+                tokio::time::sleep(CONFIG_WATCH_INTERVAL).await;
+                let now = modified(&path);
+                if now.is_some() && now != last {
+                    last = now;
+                    if tx.send(ReloadSource::FileChanged).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+    rx
+}
+
+/// Re-reads the config file and swaps in a new [`App`]. An invalid file is
+/// logged and the running configuration kept. Listener addresses, TLS and
+/// connection settings only change on restart.
+async fn reload(shared: Arc<Shared>, source: ReloadSource) {
+    let current = shared.app.load_full();
+    let Some(path) = current.config.path.clone() else {
+        return;
+    };
+    let count = |result: &'static str| {
+        shared
+            .metrics
+            .reloads
+            .get_or_create(&crate::metrics::ResultLabels { result })
+            .inc();
+    };
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(
+                ?source,
+                "config reload failed; keeping the running configuration: {e}"
+            );
+            count("invalid");
+            return;
+        }
+    };
+    let (old, new) = (&current.config.server, &config.server);
+    if old.listen != new.listen
+        || old.admin_listen != new.admin_listen
+        || old.tls.is_some() != new.tls.is_some()
+        || old.max_connections != new.max_connections
+        || old.header_read_timeout != new.header_read_timeout
+        || old.idle_timeout != new.idle_timeout
+        || old.max_header_size != new.max_header_size
+    {
+        tracing::warn!(
+            "server listener and connection settings changed; they take effect on restart"
+        );
+    }
+    match current.rebuild(config).await {
+        Ok(app) => {
+            shared.app.store(Arc::new(app));
+            count("ok");
+            tracing::info!(?source, path = %path.display(), "configuration reloaded");
+        }
+        Err(e) => {
+            count("failed");
+            tracing::error!(
+                ?source,
+                "config reload failed; keeping the running configuration: {e:#}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_uuids() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        let parsed = uuid::Uuid::parse_str(a.to_str().unwrap()).unwrap();
+        assert_eq!(parsed.get_version_num(), 4);
+    }
+
+    #[test]
+    fn request_id_validation() {
+        assert!(valid_request_id(&HeaderValue::from_static("abc-123")));
+        assert!(!valid_request_id(&HeaderValue::from_static("")));
+        assert!(!valid_request_id(&HeaderValue::from_static("a b")));
+        assert!(!valid_request_id(
+            &HeaderValue::from_bytes(b"\xff").unwrap()
+        ));
+        assert!(!valid_request_id(
+            &HeaderValue::from_str(&"x".repeat(129)).unwrap()
+        ));
+    }
+}

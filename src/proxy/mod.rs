@@ -1,1 +1,669 @@
 //! Route table, upstream client, header operations, upgrades.
+//!
+//! Forwarding is two steps so that an auth step can sit between them:
+//!
+//! ```text
+//! let route = proxy.route_for(host, path)?;        // SPEC §5 routing
+//! // (auth reads the original cookies here: they are still on `req`)
+//! let mut out = proxy.prepare(route, req, &ctx)?;  // hop-by-hop, cookies, identity, X-Forwarded-*
+//! out.headers_mut().insert(...);                   // (auth adds identity headers, a new access cookie)
+//! proxy.send(out, extra_response_headers).await    // upstream exchange, extra Set-Cookie appended
+//! ```
+//!
+//! [`Proxy::forward`] does both with nothing in between.
+
+pub mod body;
+mod error;
+pub mod headers;
+mod tunnel;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use ipnet::IpNet;
+
+use crate::body::{Body, BoxError};
+use crate::config::{Config, RouteConfig};
+use crate::ctx::RequestCtx;
+use crate::metrics::{Metrics, UpstreamErrorKind};
+
+use self::body::{BodySlot, ForwardBody};
+pub use self::error::ProxyError;
+use self::headers::ForwardedFor;
+pub use self::tunnel::Tunnels;
+use self::upstream::{UpstreamSet, UpstreamTarget};
+
+/// How long an idle pooled upstream connection is kept.
+pub const UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ForwardBody>;
+
+/// A response extension naming the upstream that answered, for the access log.
+#[derive(Clone, Debug)]
+pub struct UpstreamName(pub Arc<str>);
+
+/// One `[[routes]]` entry, ready to forward to.
+pub struct Route {
+    pub config: RouteConfig,
+    /// `config.name`, shared with metrics labels.
+    pub name: Arc<str>,
+    upstreams: UpstreamSet,
+}
+
+impl Route {
+    /// True when this route's `path_prefix` covers `path`, on segment
+    /// boundaries: `/app` covers `/app` and `/app/x`, not `/application`.
+    pub fn covers(&self, path: &str) -> bool {
+        prefix_matches(&self.config.path_prefix, path)
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'),
+        None => false,
+    }
+}
+
+/// The route table and the one pooled upstream client.
+pub struct Proxy {
+    /// Host-specific routes first, then by longest prefix: the first match wins.
+    routes: Vec<Route>,
+    client: UpstreamClient,
+    /// `{prefix}refresh_token`, `{prefix}anti_csrf_token`: never forwarded.
+    secret_cookies: [String; 2],
+    /// Every route's identity header names: only the gateway sets them.
+    identity_headers: Vec<HeaderName>,
+    trusted_proxies: Vec<IpNet>,
+    upstream_timeout: Duration,
+    metrics: Arc<Metrics>,
+    tunnels: Tunnels,
+}
+
+/// A request made ready for the upstream by [`Proxy::prepare`]. Its headers
+/// may still be edited before [`Proxy::send`].
+pub struct Outgoing<'r> {
+    route: &'r Route,
+    parts: http::request::Parts,
+    body: Incoming,
+    /// The path and query to send, relative to the upstream base.
+    path: PathAndQuery,
+    /// The client's side of an upgrade, and the protocols it asked for.
+    upgrade: Option<(OnUpgrade, HeaderValue)>,
+}
+
+impl Outgoing<'_> {
+    pub fn route(&self) -> &Route {
+        self.route
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        &self.parts.headers
+    }
+
+    /// The headers that will be sent upstream: hop-by-hop headers, secret
+    /// cookies and identity headers are already gone.
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        &mut self.parts.headers
+    }
+}
+
+/// True when `ip` is in one of `nets` (IPv4-mapped IPv6 addresses count as IPv4).
+pub fn is_trusted(nets: &[IpNet], ip: std::net::IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+impl Proxy {
+    /// Builds the route table and the upstream client. Fails only when a
+    /// route has an `https://` upstream and no system root certificates can
+    /// be loaded.
+    pub fn new(config: &Config, metrics: Arc<Metrics>, tunnels: Tunnels) -> anyhow::Result<Proxy> {
+        let server = &config.server;
+        let mut routes: Vec<Route> = config
+            .routes
+            .iter()
+            .map(|r| Route {
+                config: r.clone(),
+                name: Arc::from(r.name.as_str()),
+                upstreams: UpstreamSet::new(&r.upstreams, server.upstream_cooldown),
+            })
+            .collect();
+        routes.sort_by_key(|r| {
+            (
+                r.config.host.is_none(),
+                std::cmp::Reverse(r.config.path_prefix.len()),
+            )
+        });
+
+        let mut identity_headers: Vec<HeaderName> = Vec::new();
+        for r in &config.routes {
+            let ih = &r.identity_headers;
+            for name in [&ih.user_uuid, &ih.session_handle, &ih.client_id] {
+                if !identity_headers.contains(name) {
+                    identity_headers.push(name.clone());
+                }
+            }
+        }
+
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(server.upstream_connect_timeout));
+        http.enforce_http(false);
+        let needs_tls = config
+            .routes
+            .iter()
+            .flat_map(|r| &r.upstreams)
+            .any(|u| u.scheme == http::uri::Scheme::HTTPS);
+        let tls = upstream_tls_config(needs_tls)?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(UPSTREAM_POOL_IDLE_TIMEOUT)
+            .build(connector);
+
+        Ok(Proxy {
+            routes,
+            client,
+            secret_cookies: [
+                config.cookies.refresh_name(),
+                config.cookies.anti_csrf_name(),
+            ],
+            identity_headers,
+            trusted_proxies: server.trusted_proxies.clone(),
+            upstream_timeout: server.upstream_timeout,
+            metrics,
+            tunnels,
+        })
+    }
+
+    /// The running tunnels (shared by every `Proxy` built with the same [`Tunnels`]).
+    pub fn tunnels(&self) -> &Tunnels {
+        &self.tunnels
+    }
+
+    /// The route for a request (SPEC §5): routes naming `host` (compared
+    /// case-insensitively, without port) before host-less ones, then the
+    /// longest `path_prefix` that covers `path`.
+    pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| {
+            let host_ok = match (&r.config.host, host) {
+                (None, _) => true,
+                (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
+                (Some(_), None) => false,
+            };
+            host_ok && r.covers(path)
+        })
+    }
+
+    /// The route for `req`, from its `Host` (or `:authority`) and path.
+    pub fn route_for_request<B>(&self, req: &Request<B>) -> Option<&Route> {
+        self.route_for(
+            headers::request_host(req.headers(), req.uri()),
+            req.uri().path(),
+        )
+    }
+
+    /// Routes and forwards `req`, appending `extra_response_headers` (e.g.
+    /// `Set-Cookie`) to the upstream's response. Answers 404 when no route
+    /// matches.
+    pub async fn handle(&self, req: Request<Incoming>, ctx: &RequestCtx) -> Response<Body> {
+        match self.route_for_request(&req) {
+            Some(route) => self.forward(route, req, ctx, HeaderMap::new()).await,
+            None => ProxyError::NoRoute.to_response(),
+        }
+    }
+
+    /// [`prepare`](Self::prepare) then [`send`](Self::send).
+    pub async fn forward(
+        &self,
+        route: &Route,
+        req: Request<Incoming>,
+        ctx: &RequestCtx,
+        extra_response_headers: HeaderMap,
+    ) -> Response<Body> {
+        match self.prepare(route, req, ctx) {
+            Ok(out) => self.send(out, extra_response_headers, ctx).await,
+            Err(e) => self.fail(route, None, e, ctx),
+        }
+    }
+
+    /// Turns the client's request into the one sent upstream: rejects a
+    /// `Content-Length` over `max_body` (413), strips hop-by-hop headers
+    /// (keeping an upgrade), the refresh and anti-CSRF cookies and every
+    /// identity header, sets `X-Forwarded-*`, and picks the path.
+    pub fn prepare<'r>(
+        &self,
+        route: &'r Route,
+        mut req: Request<Incoming>,
+        ctx: &RequestCtx,
+    ) -> Result<Outgoing<'r>, ProxyError> {
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed);
+        }
+        if let Some(limit) = route.config.max_body {
+            if http_body::Body::size_hint(req.body()).lower() > limit {
+                return Err(ProxyError::BodyTooLarge);
+            }
+        }
+        let upgrade = (req.version() == Version::HTTP_11
+            && headers::is_upgrade_request(req.headers()))
+        .then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
+        .map(|protocols| (hyper::upgrade::on(&mut req), protocols));
+
+        let (mut parts, body) = req.into_parts();
+        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let h = &mut parts.headers;
+        headers::strip_hop_by_hop(h);
+        // hyper answers `Expect: 100-continue` on this hop when the body is first read.
+        h.remove(header::EXPECT);
+        if let Some((_, protocols)) = &upgrade {
+            headers::set_upgrade(h, protocols.clone());
+        }
+        let [refresh, anti_csrf] = &self.secret_cookies;
+        headers::remove_cookies(h, &[refresh.as_str(), anti_csrf.as_str()]);
+        headers::remove_all(h, &self.identity_headers);
+        headers::set_forwarded(
+            h,
+            ForwardedFor {
+                peer: ctx.peer.ip().to_canonical(),
+                trusted: is_trusted(&self.trusted_proxies, ctx.peer.ip()),
+                proto: if ctx.tls { "https" } else { "http" },
+                host: client_host.as_ref(),
+            },
+        );
+        if route.config.preserve_host {
+            match client_host {
+                Some(host) => h.insert(header::HOST, host),
+                None => h.remove(header::HOST),
+            };
+        }
+        parts.extensions.clear();
+        parts.version = Version::HTTP_11;
+        let path = upstream_path(&route.config, &parts.uri);
+        Ok(Outgoing {
+            route,
+            parts,
+            body,
+            path,
+            upgrade,
+        })
+    }
+
+    /// Sends a prepared request to the route's upstreams (round robin; a
+    /// refused connection moves on to the next healthy one) and streams the
+    /// response back with hop-by-hop headers stripped and
+    /// `extra_response_headers` appended. Upstream failures become 502, no
+    /// response head within `server.upstream_timeout` 504.
+    pub async fn send(
+        &self,
+        out: Outgoing<'_>,
+        extra_response_headers: HeaderMap,
+        ctx: &RequestCtx,
+    ) -> Response<Body> {
+        let route = out.route;
+        match tokio::time::timeout(self.upstream_timeout, self.exchange(out, ctx)).await {
+            Ok(Ok((res, target, upgrade))) => {
+                match self.respond(route, target, res, upgrade, extra_response_headers) {
+                    Ok(res) => res,
+                    Err(e) => self.fail(route, Some(target), e, ctx),
+                }
+            }
+            Ok(Err((e, target))) => self.fail(route, target, e, ctx),
+            Err(_) => {
+                self.metrics
+                    .upstream_error(&route.name, UpstreamErrorKind::timeout);
+                self.fail(route, None, ProxyError::Timeout, ctx)
+            }
+        }
+    }
+
+    fn fail(
+        &self,
+        route: &Route,
+        target: Option<&UpstreamTarget>,
+        e: ProxyError,
+        ctx: &RequestCtx,
+    ) -> Response<Body> {
+        let upstream = target.map(|t| &*t.name);
+        if e.is_client_error() {
+            tracing::debug!(route = %route.name, upstream, request_id = %ctx.request_id, error = %e, "request refused");
+        } else {
+            tracing::warn!(route = %route.name, upstream, request_id = %ctx.request_id, error = %e, "upstream failure");
+        }
+        let mut res = e.to_response();
+        if let Some(t) = target {
+            res.extensions_mut().insert(UpstreamName(t.name.clone()));
+        }
+        res
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn exchange<'r>(
+        &self,
+        out: Outgoing<'r>,
+        ctx: &RequestCtx,
+    ) -> Result<
+        (
+            Response<Incoming>,
+            &'r UpstreamTarget,
+            Option<(OnUpgrade, HeaderValue)>,
+        ),
+        (ProxyError, Option<&'r UpstreamTarget>),
+    > {
+        let Outgoing {
+            route,
+            mut parts,
+            body,
+            path,
+            upgrade,
+        } = out;
+        let limit = route.config.max_body;
+        let set = &route.upstreams;
+        let preserve_host = route.config.preserve_host;
+
+        if set.len() == 1 {
+            let target = set.first();
+            parts.uri = target.uri(&path);
+            if !preserve_host {
+                parts.headers.insert(header::HOST, target.host.clone());
+            }
+            let req = Request::from_parts(parts, ForwardBody::new(body, limit));
+            return match self.client.request(req).await {
+                Ok(res) => Ok((res, target, upgrade)),
+                Err(e) => Err((self.attempt_failed(route, target, &e, ctx).0, Some(target))),
+            };
+        }
+
+        let slot = BodySlot::new(body);
+        let mut last = None;
+        for target in set.candidates() {
+            let mut req = Request::new(ForwardBody::from_slot(slot.clone(), limit));
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = target.uri(&path);
+            *req.version_mut() = Version::HTTP_11;
+            *req.headers_mut() = parts.headers.clone();
+            if !preserve_host {
+                req.headers_mut().insert(header::HOST, target.host.clone());
+            }
+            match self.client.request(req).await {
+                Ok(res) => return Ok((res, target, upgrade)),
+                Err(e) => {
+                    let (err, retry) = self.attempt_failed(route, target, &e, ctx);
+                    if retry && slot.is_intact() {
+                        set.mark_down(target);
+                        last = Some((err, Some(target)));
+                        continue;
+                    }
+                    return Err((err, Some(target)));
+                }
+            }
+        }
+        Err(last.unwrap_or((ProxyError::NoHealthyUpstream, None)))
+    }
+
+    /// Counts and classifies a failed attempt; true when it may be retried elsewhere.
+    fn attempt_failed(
+        &self,
+        route: &Route,
+        target: &UpstreamTarget,
+        e: &hyper_util::client::legacy::Error,
+        ctx: &RequestCtx,
+    ) -> (ProxyError, bool) {
+        let failure = error::classify(e);
+        if failure.body_too_large {
+            return (ProxyError::BodyTooLarge, false);
+        }
+        self.metrics.upstream_error(&route.name, failure.kind);
+        if failure.nothing_sent {
+            tracing::warn!(route = %route.name, upstream = %target.name, request_id = %ctx.request_id,
+                kind = ?failure.kind, error = %error::describe(e), "upstream connect failed");
+        }
+        let err = ProxyError::Upstream {
+            kind: failure.kind,
+            detail: error::describe(e),
+        };
+        (err, failure.nothing_sent)
+    }
+
+    fn respond(
+        &self,
+        route: &Route,
+        target: &UpstreamTarget,
+        mut res: Response<Incoming>,
+        upgrade: Option<(OnUpgrade, HeaderValue)>,
+        extra_response_headers: HeaderMap,
+    ) -> Result<Response<Body>, ProxyError> {
+        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let (client_side, asked) = upgrade.ok_or(ProxyError::BadUpgrade)?;
+            let chosen = res
+                .headers()
+                .get(header::UPGRADE)
+                .cloned()
+                .filter(|p| offered(&asked, p))
+                .ok_or(ProxyError::BadUpgrade)?;
+            let upstream_side = hyper::upgrade::on(&mut res);
+            self.tunnels.spawn(
+                client_side,
+                upstream_side,
+                self.metrics.clone(),
+                route.name.clone(),
+            );
+            headers::strip_hop_by_hop(res.headers_mut());
+            headers::set_upgrade(res.headers_mut(), chosen);
+        } else {
+            headers::strip_hop_by_hop(res.headers_mut());
+        }
+        if !extra_response_headers.is_empty() {
+            let h = res.headers_mut();
+            let mut last: Option<HeaderName> = None;
+            for (name, value) in extra_response_headers {
+                if let Some(n) = name {
+                    last = Some(n);
+                }
+                if let Some(n) = &last {
+                    h.append(n.clone(), value);
+                }
+            }
+        }
+        res.extensions_mut().clear();
+        res.extensions_mut()
+            .insert(UpstreamName(target.name.clone()));
+        Ok(res.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+    }
+}
+
+/// True when `chosen` is one of the comma-separated protocols in `asked`
+/// (RFC 9110 §7.8).
+fn offered(asked: &HeaderValue, chosen: &HeaderValue) -> bool {
+    let chosen = chosen.as_bytes().trim_ascii();
+    asked
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|p| p.trim_ascii().eq_ignore_ascii_case(chosen))
+}
+
+/// The path and query to send: the request's, minus the route prefix when
+/// `strip_prefix` is set (at least `/`). The upstream's base path is
+/// prepended later, per upstream.
+fn upstream_path(route: &RouteConfig, uri: &Uri) -> PathAndQuery {
+    let pq = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if !route.strip_prefix || route.path_prefix == "/" {
+        return pq;
+    }
+    let prefix = route.path_prefix.trim_end_matches('/');
+    let rest = pq.path().get(prefix.len()..).unwrap_or("");
+    let mut s = String::with_capacity(pq.as_str().len());
+    if !rest.starts_with('/') {
+        s.push('/');
+    }
+    s.push_str(rest);
+    if let Some(q) = pq.query() {
+        s.push('?');
+        s.push_str(q);
+    }
+    PathAndQuery::try_from(s).unwrap_or(pq)
+}
+
+/// TLS for `https://` upstreams: the system's root certificates, HTTP/1.1.
+fn upstream_tls_config(needs_roots: bool) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    if needs_roots {
+        let found = rustls_native_certs::load_native_certs();
+        for cert in found.certs {
+            let _ = roots.add(cert);
+        }
+        if roots.is_empty() {
+            anyhow::bail!(
+                "a route has an https:// upstream but no system root certificates were found (install ca-certificates)"
+            );
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    // ALPN (http/1.1) is set by the connector builder.
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy(routes: &str) -> Proxy {
+        let text = format!("[cookies]\nrefresh_path = \"/\"\n{routes}");
+        let config = Config::parse(&text, "test").unwrap();
+        Proxy::new(&config, Arc::new(Metrics::new()), Tunnels::new()).unwrap()
+    }
+
+    fn name(p: &Proxy, host: Option<&str>, path: &str) -> Option<String> {
+        p.route_for(host, path).map(|r| r.name.to_string())
+    }
+
+    #[tokio::test]
+    async fn routing_by_host_then_longest_prefix() {
+        let p = proxy(
+            r#"
+[[routes]]
+path_prefix = "/"
+upstream = "http://127.0.0.1:1"
+[[routes]]
+path_prefix = "/app"
+upstream = "http://127.0.0.1:2"
+[[routes]]
+path_prefix = "/app/admin/"
+upstream = "http://127.0.0.1:3"
+[[routes]]
+host = "API.example"
+path_prefix = "/"
+upstream = "http://127.0.0.1:4"
+[[routes]]
+host = "other.example"
+path_prefix = "/app/x"
+upstream = "http://127.0.0.1:5"
+"#,
+        );
+        assert_eq!(name(&p, None, "/app").as_deref(), Some("/app"));
+        assert_eq!(name(&p, None, "/app/").as_deref(), Some("/app"));
+        assert_eq!(name(&p, None, "/app/x").as_deref(), Some("/app"));
+        assert_eq!(name(&p, None, "/application").as_deref(), Some("/"));
+        assert_eq!(name(&p, None, "/app/admin").as_deref(), Some("/app"));
+        assert_eq!(
+            name(&p, None, "/app/admin/users").as_deref(),
+            Some("/app/admin/")
+        );
+        assert_eq!(
+            name(&p, Some("api.EXAMPLE"), "/app").as_deref(),
+            Some("api.example/")
+        );
+        assert_eq!(
+            name(&p, Some("other.example"), "/app/x/1").as_deref(),
+            Some("other.example/app/x")
+        );
+        assert_eq!(
+            name(&p, Some("other.example"), "/app/y").as_deref(),
+            Some("/app")
+        );
+        assert_eq!(name(&p, Some("unknown"), "/").as_deref(), Some("/"));
+    }
+
+    #[tokio::test]
+    async fn no_route_without_catch_all() {
+        let p = proxy("[[routes]]\npath_prefix = \"/api\"\nupstream = \"http://127.0.0.1:1\"\n");
+        assert!(p.route_for(None, "/").is_none());
+        assert!(p.route_for(None, "/apix").is_none());
+        assert!(p.route_for(None, "/api/v1").is_some());
+    }
+
+    fn route(prefix: &str, strip: bool) -> RouteConfig {
+        let text = format!(
+            "[cookies]\nrefresh_path = \"/\"\n[[routes]]\npath_prefix = \"{prefix}\"\nstrip_prefix = {strip}\nupstream = \"http://127.0.0.1:1\"\n"
+        );
+        Config::parse(&text, "t").unwrap().routes.remove(0)
+    }
+
+    #[test]
+    fn strip_prefix_paths() {
+        let uri = |s: &str| s.parse::<Uri>().unwrap();
+        let r = route("/app", true);
+        assert_eq!(upstream_path(&r, &uri("/app")).as_str(), "/");
+        assert_eq!(upstream_path(&r, &uri("/app?x=1")).as_str(), "/?x=1");
+        assert_eq!(upstream_path(&r, &uri("/app/a/b?x=1")).as_str(), "/a/b?x=1");
+        let r = route("/app/", true);
+        assert_eq!(upstream_path(&r, &uri("/app/a")).as_str(), "/a");
+        let r = route("/app", false);
+        assert_eq!(upstream_path(&r, &uri("/app/a?q")).as_str(), "/app/a?q");
+        let r = route("/", true);
+        assert_eq!(upstream_path(&r, &uri("/a")).as_str(), "/a");
+        assert_eq!(
+            upstream_path(&r, &uri("http://h/a?b")).as_str(),
+            "/a?b",
+            "absolute-form (HTTP/2) keeps path and query"
+        );
+    }
+
+    #[test]
+    fn upgrade_protocol_must_be_offered() {
+        let asked = HeaderValue::from_static("websocket, foo/2");
+        assert!(offered(&asked, &HeaderValue::from_static("WebSocket")));
+        assert!(offered(&asked, &HeaderValue::from_static("foo/2")));
+        assert!(!offered(&asked, &HeaderValue::from_static("h2c")));
+    }
+
+    #[test]
+    fn trusted_matches_mapped_v4() {
+        let nets: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
+        assert!(is_trusted(&nets, "::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!is_trusted(&nets, "127.0.0.2".parse().unwrap()));
+    }
+}

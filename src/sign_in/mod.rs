@@ -105,7 +105,8 @@ impl SignIn {
         } else if self.limiter.blocked(ctx.client_ip) {
             json_error(StatusCode::TOO_MANY_REQUESTS, "Too many failed requests")
         } else {
-            let res = self.route(req).await;
+            // Boxed: keeps the connection future small on the pass-through path.
+            let res = Box::pin(self.route(req)).await;
             if res.status().is_client_error() && res.status() != StatusCode::NOT_FOUND {
                 self.limiter.failed(ctx.client_ip);
             }
@@ -360,7 +361,7 @@ impl SignIn {
 
     /// The session admin API (`/admin/...` on the admin listener).
     pub async fn admin(&self, req: Request<Incoming>) -> Response<Body> {
-        admin::handle(self, req).await
+        Box::pin(admin::handle(self, req)).await
     }
 
     /// Readiness of what sign-in depends on (the session store).

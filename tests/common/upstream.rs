@@ -1,1 +1,314 @@
-//! Real upstream servers for tests.
+//! Real upstream servers for tests, on `127.0.0.1:0`.
+//!
+//! [`TestUpstream`] is a hyper HTTP/1 server. What it does depends on the
+//! last path segment:
+//! - `…/stream?bytes=N`: N bytes of [`pattern`], chunked, in 64 KiB pieces;
+//! - `…/upload`: reads the body and answers `{"len":…,"sha256":"…"}`;
+//! - `…/slow?ms=N`: answers `slow` after N ms;
+//! - `…/status?code=N`: answers with that status;
+//! - `…/ws`: WebSocket echo;
+//! - anything else: the request as JSON, `{"method","uri","version","headers":[[name,value],…]}`.
+//!
+//! Every response carries `x-upstream: <name>`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+type BoxBody =
+    http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Byte `i` of every streamed or uploaded test body.
+pub fn pattern_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// `len` bytes of the pattern starting at `offset`.
+pub fn pattern(offset: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| pattern_byte(offset + i)).collect()
+}
+
+/// Hex SHA-256 of `total` pattern bytes.
+pub fn pattern_sha256(total: u64) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let chunk = pattern(0, 251 * 1024);
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        ctx.update(&chunk[..n]);
+        left -= n as u64;
+    }
+    hex(ctx.finish().as_ref())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// Requests served so far.
+    pub requests: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestUpstream {
+    pub async fn start() -> TestUpstream {
+        Self::start_named("upstream").await
+    }
+
+    pub async fn start_named(name: &str) -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let name = HeaderValue::from_str(name).unwrap();
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let name = name.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        let name = name.clone();
+                        async move {
+                            let mut res = handle(req).await;
+                            res.headers_mut().insert("x-upstream", name);
+                            Ok::<_, Infallible>(res)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        TestUpstream {
+            addr,
+            url: format!("http://{addr}"),
+            requests,
+            task,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+fn query(req: &Request<Incoming>, name: &str) -> Option<u64> {
+    req.uri()
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<BoxBody> {
+    let mut res = Response::new(Full::new(body.into()).map_err(|e| match e {}).boxed());
+    *res.status_mut() = status;
+    res
+}
+
+async fn handle(req: Request<Incoming>) -> Response<BoxBody> {
+    let last = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
+    match last.as_str() {
+        "stream" => {
+            let total = query(&req, "bytes").unwrap_or(0);
+            let chunk = Bytes::from(pattern(0, 251 * 256)); // a multiple of 251: every chunk starts the pattern over
+            let stream = futures_util::stream::unfold(0u64, move |sent| {
+                let chunk = chunk.clone();
+                async move {
+                    if sent >= total {
+                        return None;
+                    }
+                    let n = (total - sent).min(chunk.len() as u64) as usize;
+                    Some((
+                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(
+                            chunk.slice(..n),
+                        )),
+                        sent + n as u64,
+                    ))
+                }
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(stream)))
+        }
+        "upload" => {
+            let mut body = req.into_body();
+            let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+            let mut len = 0u64;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => {
+                        if let Some(d) = f.data_ref() {
+                            len += d.len() as u64;
+                            ctx.update(d);
+                        }
+                    }
+                    Err(_) => return full(StatusCode::BAD_REQUEST, "body error"),
+                }
+            }
+            let json = serde_json::json!({ "len": len, "sha256": hex(ctx.finish().as_ref()) });
+            full(StatusCode::OK, json.to_string())
+        }
+        "slow" => {
+            let ms = query(&req, "ms").unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            full(StatusCode::OK, "slow")
+        }
+        "status" => {
+            let code = query(&req, "code").unwrap_or(200) as u16;
+            full(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
+                "status",
+            )
+        }
+        "ws" => websocket(req),
+        _ => {
+            let headers: Vec<(String, String)> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let json = serde_json::json!({
+                "method": req.method().as_str(),
+                "uri": req.uri().to_string(),
+                "version": format!("{:?}", req.version()),
+                "headers": headers,
+            });
+            let mut res = full(StatusCode::OK, json.to_string());
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            // Hop-by-hop headers the gateway must not pass back to the client.
+            res.headers_mut()
+                .insert("connection", HeaderValue::from_static("x-upstream-private"));
+            res.headers_mut()
+                .insert("x-upstream-private", HeaderValue::from_static("1"));
+            res.headers_mut()
+                .insert("keep-alive", HeaderValue::from_static("timeout=5"));
+            res.headers_mut()
+                .insert("proxy-authenticate", HeaderValue::from_static("Basic"));
+            res
+        }
+    }
+}
+
+fn websocket(mut req: Request<Incoming>) -> Response<BoxBody> {
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+        return full(StatusCode::BAD_REQUEST, "not a websocket request");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut res = full(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    res.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    res.headers_mut().insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).unwrap(),
+    );
+    res
+}
+
+/// A server that reads a request head and resets the connection (RST)
+/// without answering.
+pub struct ResettingUpstream {
+    pub addr: SocketAddr,
+    pub url: String,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ResettingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ResettingUpstream {
+    pub async fn start() -> ResettingUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = stream.set_zero_linger();
+                    drop(stream);
+                });
+            }
+        });
+        ResettingUpstream {
+            addr,
+            url: format!("http://{addr}"),
+            task,
+        }
+    }
+}
+
+/// An address on which nothing listens (connections are refused).
+pub fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}

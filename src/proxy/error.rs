@@ -1,0 +1,135 @@
+//! Why a request could not be forwarded, who caused it, and the answer the
+//! client gets.
+
+use std::error::Error as StdError;
+use std::io;
+
+use http::{Response, StatusCode};
+
+use super::body::BodyTooLarge;
+use crate::body::{json_error, Body};
+use crate::metrics::UpstreamErrorKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matches the host and path (client).
+    #[error("no route")]
+    NoRoute,
+    /// The body is larger than the route's `max_body` (client).
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// CONNECT is not forwarded (client).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Every upstream of the route is cooling down after refusing connections.
+    #[error("no healthy upstream")]
+    NoHealthyUpstream,
+    /// The upstream exchange failed.
+    #[error("upstream failed ({kind:?}): {detail}")]
+    Upstream {
+        kind: UpstreamErrorKind,
+        detail: String,
+    },
+    /// No response head within `server.upstream_timeout`.
+    #[error("upstream timed out")]
+    Timeout,
+    /// The upstream answered 101 to a request that did not ask for that
+    /// protocol.
+    #[error("upstream switched protocols unasked")]
+    BadUpgrade,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NoHealthyUpstream
+            | ProxyError::Upstream { .. }
+            | ProxyError::BadUpgrade => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// True when the client caused it (logged at debug, not warn).
+    pub fn is_client_error(&self) -> bool {
+        self.status().is_client_error()
+    }
+
+    /// `{"errors":"…"}` with the status.
+    pub fn to_response(&self) -> Response<Body> {
+        let message = match self {
+            ProxyError::NoRoute => "No route",
+            ProxyError::BodyTooLarge => "Request body too large",
+            ProxyError::MethodNotAllowed => "Method not allowed",
+            ProxyError::Timeout => "Upstream timed out",
+            ProxyError::NoHealthyUpstream
+            | ProxyError::Upstream { .. }
+            | ProxyError::BadUpgrade => "Upstream unavailable",
+        };
+        json_error(self.status(), message)
+    }
+}
+
+/// What went wrong with one attempt to reach an upstream.
+pub(super) struct Failure {
+    pub(super) kind: UpstreamErrorKind,
+    /// The request never left: safe to try another upstream.
+    pub(super) nothing_sent: bool,
+    /// Our own body limit tripped while streaming.
+    pub(super) body_too_large: bool,
+}
+
+fn sources<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(err), |e: &&'a (dyn StdError + 'static)| (*e).source())
+}
+
+pub(super) fn classify(err: &hyper_util::client::legacy::Error) -> Failure {
+    let body_too_large = sources(err).any(|e| e.is::<BodyTooLarge>());
+    let io_kind = sources(err).find_map(|e| e.downcast_ref::<io::Error>().map(io::Error::kind));
+    if err.is_connect() {
+        let kind = match io_kind {
+            Some(io::ErrorKind::ConnectionRefused) => UpstreamErrorKind::refused,
+            Some(io::ErrorKind::TimedOut) => UpstreamErrorKind::connect_timeout,
+            _ => UpstreamErrorKind::connect,
+        };
+        return Failure {
+            kind,
+            nothing_sent: true,
+            body_too_large,
+        };
+    }
+    let incomplete = sources(err)
+        .filter_map(|e| e.downcast_ref::<hyper::Error>())
+        .any(|e| e.is_incomplete_message() || e.is_canceled() || e.is_closed());
+    let kind = match io_kind {
+        Some(
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof,
+        ) => UpstreamErrorKind::reset,
+        _ if incomplete => UpstreamErrorKind::reset,
+        _ => UpstreamErrorKind::other,
+    };
+    Failure {
+        kind,
+        nothing_sent: false,
+        body_too_large,
+    }
+}
+
+/// The error and its causes on one line, for logs.
+pub(super) fn describe(err: &(dyn StdError + 'static)) -> String {
+    let mut out = String::new();
+    for (i, e) in sources(err).enumerate() {
+        if i > 0 {
+            out.push_str(": ");
+        }
+        out.push_str(&e.to_string());
+    }
+    out
+}

@@ -1,0 +1,621 @@
+//! Pure header operations applied to every forwarded request and response.
+//!
+//! Each function works on a [`HeaderMap`] in place, never panics on odd input
+//! (mixed case, duplicates, stray whitespace, non-UTF-8 bytes), and allocates
+//! only when it has to change something.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that are hop-by-hop whether or not `Connection` names them
+/// (RFC 9110 §7.6.1, plus the obsolete `Keep-Alive` and `Proxy-Connection`
+/// that clients still send).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Splits a comma-separated list header (RFC 9110 §5.6.1) into trimmed,
+/// non-empty elements, across every instance of the header.
+fn list_elements<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|e| e.trim_ascii())
+        .filter(|e| !e.is_empty())
+}
+
+/// True when the request asks to switch protocols: `Connection` lists
+/// `upgrade` and an `Upgrade` header is present (RFC 9110 §7.8).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && list_elements(headers, &header::CONNECTION).any(|e| e.eq_ignore_ascii_case(b"upgrade"))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): every header named in
+/// `Connection`, then the fixed list of connection-specific fields. A proxy
+/// must not forward them; the next hop gets its own.
+///
+/// Callers that tunnel an upgrade re-add `Connection: upgrade` and `Upgrade`
+/// afterwards (see [`set_upgrade`]).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = list_elements(headers, &header::CONNECTION)
+            .filter_map(|e| HeaderName::from_bytes(e).ok())
+            .collect();
+        for name in listed {
+            headers.remove(&name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Sets `Connection: upgrade` and `Upgrade: <protocol>` (RFC 9110 §7.8), the
+/// one hop-by-hop pair a proxy re-creates when it tunnels an upgrade.
+pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+/// What this hop knows about the request, for the `X-Forwarded-*` headers.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardedFor<'a> {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// Whether the peer is one of `server.trusted_proxies`.
+    pub trusted: bool,
+    /// `"https"` or `"http"`: how the request reached this hop.
+    pub proto: &'static str,
+    /// The `Host` (or `:authority`) the client asked for, if any.
+    pub host: Option<&'a HeaderValue>,
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host` (the de-facto forms of RFC 7239
+/// §5.2–5.4).
+///
+/// From a trusted proxy the incoming chain is kept and the peer appended to
+/// `X-Forwarded-For` (several instances are joined into one list, RFC 9110
+/// §5.3); `-Proto` and `-Host` are kept when present. From anyone else all
+/// three are replaced by what this hop saw, and an RFC 7239 `Forwarded`
+/// header is removed, so a client cannot claim another address.
+pub fn set_forwarded(headers: &mut HeaderMap, hop: ForwardedFor<'_>) {
+    let peer = hop.peer.to_string();
+    let xff = if hop.trusted && headers.contains_key(&X_FORWARDED_FOR) {
+        let mut joined = Vec::with_capacity(64);
+        for element in list_elements(headers, &X_FORWARDED_FOR) {
+            joined.extend_from_slice(element);
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(peer.as_bytes());
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| HeaderValue::from_str(&peer).unwrap())
+    } else {
+        HeaderValue::from_str(&peer).expect("an IP address is a valid header value")
+    };
+    headers.insert(X_FORWARDED_FOR, xff);
+
+    if !hop.trusted {
+        headers.remove(FORWARDED);
+    }
+    if !hop.trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
+    }
+    if !hop.trusted || !headers.contains_key(&X_FORWARDED_HOST) {
+        match hop.host {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+            }
+            None => {
+                headers.remove(X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+/// The client address behind a chain of proxies: the right-most
+/// `X-Forwarded-For` element that is not itself a trusted proxy, or the
+/// left-most one when all are trusted. Unparsable elements stop the walk
+/// (nothing left of them can be believed). Only meaningful when the peer is
+/// trusted.
+pub fn client_ip_from_forwarded(
+    headers: &HeaderMap,
+    peer: IpAddr,
+    is_trusted: impl Fn(IpAddr) -> bool,
+) -> IpAddr {
+    let elements: Vec<&[u8]> = list_elements(headers, &X_FORWARDED_FOR).collect();
+    let mut client = peer;
+    for element in elements.iter().rev() {
+        let Some(ip) = std::str::from_utf8(element)
+            .ok()
+            .and_then(parse_forwarded_ip)
+        else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// Accepts `1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]` and `[::1]:80`.
+fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    host.parse().ok()
+}
+
+/// Removes every header in `names` (e.g. identity headers, which only the
+/// gateway may set).
+pub fn remove_all(headers: &mut HeaderMap, names: &[HeaderName]) {
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// Removes the cookies called any of `names` from every `Cookie` header
+/// (RFC 6265 §5.4), keeping all other cookies byte for byte.
+///
+/// Upstream cookie parsers differ, so a name is matched the way the most
+/// lenient of them would read it: case-insensitively, percent-decoded, and
+/// also after a `,` (old RFC 2965 separator that some parsers still split
+/// on). Several `Cookie` headers (normal over HTTP/2, RFC 9113 §8.2.3) are
+/// joined into one with `"; "` for the HTTP/1.1 upstream. An emptied header is
+/// dropped. Returns true when anything changed.
+pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) -> bool {
+    let mut count = 0;
+    let mut matching = false;
+    for value in headers.get_all(header::COOKIE) {
+        count += 1;
+        matching = matching || cookie_pairs(value.as_bytes()).any(|pair| names_match(pair, names));
+    }
+    if !matching && count < 2 {
+        return false;
+    }
+
+    let mut out: Vec<u8> = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        for segment in value.as_bytes().split(|&b| b == b';') {
+            if segment.trim_ascii().is_empty() {
+                continue;
+            }
+            let kept = if segment.contains(&b',')
+                && segment.split(|&b| b == b',').any(|p| names_match(p, names))
+            {
+                // Keep the comma-separated parts that are not forbidden.
+                let parts: Vec<&[u8]> = segment
+                    .split(|&b| b == b',')
+                    .filter(|p| !names_match(p, names) && !p.trim_ascii().is_empty())
+                    .collect();
+                parts.join(&b","[..])
+            } else if names_match(segment, names) {
+                continue;
+            } else {
+                segment.to_vec()
+            };
+            let kept = kept.trim_ascii();
+            if kept.is_empty() {
+                continue;
+            }
+            if !out.is_empty() {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(kept);
+        }
+    }
+    headers.remove(header::COOKIE);
+    if !out.is_empty() {
+        if let Ok(v) = HeaderValue::from_bytes(&out) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+    true
+}
+
+/// Every `name=value` piece of a `Cookie` value, split on `;` and `,`.
+fn cookie_pairs(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b';' || b == b',')
+}
+
+fn names_match(pair: &[u8], names: &[&str]) -> bool {
+    let name = match pair.iter().position(|&b| b == b'=') {
+        Some(i) => &pair[..i],
+        None => pair,
+    };
+    let name = name.trim_ascii();
+    let name = name
+        .strip_prefix(b"\"")
+        .and_then(|n| n.strip_suffix(b"\""))
+        .unwrap_or(name);
+    names
+        .iter()
+        .any(|n| decoded_eq_ignore_case(name, n.as_bytes()))
+}
+
+/// Compares `raw` (percent-decoded on the fly) with `target`, ASCII case-insensitively.
+fn decoded_eq_ignore_case(raw: &[u8], target: &[u8]) -> bool {
+    let mut i = 0;
+    let mut t = target.iter();
+    while i < raw.len() {
+        let mut b = raw[i];
+        if b == b'%' && i + 2 < raw.len() {
+            if let (Some(h), Some(l)) = (hex(raw[i + 1]), hex(raw[i + 2])) {
+                b = h << 4 | l;
+                i += 2;
+            }
+        }
+        match t.next() {
+            Some(&c) if c.eq_ignore_ascii_case(&b) => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    t.next().is_none()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Replaces (or adds) the cookie `name` in the request's `Cookie` header with
+/// `name=value`: for an auth step that forwards a freshly issued access
+/// token in place of the expired one. `value` must already be a valid
+/// cookie-value (RFC 6265 §4.1.1).
+pub fn replace_cookie(headers: &mut HeaderMap, name: &str, value: &str) {
+    remove_cookies(headers, &[name]);
+    let mut out: Vec<u8> = headers
+        .get(header::COOKIE)
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
+    if !out.is_empty() {
+        out.extend_from_slice(b"; ");
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'=');
+    out.extend_from_slice(value.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&out) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// The host the client asked for, from `Host` or the HTTP/2 `:authority`
+/// (RFC 9110 §7.2), without port, for route matching (hosts compare
+/// case-insensitively). Returns `None` when absent or not valid UTF-8.
+pub fn request_host<'a>(headers: &'a HeaderMap, uri: &'a http::Uri) -> Option<&'a str> {
+    let raw = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => headers.get(header::HOST)?.to_str().ok()?,
+    };
+    Some(strip_port(raw))
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`. Also drops any
+/// userinfo an absolute-form target might carry.
+fn strip_port(authority: &str) -> &str {
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(i) => &host[..i],
+        None => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn cookie(h: &HeaderMap) -> Option<&[u8]> {
+        h.get(header::COOKIE).map(|v| v.as_bytes())
+    }
+
+    const SECRET: [&str; 2] = ["vagov_refresh_token", "vagov_anti_csrf_token"];
+
+    #[test]
+    fn hop_by_hop_fixed_list_and_connection_names() {
+        let mut h = map(&[
+            ("Connection", b"close, X-Foo ,x-bar"),
+            ("connection", b"X-Baz"),
+            ("x-foo", b"1"),
+            ("X-BAR", b"2"),
+            ("x-baz", b"3"),
+            ("keep-alive", b"timeout=5"),
+            ("proxy-connection", b"keep-alive"),
+            ("te", b"trailers"),
+            ("trailer", b"x-t"),
+            ("transfer-encoding", b"chunked"),
+            ("upgrade", b"websocket"),
+            ("proxy-authenticate", b"Basic"),
+            ("proxy-authorization", b"Basic abc"),
+            ("x-keep", b"yes"),
+            ("authorization", b"Bearer x"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-keep", "authorization"]);
+    }
+
+    #[test]
+    fn hop_by_hop_ignores_invalid_names_in_connection() {
+        let mut h = map(&[("connection", b"a b, \xff, ,,"), ("x-keep", b"1")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.contains_key("x-keep"));
+        assert!(!h.contains_key("connection"));
+    }
+
+    #[test]
+    fn upgrade_detection() {
+        assert!(is_upgrade_request(&map(&[
+            ("connection", b"keep-alive, Upgrade"),
+            ("upgrade", b"websocket")
+        ])));
+        assert!(is_upgrade_request(&map(&[
+            ("connection", b"keep-alive"),
+            ("connection", b"UPGRADE"),
+            ("upgrade", b"websocket")
+        ])));
+        assert!(!is_upgrade_request(&map(&[("upgrade", b"websocket")])));
+        assert!(!is_upgrade_request(&map(&[("connection", b"upgrade")])));
+        assert!(!is_upgrade_request(&map(&[
+            ("connection", b"upgraded"),
+            ("upgrade", b"websocket")
+        ])));
+    }
+
+    fn hop(trusted: bool, host: Option<&HeaderValue>) -> ForwardedFor<'_> {
+        ForwardedFor {
+            peer: "10.0.0.9".parse().unwrap(),
+            trusted,
+            proto: "http",
+            host,
+        }
+    }
+
+    #[test]
+    fn forwarded_from_untrusted_peer_is_replaced() {
+        let host = HeaderValue::from_static("app.example:8080");
+        let mut h = map(&[
+            ("x-forwarded-for", b"1.2.3.4"),
+            ("X-Forwarded-For", b"5.6.7.8"),
+            ("x-forwarded-proto", b"https"),
+            ("x-forwarded-host", b"evil"),
+            ("forwarded", b"for=1.2.3.4"),
+        ]);
+        set_forwarded(&mut h, hop(false, Some(&host)));
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.example:8080");
+        assert!(!h.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn forwarded_from_trusted_peer_is_appended() {
+        let host = HeaderValue::from_static("inner");
+        let mut h = map(&[
+            ("x-forwarded-for", b" 1.2.3.4 ,"),
+            ("x-forwarded-for", b"5.6.7.8"),
+            ("x-forwarded-proto", b"https"),
+            ("x-forwarded-host", b"outer.example"),
+        ]);
+        set_forwarded(&mut h, hop(true, Some(&host)));
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "outer.example");
+
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, hop(true, None));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn forwarded_keeps_non_utf8_chain_from_trusted_peer() {
+        let mut h = map(&[("x-forwarded-for", b"1.2.3.4, \xfe")]);
+        set_forwarded(&mut h, hop(true, None));
+        assert_eq!(h["x-forwarded-for"].as_bytes(), b"1.2.3.4, \xfe, 10.0.0.9");
+    }
+
+    #[test]
+    fn client_ip_walks_from_the_right() {
+        let trusted = |ip: IpAddr| ip.to_string().starts_with("10.");
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let h = map(&[("x-forwarded-for", b"6.6.6.6, 1.2.3.4, 10.0.0.2")]);
+        assert_eq!(
+            client_ip_from_forwarded(&h, peer, trusted).to_string(),
+            "1.2.3.4"
+        );
+        let h = map(&[("x-forwarded-for", b"10.0.0.3, 10.0.0.2")]);
+        assert_eq!(
+            client_ip_from_forwarded(&h, peer, trusted).to_string(),
+            "10.0.0.3"
+        );
+        let h = map(&[("x-forwarded-for", b"1.2.3.4, garbage, 10.0.0.2")]);
+        assert_eq!(
+            client_ip_from_forwarded(&h, peer, trusted).to_string(),
+            "10.0.0.2"
+        );
+        let h = map(&[
+            ("x-forwarded-for", b"[2001:db8::1]:443"),
+            ("x-forwarded-for", b"5.5.5.5:80"),
+        ]);
+        assert_eq!(
+            client_ip_from_forwarded(&h, peer, trusted).to_string(),
+            "5.5.5.5"
+        );
+        assert_eq!(
+            client_ip_from_forwarded(&HeaderMap::new(), peer, trusted),
+            peer
+        );
+        assert_eq!(
+            parse_forwarded_ip("[2001:db8::1]:443").unwrap().to_string(),
+            "2001:db8::1"
+        );
+    }
+
+    #[test]
+    fn cookies_untouched_without_secrets() {
+        let mut h = map(&[("cookie", b"a=1; vagov_access_token=x;b=2")]);
+        assert!(!remove_cookies(&mut h, &SECRET));
+        assert_eq!(cookie(&h), Some(&b"a=1; vagov_access_token=x;b=2"[..]));
+        let mut h = HeaderMap::new();
+        assert!(!remove_cookies(&mut h, &SECRET));
+    }
+
+    #[test]
+    fn cookies_secrets_removed_others_kept() {
+        let mut h = map(&[(
+            "cookie",
+            b"a=1; vagov_refresh_token=v1%3Aabc;  vagov_access_token=x ;vagov_anti_csrf_token=z; b=\"q\"",
+        )]);
+        assert!(remove_cookies(&mut h, &SECRET));
+        assert_eq!(cookie(&h), Some(&b"a=1; vagov_access_token=x; b=\"q\""[..]));
+    }
+
+    #[test]
+    fn cookies_header_dropped_when_empty() {
+        let mut h = map(&[
+            ("cookie", b"vagov_refresh_token=a"),
+            ("cookie", b" ; vagov_anti_csrf_token=b;"),
+        ]);
+        assert!(remove_cookies(&mut h, &SECRET));
+        assert!(!h.contains_key(header::COOKIE));
+    }
+
+    #[test]
+    fn cookies_several_headers_joined() {
+        let mut h = map(&[
+            ("cookie", b"a=1"),
+            ("cookie", b"vagov_refresh_token=a; b=2"),
+            ("cookie", b"c=3"),
+        ]);
+        assert!(remove_cookies(&mut h, &SECRET));
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(cookie(&h), Some(&b"a=1; b=2; c=3"[..]));
+    }
+
+    #[test]
+    fn cookies_lenient_name_forms_removed() {
+        for raw in [
+            &b"VAGOV_Refresh_Token=a; b=2"[..],
+            b"vagov%5Frefresh%5ftoken=a; b=2",
+            b"\"vagov_refresh_token\"=a; b=2",
+            b"  vagov_refresh_token  =a; b=2",
+            b"vagov_refresh_token; b=2",
+        ] {
+            let mut h = map(&[("cookie", raw)]);
+            assert!(remove_cookies(&mut h, &SECRET), "{raw:?}");
+            assert_eq!(cookie(&h), Some(&b"b=2"[..]), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn cookies_comma_separated_secret_removed() {
+        let mut h = map(&[("cookie", b"a=1, vagov_refresh_token=x, c=3; d=4,5")]);
+        assert!(remove_cookies(&mut h, &SECRET));
+        assert_eq!(cookie(&h), Some(&b"a=1, c=3; d=4,5"[..]));
+    }
+
+    #[test]
+    fn cookies_non_utf8_kept_and_no_panic() {
+        let mut h = map(&[(
+            "cookie",
+            b"a=\xff\xfe; vagov_refresh_token=\xff; %=%; %4=1; =; ;;",
+        )]);
+        assert!(remove_cookies(&mut h, &SECRET));
+        assert_eq!(cookie(&h), Some(&b"a=\xff\xfe; %=%; %4=1; ="[..]));
+    }
+
+    #[test]
+    fn percent_decoding_compare() {
+        assert!(decoded_eq_ignore_case(b"a%62c", b"abc"));
+        assert!(!decoded_eq_ignore_case(b"a%6", b"ab"));
+        assert!(decoded_eq_ignore_case(b"a%6", b"a%6"));
+        assert!(decoded_eq_ignore_case(b"%", b"%"));
+        assert!(!decoded_eq_ignore_case(b"abc", b"ab"));
+        assert!(!decoded_eq_ignore_case(b"ab", b"abc"));
+    }
+
+    #[test]
+    fn replace_cookie_swaps_value() {
+        let mut h = map(&[
+            ("cookie", b"a=1; vagov_access_token=old"),
+            ("cookie", b"b=2"),
+        ]);
+        replace_cookie(&mut h, "vagov_access_token", "new");
+        assert_eq!(cookie(&h), Some(&b"a=1; b=2; vagov_access_token=new"[..]));
+        let mut h = HeaderMap::new();
+        replace_cookie(&mut h, "vagov_access_token", "new");
+        assert_eq!(cookie(&h), Some(&b"vagov_access_token=new"[..]));
+    }
+
+    #[test]
+    fn identity_headers_removed_case_insensitively() {
+        let mut h = map(&[
+            ("X-Sis-User-Uuid", b"spoof"),
+            ("x-sis-user-uuid", b"again"),
+            ("x-other", b"1"),
+        ]);
+        remove_all(&mut h, &[HeaderName::from_static("x-sis-user-uuid")]);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn host_without_port() {
+        let uri: http::Uri = "/x".parse().unwrap();
+        let h = map(&[("host", b"App.Example:8080")]);
+        assert_eq!(request_host(&h, &uri), Some("App.Example"));
+        let h = map(&[("host", b"[::1]:80")]);
+        assert_eq!(request_host(&h, &uri), Some("[::1]"));
+        let h = map(&[("host", b"\xff")]);
+        assert_eq!(request_host(&h, &uri), None);
+        let abs: http::Uri = "http://h2.example:443/x".parse().unwrap();
+        assert_eq!(request_host(&HeaderMap::new(), &abs), Some("h2.example"));
+    }
+}

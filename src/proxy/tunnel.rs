@@ -1,0 +1,86 @@
+//! Relaying upgraded connections (WebSocket) after a `101 Switching Protocols`.
+
+use std::sync::Arc;
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+/// The running tunnels: counted, so shutdown can wait for them, and stoppable
+/// at once when the drain deadline passes. Cloning shares the set.
+#[derive(Clone)]
+pub struct Tunnels {
+    count: Arc<watch::Sender<usize>>,
+    stop: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Tunnels {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tunnels {
+    pub fn new() -> Tunnels {
+        Tunnels {
+            count: Arc::new(watch::channel(0).0),
+            stop: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Number of tunnels relaying now.
+    pub fn active(&self) -> usize {
+        *self.count.borrow()
+    }
+
+    /// Resolves when no tunnel is left.
+    pub async fn drained(&self) {
+        let mut rx = self.count.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Closes every tunnel now.
+    pub fn stop_all(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Relays bytes both ways between the client's and the upstream's
+    /// upgraded connections, in a task of its own, until either side closes.
+    pub(super) fn spawn(
+        &self,
+        client: OnUpgrade,
+        upstream: OnUpgrade,
+        metrics: Arc<Metrics>,
+        route: Arc<str>,
+    ) {
+        let mut stop = self.stop.subscribe();
+        let count = self.count.clone();
+        count.send_modify(|n| *n += 1);
+        metrics.tunnels_active.inc();
+        tokio::spawn(async move {
+            let relay = async {
+                let (client, upstream) = match tokio::try_join!(client, upstream) {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::debug!(%route, error = %e, "upgrade failed");
+                        return;
+                    }
+                };
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    Ok((up, down)) => tracing::debug!(%route, up, down, "tunnel closed"),
+                    Err(e) => tracing::debug!(%route, error = %e, "tunnel closed with error"),
+                }
+            };
+            tokio::select! {
+                _ = relay => {}
+                _ = stop.wait_for(|s| *s) => tracing::debug!(%route, "tunnel stopped by shutdown"),
+            }
+            metrics.tunnels_active.dec();
+            count.send_modify(|n| *n -= 1);
+        });
+    }
+}

@@ -1,0 +1,240 @@
+//! Per-connection bookkeeping: the open-connection gauge and permit, and the
+//! header-read and idle timeouts.
+//!
+//! hyper's own `header_read_timeout` also runs while a keep-alive connection
+//! waits for its next request, so it would close idle connections after the
+//! (short) header timeout. Here the two are separate: the header clock starts
+//! with the first byte of a request head, the idle clock when the last
+//! response finished, and a watchdog per connection closes it when the
+//! running clock passes its limit.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::body::{Body, BoxError};
+use crate::metrics::Metrics;
+
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    // +1 so that 0 can mean "not set".
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// What the watchdog needs to know about one connection.
+pub(crate) struct ConnState {
+    /// Requests whose response has not finished yet.
+    active: AtomicUsize,
+    /// When the first byte of the next request head arrived (0 = none yet).
+    head_started: AtomicU64,
+    /// When the connection last became idle.
+    idle_since: AtomicU64,
+    /// HTTP/2: many streams, control frames between them; only the idle clock applies.
+    h2: AtomicBool,
+}
+
+impl ConnState {
+    pub(crate) fn new() -> Arc<ConnState> {
+        Arc::new(ConnState {
+            active: AtomicUsize::new(0),
+            head_started: AtomicU64::new(0),
+            idle_since: AtomicU64::new(now_ms()),
+            h2: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn set_h2(&self) {
+        if !self.h2.load(Ordering::Relaxed) {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn on_read(&self) {
+        if self.active.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            self.head_started.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves when the connection has been idle longer than `idle`, or has
+    /// taken longer than `header` to send a request head.
+    pub(crate) async fn expired(&self, header: Duration, idle: Duration) -> &'static str {
+        let header_ms = header.as_millis() as u64;
+        let idle_ms = idle.as_millis() as u64;
+        loop {
+            let now = now_ms();
+            let wait_ms = if self.active.load(Ordering::Relaxed) > 0 {
+                header_ms.min(idle_ms)
+            } else {
+                let started = self.head_started.load(Ordering::Relaxed);
+                if started != 0 && !self.h2.load(Ordering::Relaxed) {
+                    let deadline = started + header_ms;
+                    if now >= deadline {
+                        return "request head not received in time";
+                    }
+                    deadline - now
+                } else {
+                    let deadline = self.idle_since.load(Ordering::Relaxed) + idle_ms;
+                    if now >= deadline {
+                        return "idle";
+                    }
+                    // Wake at least once per header timeout: a request head
+                    // may start arriving meanwhile, and its clock is shorter.
+                    (deadline - now).min(header_ms)
+                }
+            };
+            tokio::time::sleep(Duration::from_millis(wait_ms.max(1))).await;
+        }
+    }
+}
+
+/// Marks a request in progress on its connection until dropped.
+pub(crate) struct ActiveGuard(Arc<ConnState>);
+
+impl ActiveGuard {
+    pub(crate) fn new(state: &Arc<ConnState>) -> Self {
+        state.active.fetch_add(1, Ordering::Relaxed);
+        state.head_started.store(0, Ordering::Relaxed);
+        ActiveGuard(state.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle_since.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A response body that keeps its request counted as active until hyper has
+/// written (or dropped) it.
+pub(crate) struct TrackedBody {
+    inner: Body,
+    _guard: ActiveGuard,
+}
+
+impl TrackedBody {
+    pub(crate) fn new(inner: Body, guard: ActiveGuard) -> Self {
+        TrackedBody {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl HttpBody for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Owned by a connection's IO for as long as it is open (including as an
+/// upgraded tunnel): keeps its slot under `server.max_connections` and the
+/// open-connection gauge up.
+pub(crate) struct ConnTicket {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl ConnTicket {
+    pub(crate) fn new(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Self {
+        metrics.open_connections.inc();
+        metrics.connections.inc();
+        ConnTicket {
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl Drop for ConnTicket {
+    fn drop(&mut self) {
+        self.metrics.open_connections.dec();
+    }
+}
+
+/// A client stream that reports reads to its [`ConnState`].
+pub(crate) struct TrackedStream<S> {
+    inner: S,
+    state: Arc<ConnState>,
+    _ticket: ConnTicket,
+}
+
+impl<S> TrackedStream<S> {
+    pub(crate) fn new(inner: S, state: Arc<ConnState>, ticket: ConnTicket) -> Self {
+        TrackedStream {
+            inner,
+            state,
+            _ticket: ticket,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for TrackedStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.state.on_read();
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
