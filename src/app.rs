@@ -6,12 +6,13 @@
 
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::{header, HeaderMap};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
+use crate::auth::{self, Auth};
 use crate::body::Body;
-use crate::config::Config;
+use crate::config::{AuthMode, Config};
 use crate::ctx::RequestCtx;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy, ProxyError, Tunnels};
@@ -22,6 +23,7 @@ pub struct App {
     pub proxy: Proxy,
     pub sign_in: SignIn,
     pub metrics: Arc<Metrics>,
+    pub auth: Auth,
     labels: Labels,
 }
 
@@ -53,9 +55,10 @@ impl App {
         metrics: Arc<Metrics>,
         tunnels: Tunnels,
     ) -> anyhow::Result<App> {
-        let sign_in = SignIn::new(&config).await?;
+        let sign_in = SignIn::new(&config, metrics.clone()).await?;
         let proxy = Proxy::new(&config, metrics.clone(), tunnels)?;
         Ok(App {
+            auth: Auth::new(config.tokens.refresh_skew),
             config: Arc::new(config),
             proxy,
             sign_in,
@@ -82,15 +85,56 @@ impl App {
                 route: self.labels.no_route.clone(),
             };
         };
-        // The route's auth mode (route.config.auth) is applied here: read the
-        // request's cookies, then `self.proxy.prepare(route, req, ctx)`, add
-        // identity headers to the prepared request, and
-        // `self.proxy.send(out, set_cookies, ctx)`.
-        let response = self.proxy.forward(route, req, ctx, HeaderMap::new()).await;
+        if route.config.auth == AuthMode::Public {
+            let response = self.proxy.forward(route, req, ctx, HeaderMap::new()).await;
+            return Handled {
+                response,
+                route: route.name.clone(),
+            };
+        }
+        let response = self.authenticated(route, req, ctx).await;
         Handled {
             response,
             route: route.name.clone(),
         }
+    }
+
+    /// A `session` or `required` route: auth reads (and may rotate) the
+    /// session from the original cookies, the proxy strips credentials and
+    /// spoofed identity, then the identity of a valid session is added.
+    async fn authenticated(
+        &self,
+        route: &proxy::Route,
+        mut req: Request<Incoming>,
+        ctx: &RequestCtx,
+    ) -> Response<Body> {
+        let decision = match self
+            .auth
+            .authenticate(&self.sign_in, &route.config, req.headers_mut())
+            .await
+        {
+            Ok(d) => d,
+            Err(res) => return res,
+        };
+        if decision.rotated {
+            self.metrics.inline_refresh(decision.coalesced);
+        }
+        let mut response = match self.proxy.prepare(route, req, ctx) {
+            Ok(mut out) => {
+                if let Some(identity) = &decision.identity {
+                    auth::add_identity(&route.config, identity, out.headers_mut());
+                }
+                self.proxy.send(out, HeaderMap::new(), ctx).await
+            }
+            Err(e) => e.to_response(),
+        };
+        // Added here rather than by the proxy so that an upstream failure
+        // still delivers rotated cookies: the browser must not keep using a
+        // token that has already been rotated.
+        for cookie in decision.set_cookies {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        response
     }
 }
 

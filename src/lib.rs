@@ -14,6 +14,10 @@
 //! - [`admin`]: health, readiness, Prometheus metrics and the session admin API.
 //! - [`demo`]: the built-in demo upstream behind `sis-gateway demo`.
 
+// Deeply nested async state machines (connection → dispatch → auth → proxy)
+// exceed the default trait-solver depth.
+#![recursion_limit = "256"]
+
 pub mod admin;
 pub mod app;
 pub mod auth;

@@ -59,6 +59,22 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+fn store_histogram() -> Histogram {
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    ])
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new([
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -85,6 +101,13 @@ pub struct Metrics {
     pub tunnels_active: Gauge,
     /// `sis_config_reloads_total{result}`
     pub reloads: Family<ResultLabels, Counter>,
+    /// `sis_rotations_total{outcome}`: ok, replay, theft, anti_csrf, expired, store_error, ...
+    pub rotations: Family<OutcomeLabels, Counter>,
+    /// `sis_store_duration_seconds`: session store calls, successful or not.
+    pub store_duration: Histogram,
+    /// `sis_inline_refreshes_total{source}`: `store` (a rotation call) or
+    /// `memory` (coalesced onto a recent one).
+    pub inline_refreshes: Family<SourceLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -148,6 +171,25 @@ impl Metrics {
             "Configuration reloads, by result",
             reloads.clone(),
         );
+        let rotations = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "rotations",
+            "Refresh-token rotations, by outcome",
+            rotations.clone(),
+        );
+        let store_duration = store_histogram();
+        registry.register_with_unit(
+            "store_duration",
+            "Session store call latency",
+            prometheus_client::registry::Unit::Seconds,
+            store_duration.clone(),
+        );
+        let inline_refreshes = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "inline_refreshes",
+            "Inline refreshes on pass-through routes, by source (store call or coalesced in memory)",
+            inline_refreshes.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             extra: Mutex::new(HashMap::new()),
@@ -159,7 +201,27 @@ impl Metrics {
             connections_rejected,
             tunnels_active,
             reloads,
+            rotations,
+            store_duration,
+            inline_refreshes,
         }
+    }
+
+    pub fn rotation(&self, outcome: &'static str) {
+        self.rotations
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    pub fn store_call(&self, elapsed: Duration) {
+        self.store_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn inline_refresh(&self, coalesced: bool) {
+        let source = if coalesced { "memory" } else { "store" };
+        self.inline_refreshes
+            .get_or_create(&SourceLabels { source })
+            .inc();
     }
 
     /// Counts one answered request and its duration.

@@ -12,11 +12,12 @@ mod cache;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::body::{empty, json_error, Body};
 use crate::config::{AuthMode, RouteConfig};
+use crate::proxy::headers::{remove_cookies, replace_cookie};
 use crate::session::service::RefreshError;
 use crate::sign_in::{cookies, params, SignIn};
 use crate::tokens::jwt::{AccessClaims, VerifyError};
@@ -139,13 +140,13 @@ impl Auth {
                             "Session store unavailable",
                         ));
                     }
-                    remove_cookie(headers, &access_name);
+                    remove_cookies(headers, &[access_name.as_str()]);
                 }
             }
         } else if route.auth == AuthMode::Session {
             // An expired access cookie with nothing to refresh it is dropped,
             // so the upstream never mistakes it for a session.
-            remove_cookie(headers, &access_name);
+            remove_cookies(headers, &[access_name.as_str()]);
         }
 
         if decision.identity.is_none() && route.auth == AuthMode::Required {
@@ -218,75 +219,9 @@ fn unauthenticated(route: &RouteConfig, headers: &HeaderMap) -> Response<Body> {
     json_error(StatusCode::UNAUTHORIZED, "Not authenticated")
 }
 
-/// Rewrites every `Cookie` header, replacing (or adding) `name=value`.
-pub fn replace_cookie(headers: &mut HeaderMap, name: &str, value: &str) {
-    let mut pairs = cookie_pairs_without(headers, name);
-    pairs.push(format!("{name}={value}"));
-    set_cookie_header(headers, pairs);
-}
-
-/// Rewrites every `Cookie` header without `name`.
-pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
-    if params::cookie(headers, name).is_none() {
-        return;
-    }
-    let pairs = cookie_pairs_without(headers, name);
-    set_cookie_header(headers, pairs);
-}
-
-fn cookie_pairs_without(headers: &HeaderMap, name: &str) -> Vec<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .filter(|p| p.split_once('=').map_or(p.trim(), |(n, _)| n.trim()) != name)
-        .map(str::to_owned)
-        .collect()
-}
-
-fn set_cookie_header(headers: &mut HeaderMap, pairs: Vec<String>) {
-    headers.remove(header::COOKIE);
-    if pairs.is_empty() {
-        return;
-    }
-    if let Ok(v) = HeaderValue::from_str(&pairs.join("; ")) {
-        headers.insert(header::COOKIE, v);
-    }
-}
-
-/// Names a header that must never come from a client on any route.
-pub fn is_identity_header(route: &RouteConfig, name: &HeaderName) -> bool {
-    let h = &route.identity_headers;
-    name == h.user_uuid || name == h.session_handle || name == h.client_id
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn h(cookie: &str) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        m.insert(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
-        m
-    }
-
-    #[test]
-    fn replaces_and_removes_cookies() {
-        let mut m = h("a=1; vagov_access_token=old; b=2");
-        replace_cookie(&mut m, "vagov_access_token", "new");
-        assert_eq!(m[header::COOKIE], "a=1; b=2; vagov_access_token=new");
-        remove_cookie(&mut m, "vagov_access_token");
-        assert_eq!(m[header::COOKIE], "a=1; b=2");
-        let mut m = h("vagov_access_token=x");
-        remove_cookie(&mut m, "vagov_access_token");
-        assert!(m.get(header::COOKIE).is_none());
-        let mut m = HeaderMap::new();
-        replace_cookie(&mut m, "n", "v");
-        assert_eq!(m[header::COOKIE], "n=v");
-    }
 
     #[test]
     fn bearer_parsing() {

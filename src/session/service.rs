@@ -13,6 +13,7 @@ use tokio::sync::OnceCell;
 
 use crate::clock::SharedClock;
 use crate::config::{ClientConfig, Config};
+use crate::metrics::Metrics;
 use crate::session::store::{
     NewSession, RotateOutcome, RotateRequest, SessionRecord, SessionStore, Store, StoreError,
 };
@@ -59,6 +60,13 @@ impl RefreshError {
             RefreshError::StoreUnavailable => "store_error",
             RefreshError::Internal => "internal",
         }
+    }
+}
+
+impl RefreshError {
+    fn from_store(e: StoreError, metrics: &Metrics) -> Self {
+        metrics.rotation("store_error");
+        e.into()
     }
 }
 
@@ -121,6 +129,7 @@ pub struct Sessions {
     max_age: Duration,
     in_flight: Mutex<HashMap<String, Flight>>,
     recent: Mutex<Recent>,
+    metrics: Arc<Metrics>,
 }
 
 impl Sessions {
@@ -130,6 +139,7 @@ impl Sessions {
         sealer: Sealer,
         access: AccessTokens,
         clock: SharedClock,
+        metrics: Arc<Metrics>,
     ) -> Sessions {
         Sessions {
             store,
@@ -146,6 +156,7 @@ impl Sessions {
             max_age: config.tokens.session_max_age,
             in_flight: Mutex::new(HashMap::new()),
             recent: Mutex::new(Recent::default()),
+            metrics,
         }
     }
 
@@ -250,7 +261,9 @@ impl Sessions {
         refresh_token: &str,
         anti_csrf: Option<&str>,
     ) -> Result<Bundle, RefreshError> {
-        let (payload, client) = self.open(refresh_token, anti_csrf)?;
+        let (payload, client) = self.open(refresh_token, anti_csrf).inspect_err(|e| {
+            self.metrics.rotation(e.outcome());
+        })?;
         let presented_hash = token_hash(refresh_token);
         let flight = {
             let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
@@ -341,6 +354,7 @@ impl Sessions {
             payload.client_id.clone(),
         );
         let next_token = self.sealer.seal(&next);
+        let started = std::time::Instant::now();
         let outcome = self
             .store
             .rotate(RotateRequest {
@@ -353,7 +367,15 @@ impl Sessions {
                 refresh_ttl_ms: client.refresh_token_ttl.as_millis() as u64,
                 max_age_ms: self.max_age_ms(),
             })
-            .await?;
+            .await;
+        self.metrics.store_call(started.elapsed());
+        let outcome = outcome.map_err(|e| RefreshError::from_store(e, &self.metrics))?;
+        self.metrics.rotation(match &outcome {
+            RotateOutcome::Rotated(_) => "ok",
+            RotateOutcome::Replay { .. } => "replay",
+            RotateOutcome::Theft => "theft",
+            RotateOutcome::NoSession => "expired",
+        });
         match outcome {
             RotateOutcome::Rotated(record) => {
                 self.forget_predecessor(presented_hash);

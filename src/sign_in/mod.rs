@@ -24,6 +24,7 @@ use crate::body::{empty, json, json_error, Body};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Authentication, ClientConfig, Config, CookiesConfig};
 use crate::ctx::RequestCtx;
+use crate::metrics::Metrics;
 use crate::session::service::{Bundle, RefreshError, Sessions};
 use crate::session::store::Store;
 use crate::tokens::jwt::{AccessClaims, AccessTokens, VerifyError};
@@ -54,11 +55,15 @@ pub struct SignIn {
 
 impl SignIn {
     /// Connects the store and loads keys as configured, on the system clock.
-    pub async fn new(config: &Config) -> anyhow::Result<SignIn> {
-        Self::with_clock(config, Arc::new(SystemClock)).await
+    pub async fn new(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<SignIn> {
+        Self::with_clock(config, metrics, Arc::new(SystemClock)).await
     }
 
-    pub async fn with_clock(config: &Config, clock: SharedClock) -> anyhow::Result<SignIn> {
+    pub async fn with_clock(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+    ) -> anyhow::Result<SignIn> {
         let store = Store::connect(&config.store).await?;
         let sealer = if config.tokens.sealing_keys.is_empty() {
             tracing::warn!(
@@ -70,7 +75,7 @@ impl SignIn {
             Sealer::new(&config.tokens.sealing_keys)
         };
         let access = AccessTokens::load(&config.tokens)?;
-        let sessions = Sessions::new(config, store, sealer, access, clock.clone());
+        let sessions = Sessions::new(config, store, sealer, access, clock.clone(), metrics);
         Ok(SignIn {
             prefix: config.sign_in.path_prefix.clone(),
             cookies: config.cookies.clone(),
