@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use sis_gateway::config::{Config, Upstream};
+use sis_gateway::config::{Algorithm, Config, Secret, Upstream};
 use sis_gateway::Listeners;
 use tokio::net::TcpListener;
 
@@ -48,7 +48,35 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
-    // `keygen` (signing and sealing keys) is added here.
+    /// Write a signing key (PEM) and a sealing key into a directory
+    Keygen {
+        /// Directory to write into (created when missing; existing files are never overwritten)
+        #[arg(long, default_value = "keys")]
+        dir: PathBuf,
+        /// Access-token signing algorithm
+        #[arg(long, value_enum, default_value_t = KeyAlgorithm::Es256)]
+        algorithm: KeyAlgorithm,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KeyAlgorithm {
+    #[value(name = "ES256")]
+    Es256,
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "EdDSA")]
+    EdDsa,
+}
+
+impl From<KeyAlgorithm> for Algorithm {
+    fn from(a: KeyAlgorithm) -> Algorithm {
+        match a {
+            KeyAlgorithm::Es256 => Algorithm::Es256,
+            KeyAlgorithm::Rs256 => Algorithm::Rs256,
+            KeyAlgorithm::EdDsa => Algorithm::EdDsa,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -60,6 +88,7 @@ fn main() -> ExitCode {
             run(&path, cli.log_format)
         }
         Command::Demo { listen } => demo(cli.config.as_deref(), listen, cli.log_format),
+        Command::Keygen { dir, algorithm } => keygen(&dir, algorithm.into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,6 +112,18 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn keygen(dir: &Path, algorithm: Algorithm) -> anyhow::Result<()> {
+    let k = sis_gateway::tokens::keygen(dir, algorithm)?;
+    println!("wrote {} (kid {})", k.signing_key.display(), k.kid);
+    println!("wrote {}", k.sealing_key.display());
+    println!();
+    println!("[tokens]");
+    println!("algorithm = \"{}\"", algorithm.name());
+    println!("signing_keys = [\"{}\"]", k.signing_key.display());
+    println!("sealing_keys = [\"file:{}\"]", k.sealing_key.display());
+    Ok(())
 }
 
 /// Keeps the non-blocking log writer flushing until dropped.
@@ -154,6 +195,14 @@ fn demo(config: Option<&Path>, listen: SocketAddr, log_format: LogFormat) -> any
         let admin = TcpListener::bind(admin_addr).await?;
         let admin_addr = admin.local_addr()?;
         let prefix = config.cookies.prefix.clone();
+        let admin_token = match &config.admin.token {
+            Some(t) => t.expose().to_owned(),
+            None => {
+                let t = sis_gateway::tokens::random_hex(16);
+                config.admin.token = Some(Secret::new(t.clone()));
+                t
+            }
+        };
 
         println!("sis-gateway demo");
         println!("  demo upstream  {upstream_url}");
@@ -164,14 +213,72 @@ fn demo(config: Option<&Path>, listen: SocketAddr, log_format: LogFormat) -> any
             "    curl -s http://{listen}/headers -H 'Cookie: {prefix}refresh_token=secret; theme=dark' -H 'X-Sis-User-Uuid: spoofed'"
         );
         println!("    (the upstream sees theme=dark, but neither the refresh cookie nor the spoofed header)");
-        println!("  Ctrl-C stops.");
-
+        let demo_session = tokio::spawn(open_demo_sessions(admin_addr, admin_token, listen, prefix));
         let listeners = Listeners {
             public,
             admin: Some(admin),
         };
-        sis_gateway::run(config, listeners, shutdown_signal()).await
+        let served = sis_gateway::run(config, listeners, shutdown_signal()).await;
+        demo_session.abort();
+        served
     })
+}
+
+/// Opens two demo sessions through the admin API (an API client and a
+/// browser client) and prints the calls that use them.
+async fn open_demo_sessions(admin: SocketAddr, token: String, listen: SocketAddr, prefix: String) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, Full<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut opened = Vec::new();
+    for client_id in ["mobile", "web"] {
+        let body = format!(
+            r#"{{"user_uuid":"demo-user","client_id":"{client_id}","user_attributes":{{"first_name":"Demo"}}}}"#
+        );
+        let req = http::Request::post(format!("http://{admin}/admin/sessions"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Full::from(body));
+        let Ok(req) = req else { return };
+        let session = match client.request(req).await {
+            Ok(res) => match res.into_body().collect().await {
+                Ok(b) => serde_json::from_slice::<serde_json::Value>(&b.to_bytes()).ok(),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        let Some(session) = session.filter(|s| s["refresh_token"].is_string()) else {
+            tracing::warn!(client_id, "could not open a demo session");
+            return;
+        };
+        opened.push(session);
+    }
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    const TOKEN_PARAM: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_');
+    let api = &opened[0];
+    let web = &opened[1];
+    println!();
+    println!("demo sessions (user demo-user):");
+    println!("  refresh the API client's session (each call rotates; use the refresh_token it returns next):");
+    println!(
+        "    curl -s -X POST 'http://{listen}/v0/sign_in/refresh?refresh_token={}'",
+        percent_encoding::utf8_percent_encode(&text(api, "refresh_token"), TOKEN_PARAM)
+    );
+    println!("  a browser with only its refresh cookie: the gateway refreshes inline and sets new cookies:");
+    println!(
+        "    curl -si http://{listen}/ -H 'Cookie: {prefix}refresh_token={}; {prefix}anti_csrf_token={}'",
+        text(web, "refresh_token"),
+        text(web, "anti_csrf_token")
+    );
+    println!("  a browser with a valid access cookie: identity headers, no store call:");
+    println!(
+        "    curl -s http://{listen}/ -H 'Accept: application/json' -H 'Cookie: {prefix}access_token={}'",
+        text(web, "access_token")
+    );
+    println!();
 }
 
 /// Resolves on SIGINT or SIGTERM.
