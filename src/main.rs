@@ -230,8 +230,7 @@ async fn open_demo_sessions(admin: SocketAddr, token: String, listen: SocketAddr
     use http_body_util::{BodyExt, Full};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
-    let client: Client<_, Full<bytes::Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut opened = Vec::new();
     for client_id in ["mobile", "web"] {
         let body = format!(

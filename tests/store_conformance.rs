@@ -33,6 +33,7 @@ fn redis_config(url: StoreUrl) -> StoreConfig {
         url,
         key_prefix: "t:".into(),
         timeout: TIMEOUT,
+        tls_ca: None,
     }
 }
 
@@ -41,6 +42,7 @@ async fn memory() -> Harness {
         url: StoreUrl::Memory,
         key_prefix: "t:".into(),
         timeout: TIMEOUT,
+        tls_ca: None,
     };
     Harness {
         store: Store::connect(&cfg).await.unwrap(),

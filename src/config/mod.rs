@@ -147,6 +147,9 @@ pub struct StoreConfig {
     pub url: StoreUrl,
     pub key_prefix: String,
     pub timeout: Duration,
+    /// PEM bundle of the CA that signed the Redis servers' certificates, for
+    /// `rediss://` with a private CA; the system roots otherwise.
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -581,7 +584,16 @@ impl Validator {
                 raw.store.timeout.as_deref(),
                 DEFAULT_STORE_TIMEOUT,
             ),
+            tls_ca: raw.store.tls_ca.map(PathBuf::from),
         };
+        if let Some(ca) = &store.tls_ca {
+            if !ca.is_file() {
+                self.problem(
+                    "store.tls_ca",
+                    format!("no such file {:?}", ca.display().to_string()),
+                );
+            }
+        }
         if store.key_prefix.contains(['{', '}']) {
             self.problem(
                 "store.key_prefix",

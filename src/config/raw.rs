@@ -55,6 +55,7 @@ pub(crate) struct RawStore {
     pub(crate) url: Option<String>,
     pub(crate) key_prefix: Option<String>,
     pub(crate) timeout: Option<String>,
+    pub(crate) tls_ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -128,6 +128,20 @@ fn protocol_for(url: &str) -> Option<ProtocolVersion> {
     (!url.contains("protocol=")).then_some(ProtocolVersion::RESP3)
 }
 
+/// The private CA of `store.tls_ca`, for `rediss://`.
+fn tls_certificates(cfg: &StoreConfig) -> Result<Option<redis::TlsCertificates>, StoreError> {
+    let Some(path) = &cfg.tls_ca else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path).map_err(|e| {
+        StoreError::Unavailable(format!("cannot read store.tls_ca {}: {e}", path.display()))
+    })?;
+    Ok(Some(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
+}
+
 impl RedisStore {
     /// A store on one Redis node (`redis://` or `rediss://`).
     pub fn single(url: &str, cfg: &StoreConfig) -> Result<RedisStore, StoreError> {
@@ -136,7 +150,11 @@ impl RedisStore {
             let settings = info.redis_settings().clone().set_protocol(p);
             info = info.set_redis_settings(settings);
         }
-        let client = Client::open(info).map_err(config_error)?;
+        let client = match tls_certificates(cfg)? {
+            Some(certs) => Client::build_with_tls(info, certs),
+            None => Client::open(info),
+        }
+        .map_err(config_error)?;
         let manager = lazy_manager(client, cfg.timeout).map_err(config_error)?;
         Ok(Self::with_backend(Backend::Single(manager), cfg))
     }
@@ -153,7 +171,7 @@ impl RedisStore {
         );
         let client = SentinelClient::build(
             sentinels.to_vec(),
-            master.to_owned(),
+            master,
             Some(node),
             SentinelServerType::Master,
         )
@@ -175,6 +193,9 @@ impl RedisStore {
             .retries(2);
         if let Some(p) = nodes.first().and_then(|n| protocol_for(n)) {
             builder = builder.use_protocol(p);
+        }
+        if let Some(certs) = tls_certificates(cfg)? {
+            builder = builder.certs(certs);
         }
         let client = builder.build().map_err(config_error)?;
         Ok(Self::with_backend(
