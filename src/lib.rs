@@ -11,8 +11,15 @@
 //! - [`auth`]: route auth modes and single-flight inline refresh on pass-through routes.
 //! - [`proxy`]: route table, pooled upstream client, header operations, upgrades.
 //! - [`server`]: listeners, TLS, connection limits, request dispatch, access log, graceful shutdown.
-//! - [`admin`]: health, readiness, Prometheus metrics and the session admin API.
+//! - [`admin`]: the admin listener: health, readiness, metrics; `/admin/*` goes to [`sign_in`].
 //! - [`demo`]: the built-in demo upstream behind `sis-gateway demo`.
+//! - [`metrics`]: the Prometheus registry and the gateway's metric families.
+//! - [`body`], [`ctx`]: the response body type with JSON errors, and per-request facts.
+//!
+//! A request enters [`server`], goes to [`app`], and is either a sign-in
+//! endpoint ([`sign_in`] → [`session`] → store) or a routed request ([`proxy`]
+//! route match → [`auth`], which may call [`session`] → upstream). [`session`]
+//! knows nothing of HTTP; [`proxy`] nothing of tokens.
 
 // Deeply nested async state machines (connection → dispatch → auth → proxy)
 // exceed the default trait-solver depth.

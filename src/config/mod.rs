@@ -1,4 +1,4 @@
-//! `gateway.toml`: the raw file ([`raw`]) validated into a typed [`Config`].
+//! `gateway.toml`: the raw file (module `raw`) validated into a typed [`Config`].
 //!
 //! Validation collects every problem, each naming its key, so `sis-gateway
 //! check` can report them all in one run. Defaults are the `DEFAULT_*`
