@@ -45,7 +45,7 @@ REDIS_PORT=$(free_port)
 start_redis "$REDIS_PORT"
 log "redis-server on 127.0.0.1:$REDIS_PORT (pid $REDIS_PID, no persistence)"
 
-declare -A ROT P50 P99 ERR CPU_GW CPU_REDIS CPU_DRV SIGN KEYS
+declare -A ROT P50 P99 ERR CPU_GW CPU_REDIS CPU_DRV SIGN SIGN_US KEYS
 
 write_config() { # FILE ALG SIGNING_KEY SEALING_KEY PORT ADMIN_PORT
     cat >"$1" <<EOF
@@ -124,9 +124,10 @@ done
 for alg in $ALGORITHMS; do
     log "$alg: raw signing on $(nproc) threads for ${SIGN_SECONDS}s"
     out=$(timeout $((SIGN_SECONDS + 60)) "$EXAMPLES/sign_rate" --key "${KEYS[$alg]}" \
-        --duration "$SIGN_SECONDS" --label "$alg")
+        --duration "$SIGN_SECONDS" --label "$alg" --clk-tck "$(getconf CLK_TCK)")
     echo "$out" >&2
     SIGN[$alg]=$(sed -n 's/.* signs_per_s=\([^ ]*\).*/\1/p' <<<"$out")
+    SIGN_US[$alg]=$(sed -n 's/.* cpu_us_per_sign=\([^ ]*\).*/\1/p' <<<"$out")
 done
 
 # Redis running the rotation script itself. Every call is a real rotation:
@@ -164,6 +165,8 @@ after=$(redis-cli -p "$REDIS_PORT" hget 'sis:s:{000000000001}' prev)
 [[ $after == "$HASH" ]] || die "rotate.lua did not rotate under redis-benchmark"
 log "redis: $SCRIPT_RATE calls/s (64 clients), $SCRIPT_RATE_P calls/s (8 clients x 16 pipelined)"
 
+# us of gateway CPU per rotation, from its CPU share and the rotation rate.
+us_per() { awk -v c="${1%\%}" -v r="$2" 'BEGIN { if (r > 0 && c != "") printf "%.1f", c / 100 * 1e6 / r; else print "n/a" }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r + 0 >= t) ? "met" : "MISSED" }'; }
 
@@ -172,14 +175,16 @@ echo "Refresh benchmark — $(cpu_model), $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "gateway: release, Redis store, $SESSIONS sessions, $WORKERS keep-alive workers, ${DURATION}s after ${WARMUP}s warm-up"
 echo "other load before start: $LOAD_BEFORE"
 echo
-printf '%-34s %12s %9s %9s %7s %16s\n' "measure" "per second" "p50 ms" "p99 ms" "errors" "cpu gw/redis/drv"
-printf '%-34s %12s %9s %9s %7s %16s\n' "----------------------------------" "------------" "---------" "---------" "-------" "----------------"
+FMT='%-34s %12s %9s %9s %7s %16s %10s\n'
+printf "$FMT" "measure" "per second" "p50 ms" "p99 ms" "errors" "cpu gw/redis/drv" "CPU us/op"
+printf "$FMT" "----------------------------------" "------------" "---------" "---------" "-------" "----------------" "----------"
 for alg in $ALGORITHMS; do
-    printf '%-34s %12s %9s %9s %7s %16s\n' "$alg rotations (through gateway)" "${ROT[$alg]}" \
-        "${P50[$alg]}" "${P99[$alg]}" "${ERR[$alg]}" "${CPU_GW[$alg]}/${CPU_REDIS[$alg]}/${CPU_DRV[$alg]}"
+    printf "$FMT" "$alg rotations (through gateway)" "${ROT[$alg]}" \
+        "${P50[$alg]}" "${P99[$alg]}" "${ERR[$alg]}" "${CPU_GW[$alg]}/${CPU_REDIS[$alg]}/${CPU_DRV[$alg]}" \
+        "$(us_per "${CPU_GW[$alg]}" "${ROT[$alg]}")"
 done
 for alg in $ALGORITHMS; do
-    printf '%-34s %12s\n' "raw $alg signs (all cores)" "${SIGN[$alg]}"
+    printf "$FMT" "raw $alg signs (all cores)" "${SIGN[$alg]}" "" "" "" "" "${SIGN_US[$alg]}"
 done
 printf '%-34s %12s\n' "redis rotate.lua calls (64 conns)" "$SCRIPT_RATE"
 printf '%-34s %12s\n' "redis rotate.lua calls (-P 16)" "$SCRIPT_RATE_P"
@@ -194,4 +199,8 @@ if [[ -n ${ROT[RS256]:-} ]]; then
     r=$(ratio "${ROT[RS256]}" "${SIGN[RS256]}")
     printf '%-52s %6s  (target >= %s: %s)\n' "RS256 rotations / raw RS256 signs" "$r" \
         "$TARGET_RS256_RATIO" "$(verdict "$r" "$TARGET_RS256_RATIO")"
+    printf '%-52s %6s\n' "RS256 sign CPU / gateway CPU per rotation" \
+        "$(ratio "${SIGN_US[RS256]}" "$(us_per "${CPU_GW[RS256]}" "${ROT[RS256]}")")"
 fi
+echo "(CPU us/op: gateway CPU time per rotation, signing CPU time per signature; unlike"
+echo " the rates, these hardly move when other processes compete for the cores)"

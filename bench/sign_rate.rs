@@ -32,6 +32,17 @@ struct Args {
     /// Name printed with the result line
     #[arg(long, default_value = "sign")]
     label: String,
+    /// Clock ticks per second of /proc/self/stat (`getconf CLK_TCK`)
+    #[arg(long, default_value_t = 100)]
+    clk_tck: u64,
+}
+
+/// utime + stime of this process, in clock ticks.
+fn cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 fn claims() -> AccessClaims {
@@ -65,6 +76,8 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
 
     let counted = Arc::new(AtomicU64::new(0));
+    let total = Arc::new(AtomicU64::new(0));
+    let cpu_before = cpu_ticks();
     let warmup = Duration::from_millis(500);
     let window = Duration::from_secs_f64(args.duration);
     let start = Instant::now();
@@ -72,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         .map(|_| {
             let tokens = tokens.clone();
             let counted = counted.clone();
+            let total = total.clone();
             let max = args.max_per_thread;
             std::thread::spawn(move || {
                 let c = claims();
@@ -89,6 +103,7 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 counted.fetch_add(in_window, Ordering::Relaxed);
+                total.fetch_add(n, Ordering::Relaxed);
             })
         })
         .collect();
@@ -96,13 +111,25 @@ fn main() -> anyhow::Result<()> {
         h.join().expect("signing thread panicked");
     }
     let rate = counted.load(Ordering::Relaxed) as f64 / window.as_secs_f64();
+    // CPU time per signature: unlike the rate, not skewed by other processes.
+    let cpu_us = match (cpu_before, cpu_ticks()) {
+        (Some(a), Some(b)) => {
+            let secs = (b - a) as f64 / args.clk_tck as f64;
+            format!(
+                " cpu_us_per_sign={:.1}",
+                secs * 1e6 / total.load(Ordering::Relaxed) as f64
+            )
+        }
+        _ => String::new(),
+    };
     println!(
-        "result label={} algorithm={} signs_per_s={:.0} threads={} duration_s={}",
+        "result label={} algorithm={} signs_per_s={:.0} threads={} duration_s={}{}",
         args.label,
         tokens.algorithm().name(),
         rate,
         threads,
-        args.duration
+        args.duration,
+        cpu_us
     );
     Ok(())
 }
