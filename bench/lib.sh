@@ -77,15 +77,25 @@ need() {
     command -v "$1" >/dev/null 2>&1 || die "$1 still missing after installing $2"
 }
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# port_in_use PORT: any TCP socket on it, listening or connected.
+port_in_use() {
+    if command -v ss >/dev/null 2>&1; then
+        [[ -n $(ss -Htan "( sport = :$1 )" 2>/dev/null) ]]
+    else
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    fi
+}
 
-# free_port: a loopback TCP port nobody listens on (and not handed out
-# earlier by this script).
+# free_port: a loopback TCP port no socket uses, below the kernel's ephemeral
+# range (so no outgoing connection takes it meanwhile), not handed out
+# earlier by this script.
 BENCH_PORTS=" "
 free_port() {
-    local p
+    local p low
+    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    ((low > 12000)) || low=32768
     for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((10000 + RANDOM % (low - 10000)))
         [[ $BENCH_PORTS == *" $p "* ]] && continue
         if ! port_in_use "$p"; then
             BENCH_PORTS+="$p "
@@ -96,11 +106,15 @@ free_port() {
     die "no free port found"
 }
 
-# wait_http URL [SECONDS]: until URL answers 2xx.
+# wait_http URL [PID] [SECONDS]: until URL answers 2xx; fails at once when
+# PID has exited.
 wait_http() {
-    local url=$1 secs=${2:-20}
+    local url=$1 pid=${2:-} secs=${3:-20}
     for _ in $(seq $((secs * 10))); do
         curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
+        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+            die "process $pid exited before $url answered (logs in $WORK)"
+        fi
         sleep 0.1
     done
     die "$url did not come up within ${secs}s"
@@ -115,6 +129,7 @@ start_redis() {
     REDIS_PID=$LAST_PID
     for _ in $(seq 100); do
         [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]] && return 0
+        kill -0 "$REDIS_PID" 2>/dev/null || break
         sleep 0.1
     done
     die "redis-server on $port did not start (see $WORK/redis-$port.log)"

@@ -99,7 +99,7 @@ for alg in $ALGORITHMS; do
     RUST_LOG=warn bg_start "$WORK/gateway-$alg.log" \
         "$GATEWAY_BIN" run --config "$WORK/gateway-$alg.toml"
     gw_pid=$LAST_PID
-    wait_http "http://127.0.0.1:$admin_port/readyz"
+    wait_http "http://127.0.0.1:$admin_port/readyz" "$gw_pid"
     log "$alg: gateway pid $gw_pid on 127.0.0.1:$port; $SESSIONS sessions, $WORKERS workers, ${WARMUP}s warm-up + ${DURATION}s"
 
     out=$(timeout $((WARMUP + DURATION + 120)) "$EXAMPLES/refresh_load" \

@@ -64,7 +64,7 @@ http {
 EOF
 bg_start "$WORK/nginx/stdout.log" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/logs/error.log"
 NGINX_PID=$LAST_PID
-wait_http "http://127.0.0.1:$UP_PORT/"
+wait_http "http://127.0.0.1:$UP_PORT/" "$NGINX_PID"
 log "nginx upstream on 127.0.0.1:$UP_PORT (pid $NGINX_PID)"
 
 cat >"$WORK/gateway.toml" <<EOF
@@ -110,7 +110,7 @@ EOF
 # otherwise write a line per request on both routes.
 RUST_LOG=warn bg_start "$WORK/gateway.log" "$GATEWAY_BIN" run --config "$WORK/gateway.toml"
 GW_PID=$LAST_PID
-wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
+wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" "$GW_PID"
 log "gateway on 127.0.0.1:$GW_PORT (pid $GW_PID)"
 
 ACCESS=$(curl -fsS --max-time 5 -X POST "http://127.0.0.1:$ADMIN_PORT/admin/sessions" \
