@@ -80,7 +80,8 @@ struct WorkerStats {
     errors: u64,
     /// Microseconds of each call counted in the window.
     latencies_us: Vec<u32>,
-    /// status → count, for calls in the window that were not 200.
+    /// status → count, for calls in the window that were not 200; 0 is a
+    /// transport error, 1 no answer within 5 s.
     statuses: Vec<(u16, u64)>,
 }
 
@@ -346,13 +347,24 @@ async fn worker(
                     add_status(&mut stats.statuses, status.as_u16(), 1);
                 }
             }
-            Ok(Err(_)) | Err(_) => {
+            Ok(Err(e)) => {
                 // The response was lost: the token may or may not have been
                 // rotated; the replay window makes a retry safe, so keep it.
                 conn = None;
                 if in_window {
+                    if stats.errors == 0 {
+                        eprintln!("[{}] transport error: {e:#}", args.label);
+                    }
                     stats.errors += 1;
                     add_status(&mut stats.statuses, 0, 1);
+                }
+            }
+            Err(_) => {
+                // No answer in 5 s; as above, the token is kept.
+                conn = None;
+                if in_window {
+                    stats.errors += 1;
+                    add_status(&mut stats.statuses, 1, 1);
                 }
             }
         }
