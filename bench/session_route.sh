@@ -165,7 +165,8 @@ for r in $(seq "$ROUNDS"); do
     for which in pub sess; do
         path=/$which
         run_wrk "$path" "$WARMUP" "$COOKIE" >/dev/null
-        read -r rps p99 bad cpu < <(run_wrk "$path" "$DURATION" "$COOKIE")
+        read -r rps p99 bad cpu < <(run_wrk "$path" "$DURATION" "$COOKIE") || true
+        [[ -n ${rps:-} && -n ${cpu:-} ]] || die "wrk run on $path failed (see $WORK/wrk.log)"
         BAD=$((BAD + bad))
         log "round $r $path: $rps req/s, p99 $p99 ms, non-2xx $bad, gateway CPU $cpu us/request"
         if [[ $which == pub ]]; then
