@@ -146,16 +146,11 @@ build_release() {
 }
 
 # gen_keys DIR ALG: a signing key and a sealing key in DIR; sets SIGNING_KEY
-# and SEALING_KEY. Uses `sis-gateway keygen` when the binary has it.
+# and SEALING_KEY, written by `sis-gateway keygen`.
 gen_keys() {
     local dir=$1 alg=$2
-    if "$GATEWAY_BIN" keygen --help >/dev/null 2>&1; then
-        "$GATEWAY_BIN" keygen --dir "$dir" --algorithm "$alg" >"$dir.keygen.log" 2>&1 ||
-            die "sis-gateway keygen failed: $(cat "$dir.keygen.log")"
-    else
-        "$EXAMPLES/bench_keygen" --dir "$dir" --algorithm "$alg" >"$dir.keygen.log" ||
-            die "bench_keygen failed"
-    fi
+    "$GATEWAY_BIN" keygen --dir "$dir" --algorithm "$alg" >"$dir.keygen.log" 2>&1 ||
+        die "sis-gateway keygen failed: $(cat "$dir.keygen.log")"
     SIGNING_KEY=$(find "$dir" -maxdepth 1 -name 'signing-*.pem' | head -n1)
     SEALING_KEY=$(find "$dir" -maxdepth 1 -name 'sealing*' | head -n1)
     [[ -n $SIGNING_KEY && -n $SEALING_KEY ]] || die "no keys written to $dir"
