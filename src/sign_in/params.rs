@@ -119,15 +119,15 @@ fn nonempty(value: &str) -> Option<String> {
 }
 
 /// Every `name=value` pair of every `Cookie` header (RFC 6265 §5.4), tolerant
-/// of odd spacing; values keep their raw form, surrounding quotes removed.
+/// of odd spacing; values keep their raw form, surrounding quotes removed. A
+/// pair that is not UTF-8 is skipped without hiding the others.
 pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
         .filter_map(|pair| {
-            let (name, value) = pair.split_once('=')?;
+            let (name, value) = std::str::from_utf8(pair).ok()?.split_once('=')?;
             let value = value.trim();
             let value = value
                 .strip_prefix('"')
@@ -237,8 +237,8 @@ mod tests {
         let c = credentials(None, &h, b"", RC, AC).unwrap();
         assert_eq!(c.refresh_token.as_deref(), Some("v1:q"));
         let mut h = HeaderMap::new();
-        h.insert(COOKIE, HeaderValue::from_bytes(b"a=\xff\xfe").unwrap());
-        assert_eq!(cookies(&h).count(), 0);
+        h.insert(COOKIE, HeaderValue::from_bytes(b"a=\xff\xfe; b=ok").unwrap());
+        assert_eq!(cookies(&h).collect::<Vec<_>>(), [("b", "ok")]);
     }
 
     #[test]
