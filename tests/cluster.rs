@@ -136,7 +136,7 @@ async fn sessions_move_between_instances_and_survive_a_master_failover() {
     let b = TestGateway::start(cfg.as_str());
     // Refresh endpoints of both instances, for tasks to alternate between.
     let both = Arc::new([a.url(REFRESH), b.url(REFRESH)]);
-    let http = reqwest::Client::new();
+    let http = http_client();
 
     // Both instances publish the same keys.
     let certs = |gw: &TestGateway| {
@@ -252,4 +252,13 @@ async fn sessions_move_between_instances_and_survive_a_master_failover() {
         rotate(&http, &b, &mut chain).await;
     }
     let _ = std::fs::remove_dir_all(&key_dir);
+}
+
+/// A client whose every request gives up after five seconds: a hang fails
+/// the test instead of stalling it.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap()
 }

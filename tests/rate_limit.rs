@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use common::gateway::TestGateway;
 use common::redis::RedisServer;
@@ -53,7 +54,7 @@ impl Env {
     }
 
     async fn create(&self) -> String {
-        let res = reqwest::Client::new()
+        let res = http_client()
             .post(self.gw.admin_url("/admin/sessions"))
             .bearer_auth(ADMIN)
             .json(&json!({"user_uuid": "u-rl", "client_id": "mobile"}))
@@ -79,6 +80,7 @@ impl Caller {
         Caller {
             http: reqwest::Client::builder()
                 .local_address(source)
+                .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap(),
             forwarded_for,
@@ -226,7 +228,7 @@ async fn parallel_tabs_refreshing_from_one_address_are_never_limited() {
             let token = token.clone();
             let url = gw.url("/v0/sign_in/refresh");
             async move {
-                let res = reqwest::Client::new()
+                let res = http_client()
                     .post(url)
                     .query(&[("refresh_token", token.as_str())])
                     .send()
@@ -245,4 +247,13 @@ async fn parallel_tabs_refreshing_from_one_address_are_never_limited() {
         );
         token = next[0].clone();
     }
+}
+
+/// A client whose every request gives up after five seconds: a hang fails
+/// the test instead of stalling it.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap()
 }

@@ -22,6 +22,25 @@ use sis_gateway::config::Algorithm;
 use tokio::net::TcpStream;
 
 const ADMIN: &str = "test-admin-token";
+/// No test here may take longer than this, whatever hangs.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+/// A client whose every request gives up after five seconds.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// Runs a test body under [`TEST_LIMIT`].
+async fn bounded(name: &str, body: impl std::future::Future<Output = ()>) {
+    let started = Instant::now();
+    tokio::time::timeout(TEST_LIMIT, body)
+        .await
+        .unwrap_or_else(|_| panic!("{name} took longer than {TEST_LIMIT:?}"));
+    eprintln!("{name}: {:?}", started.elapsed());
+}
 
 /// A config with one public route per prefix in `routes`.
 fn config(upstream: &str, server: &str, routes: &[&str]) -> String {
@@ -46,7 +65,14 @@ refresh_path = "/"
 /// `sis_config_reloads_total{result="<result>"}` from the admin listener.
 async fn reloads(gw: &GatewayProcess, result: &str) -> u64 {
     let url = format!("http://{}/metrics", gw.admin_addr.unwrap());
-    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let text = http_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let prefix = format!("sis_config_reloads_total{{result=\"{result}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -104,14 +130,21 @@ impl KeepAlive {
     }
 
     async fn get(&mut self, path: &str) -> Result<u16, String> {
+        tokio::time::timeout(Duration::from_secs(5), self.get_inner(path))
+            .await
+            .map_err(|_| format!("GET {path} timed out"))?
+    }
+
+    async fn get_inner(&mut self, path: &str) -> Result<u16, String> {
         self.sender.ready().await.map_err(|e| e.to_string())?;
         let req = Request::get(path)
             .header("host", "gw")
             .body(Empty::new())
             .unwrap();
-        let res = tokio::time::timeout(Duration::from_secs(5), self.sender.send_request(req))
+        let res = self
+            .sender
+            .send_request(req)
             .await
-            .map_err(|_| "timed out".to_owned())?
             .map_err(|e| e.to_string())?;
         let status = res.status().as_u16();
         res.into_body().collect().await.map_err(|e| e.to_string())?;
@@ -140,6 +173,9 @@ fn traffic(
                         Ok(200) => n += 1,
                         other => return Err(format!("request {i} of task {t}: {other:?}")),
                     }
+                    // Continuous but not CPU-bound: a loaded 2-core CI
+                    // machine runs the gateway and these clients side by side.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 Ok(n)
             })
@@ -149,105 +185,114 @@ fn traffic(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_swaps_routes_under_traffic_and_refuses_a_broken_file() {
-    let upstream = TestUpstream::start().await;
-    let mut gw = GatewayProcess::spawn(&config(&upstream.url, "", &["keep", "old"]));
-    let http = reqwest::Client::new();
-    assert_eq!(status(&http, gw.url("/old/x")).await, StatusCode::OK);
-    assert_eq!(status(&http, gw.url("/new/x")).await, StatusCode::NOT_FOUND);
+    bounded(
+        "sighup_swaps_routes_under_traffic_and_refuses_a_broken_file",
+        async {
+            let upstream = TestUpstream::start().await;
+            let mut gw = GatewayProcess::spawn(&config(&upstream.url, "", &["keep", "old"]));
+            let http = http_client();
+            assert_eq!(status(&http, gw.url("/old/x")).await, StatusCode::OK);
+            assert_eq!(status(&http, gw.url("/new/x")).await, StatusCode::NOT_FOUND);
 
-    // A keep-alive connection opened before the reload and idle during it.
-    let mut idle = KeepAlive::open(gw.addr).await;
-    assert_eq!(idle.get("/keep/idle").await, Ok(200));
+            // A keep-alive connection opened before the reload and idle during it.
+            let mut idle = KeepAlive::open(gw.addr).await;
+            assert_eq!(idle.get("/keep/idle").await, Ok(200));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = traffic(gw.addr, 3, &stop);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+            let stop = Arc::new(AtomicBool::new(false));
+            let clients = traffic(gw.addr, 3, &stop);
+            tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // Add /new, remove /old.
-    replace_file(
-        gw.config_path(),
-        &config(&upstream.url, "", &["keep", "new"]),
-    );
-    gw.signal("-HUP");
-    wait_for_status(
-        &http,
-        gw.url("/new/x"),
-        StatusCode::OK,
-        Duration::from_secs(5),
+            // Add /new, remove /old.
+            replace_file(
+                gw.config_path(),
+                &config(&upstream.url, "", &["keep", "new"]),
+            );
+            gw.signal("-HUP");
+            wait_for_status(
+                &http,
+                gw.url("/new/x"),
+                StatusCode::OK,
+                Duration::from_secs(5),
+            )
+            .await;
+            let res = http.get(gw.url("/old/x")).send().await.unwrap();
+            assert_eq!(res.status(), StatusCode::NOT_FOUND);
+            let body: Value = res.json().await.unwrap();
+            assert!(body["errors"].is_string(), "{body}");
+            assert_eq!(reloads(&gw, "ok").await, 1);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+
+            // A file that is not TOML, then one with an unknown key: both refused,
+            // the running configuration keeps serving.
+            for (i, broken) in [
+                "[server\nlisten = ".to_owned(),
+                config(&upstream.url, "no_such_key = 1", &["keep", "old"]),
+            ]
+            .iter()
+            .enumerate()
+            {
+                replace_file(gw.config_path(), broken);
+                gw.signal("-HUP");
+                wait_for_reloads(&gw, "invalid", i as u64 + 1, Duration::from_secs(5)).await;
+                assert!(gw.is_running());
+                assert_eq!(status(&http, gw.url("/new/x")).await, StatusCode::OK);
+                assert_eq!(status(&http, gw.url("/old/x")).await, StatusCode::NOT_FOUND);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            assert_eq!(reloads(&gw, "ok").await, 1);
+
+            stop.store(true, Ordering::Relaxed);
+            for client in clients {
+                let n = client.await.unwrap().expect("no request failed");
+                assert!(n > 10, "only {n} requests");
+            }
+            // The connection that idled through three reloads works, and sees the
+            // new routes.
+            assert_eq!(idle.get("/keep/after").await, Ok(200));
+            assert_eq!(idle.get("/new/after").await, Ok(200));
+            assert_eq!(idle.get("/old/after").await, Ok(404));
+            assert!(gw.terminate().success());
+        },
     )
     .await;
-    let res = http.get(gw.url("/old/x")).send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
-    let body: Value = res.json().await.unwrap();
-    assert!(body["errors"].is_string(), "{body}");
-    assert_eq!(reloads(&gw, "ok").await, 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    // A file that is not TOML, then one with an unknown key: both refused,
-    // the running configuration keeps serving.
-    for (i, broken) in [
-        "[server\nlisten = ".to_owned(),
-        config(&upstream.url, "no_such_key = 1", &["keep", "old"]),
-    ]
-    .iter()
-    .enumerate()
-    {
-        replace_file(gw.config_path(), broken);
-        gw.signal("-HUP");
-        wait_for_reloads(&gw, "invalid", i as u64 + 1, Duration::from_secs(5)).await;
-        assert!(gw.is_running());
-        assert_eq!(status(&http, gw.url("/new/x")).await, StatusCode::OK);
-        assert_eq!(status(&http, gw.url("/old/x")).await, StatusCode::NOT_FOUND);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(reloads(&gw, "ok").await, 1);
-
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        let n = client.await.unwrap().expect("no request failed");
-        assert!(n > 10, "only {n} requests");
-    }
-    // The connection that idled through three reloads works, and sees the
-    // new routes.
-    assert_eq!(idle.get("/keep/after").await, Ok(200));
-    assert_eq!(idle.get("/new/after").await, Ok(200));
-    assert_eq!(idle.get("/old/after").await, Ok(404));
-    assert!(gw.terminate().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_config_reloads_on_file_change_alone() {
-    let upstream = TestUpstream::start().await;
-    let server = "watch_config = true";
-    let gw = GatewayProcess::spawn(&config(&upstream.url, server, &["keep", "old"]));
-    let http = reqwest::Client::new();
-    assert_eq!(status(&http, gw.url("/new/x")).await, StatusCode::NOT_FOUND);
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = traffic(gw.addr, 2, &stop);
+    bounded("watch_config_reloads_on_file_change_alone", async {
+        let upstream = TestUpstream::start().await;
+        let server = "watch_config = true";
+        let gw = GatewayProcess::spawn(&config(&upstream.url, server, &["keep", "old"]));
+        let http = http_client();
+        assert_eq!(status(&http, gw.url("/new/x")).await, StatusCode::NOT_FOUND);
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = traffic(gw.addr, 2, &stop);
 
-    // The watcher looks every two seconds; no signal is sent.
-    replace_file(
-        gw.config_path(),
-        &config(&upstream.url, server, &["keep", "new"]),
-    );
-    wait_for_status(
-        &http,
-        gw.url("/new/x"),
-        StatusCode::OK,
-        Duration::from_secs(8),
-    )
+        // The watcher looks every two seconds; no signal is sent.
+        replace_file(
+            gw.config_path(),
+            &config(&upstream.url, server, &["keep", "new"]),
+        );
+        wait_for_status(
+            &http,
+            gw.url("/new/x"),
+            StatusCode::OK,
+            Duration::from_secs(8),
+        )
+        .await;
+        assert_eq!(status(&http, gw.url("/old/x")).await, StatusCode::NOT_FOUND);
+
+        replace_file(gw.config_path(), "[[routes]\n");
+        wait_for_reloads(&gw, "invalid", 1, Duration::from_secs(8)).await;
+        assert_eq!(status(&http, gw.url("/new/x")).await, StatusCode::OK);
+
+        stop.store(true, Ordering::Relaxed);
+        for client in clients {
+            client.await.unwrap().expect("no request failed");
+        }
+        assert_eq!(reloads(&gw, "ok").await, 1);
+    })
     .await;
-    assert_eq!(status(&http, gw.url("/old/x")).await, StatusCode::NOT_FOUND);
-
-    replace_file(gw.config_path(), "[[routes]\n");
-    wait_for_reloads(&gw, "invalid", 1, Duration::from_secs(8)).await;
-    assert_eq!(status(&http, gw.url("/new/x")).await, StatusCode::OK);
-
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.unwrap().expect("no request failed");
-    }
-    assert_eq!(reloads(&gw, "ok").await, 1);
 }
 
 fn session_config(store_url: &str, keys: &str) -> String {
@@ -276,7 +321,7 @@ anti_csrf = false
 
 /// Opens a session through the admin API; (access token, refresh token).
 async fn open_session(gw: &GatewayProcess) -> (String, String) {
-    let res = reqwest::Client::new()
+    let res = http_client()
         .post(format!("http://{}/admin/sessions", gw.admin_addr.unwrap()))
         .bearer_auth(ADMIN)
         .json(&json!({"user_uuid": "u-reload", "client_id": "mobile"}))
@@ -292,7 +337,7 @@ async fn open_session(gw: &GatewayProcess) -> (String, String) {
 }
 
 async fn refresh(gw: &GatewayProcess, token: &str) -> (StatusCode, Value) {
-    let res = reqwest::Client::new()
+    let res = http_client()
         .post(gw.url("/v0/sign_in/refresh"))
         .query(&[("refresh_token", token)])
         .send()
@@ -309,52 +354,58 @@ fn required_route(upstream: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_and_tokens_survive_a_reload() {
-    let redis = RedisServer::start();
-    let upstream = TestUpstream::start().await;
-    let dir = temp_path("reload-keys");
-    let keys = sis_gateway::tokens::keygen(&dir, Algorithm::Es256).unwrap();
-    let keys = format!(
-        "signing_keys = [\"{}\"]\nsealing_keys = [\"file:{}\"]",
-        keys.signing_key.display(),
-        keys.sealing_key.display()
-    );
-    let cfg = session_config(&redis.url(), &keys);
-    let gw = GatewayProcess::spawn(&cfg);
-    let (access, token) = open_session(&gw).await;
+    bounded("sessions_and_tokens_survive_a_reload", async {
+        let redis = RedisServer::start();
+        let upstream = TestUpstream::start().await;
+        let dir = temp_path("reload-keys");
+        let keys = sis_gateway::tokens::keygen(&dir, Algorithm::Es256).unwrap();
+        let keys = format!(
+            "signing_keys = [\"{}\"]\nsealing_keys = [\"file:{}\"]",
+            keys.signing_key.display(),
+            keys.sealing_key.display()
+        );
+        let cfg = session_config(&redis.url(), &keys);
+        let gw = GatewayProcess::spawn(&cfg);
+        let (access, token) = open_session(&gw).await;
 
-    replace_file(
-        gw.config_path(),
-        &format!("{cfg}{}", required_route(&upstream.url)),
-    );
-    gw.signal("-HUP");
-    wait_for_reloads(&gw, "ok", 1, Duration::from_secs(5)).await;
+        replace_file(
+            gw.config_path(),
+            &format!("{cfg}{}", required_route(&upstream.url)),
+        );
+        gw.signal("-HUP");
+        wait_for_reloads(&gw, "ok", 1, Duration::from_secs(5)).await;
 
-    // The access token issued before the reload is still good…
-    let res = reqwest::Client::new()
-        .get(gw.url("/req/x"))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    // …and so is the refresh token.
-    let (st, body) = refresh(&gw, &token).await;
-    assert_eq!(st, StatusCode::OK, "{body}");
-    let _ = std::fs::remove_dir_all(&dir);
+        // The access token issued before the reload is still good…
+        let res = http_client()
+            .get(gw.url("/req/x"))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        // …and so is the refresh token.
+        let (st, body) = refresh(&gw, &token).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "bug: a reload builds a new memory store, dropping every session (src/app.rs App::rebuild)"]
 async fn memory_store_sessions_survive_a_reload() {
-    let cfg = session_config(
-        "memory://",
-        "sealing_keys = [\"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"]",
-    );
-    let gw = GatewayProcess::spawn(&cfg);
-    let (_, token) = open_session(&gw).await;
-    replace_file(gw.config_path(), &format!("{cfg}\n# touched\n"));
-    gw.signal("-HUP");
-    wait_for_reloads(&gw, "ok", 1, Duration::from_secs(5)).await;
-    let (st, body) = refresh(&gw, &token).await;
-    assert_eq!(st, StatusCode::OK, "{body}");
+    bounded("memory_store_sessions_survive_a_reload", async {
+        let cfg = session_config(
+            "memory://",
+            "sealing_keys = [\"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"]",
+        );
+        let gw = GatewayProcess::spawn(&cfg);
+        let (_, token) = open_session(&gw).await;
+        replace_file(gw.config_path(), &format!("{cfg}\n# touched\n"));
+        gw.signal("-HUP");
+        wait_for_reloads(&gw, "ok", 1, Duration::from_secs(5)).await;
+        let (st, body) = refresh(&gw, &token).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+    })
+    .await;
 }
