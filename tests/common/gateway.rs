@@ -347,3 +347,33 @@ pub fn echoed<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
         .map(|(_, v)| v.as_str())
         .collect()
 }
+
+impl GatewayProcess {
+    /// The config file the process was started with (rewrite it, then
+    /// SIGHUP, to reload).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
+    /// Sends `signal` (e.g. `"-HUP"`) to the process with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+}
+
+/// Replaces the file at `path` with `contents` in one step (write a sibling,
+/// then rename), so a reader never sees it half written.
+pub fn replace_file(path: &std::path::Path, contents: &str) {
+    let tmp = path.with_extension("tmp-replace");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}

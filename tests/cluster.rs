@@ -1,0 +1,264 @@
+//! Two gateway instances sharing keys and a real Redis Cluster (three
+//! masters, one replica each): sessions move freely between the instances,
+//! and a master failover costs at most some 503s, never a session.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::gateway::{temp_path, TestGateway};
+use common::redis::RedisCluster;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sis_gateway::config::Algorithm;
+
+const ADMIN: &str = "test-admin-token";
+const KEY_PREFIX: &str = "sis:";
+const REFRESH: &str = "/v0/sign_in/refresh";
+/// Failover takes a couple of seconds with the test cluster's node timeout.
+const FAILOVER_DEADLINE: Duration = Duration::from_secs(30);
+
+fn config(cluster: &RedisCluster, keys: &sis_gateway::tokens::Keygen) -> String {
+    let nodes: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port()))
+        .collect();
+    format!(
+        r#"
+[admin]
+token = "{ADMIN}"
+[store]
+url = "redis+cluster://{nodes}"
+key_prefix = "{KEY_PREFIX}"
+timeout = "250ms"
+[tokens]
+signing_keys = ["{signing}"]
+sealing_keys = ["file:{sealing}"]
+[sign_in]
+failures_per_minute = 0
+[[clients]]
+client_id = "mobile"
+authentication = "api"
+anti_csrf = false
+[[routes]]
+path_prefix = "/"
+upstream = "http://127.0.0.1:9"
+"#,
+        nodes = nodes.join(","),
+        signing = keys.signing_key.display(),
+        sealing = keys.sealing_key.display(),
+    )
+}
+
+/// A session chain: its handle and its latest refresh token.
+#[derive(Clone, Debug)]
+struct Chain {
+    handle: String,
+    token: String,
+}
+
+impl Chain {
+    fn key(&self) -> String {
+        format!("{KEY_PREFIX}s:{{{}}}", self.handle)
+    }
+}
+
+async fn create(http: &reqwest::Client, gw: &TestGateway, user: &str) -> Chain {
+    let res = http
+        .post(gw.admin_url("/admin/sessions"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"user_uuid": user, "client_id": "mobile"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let body: Value = res.json().await.unwrap();
+    Chain {
+        handle: body["session_handle"].as_str().unwrap().to_owned(),
+        token: body["refresh_token"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// One refresh call; the status and, on 200, the next token.
+async fn refresh(
+    http: &reqwest::Client,
+    refresh_url: &str,
+    token: &str,
+) -> (StatusCode, Result<String, String>) {
+    let res = http
+        .post(refresh_url)
+        .query(&[("refresh_token", token)])
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("the gateway answers");
+    let status = res.status();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    match body["data"]["refresh_token"].as_str() {
+        Some(t) if status == StatusCode::OK => (status, Ok(t.to_owned())),
+        _ => (status, Err(body.to_string())),
+    }
+}
+
+/// Refreshes once and insists on success; advances the chain.
+async fn rotate(http: &reqwest::Client, gw: &TestGateway, chain: &mut Chain) {
+    let (st, next) = refresh(http, &gw.url(REFRESH), &chain.token).await;
+    assert_eq!(st, StatusCode::OK, "{next:?}");
+    chain.token = next.unwrap();
+}
+
+/// Only 200 (chain advances) or 503 `Session store unavailable` (chain keeps
+/// its token) are acceptable while the store is in trouble.
+fn step(chain: &mut Chain, st: StatusCode, next: Result<String, String>) -> bool {
+    match (st, next) {
+        (StatusCode::OK, Ok(t)) => {
+            chain.token = t;
+            true
+        }
+        (StatusCode::SERVICE_UNAVAILABLE, Err(body)) => {
+            assert!(body.contains("Session store unavailable"), "{body}");
+            false
+        }
+        (st, next) => panic!("during failover: {st} {next:?} for {}", chain.handle),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_move_between_instances_and_survive_a_master_failover() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let key_dir = temp_path("cluster-keys");
+    let keys = sis_gateway::tokens::keygen(&key_dir, Algorithm::Es256).unwrap();
+    let cfg = config(&cluster, &keys);
+    let a = TestGateway::start(cfg.as_str());
+    let b = TestGateway::start(cfg.as_str());
+    // Refresh endpoints of both instances, for tasks to alternate between.
+    let both = Arc::new([a.url(REFRESH), b.url(REFRESH)]);
+    let http = http_client();
+
+    // Both instances publish the same keys.
+    let certs = |gw: &TestGateway| {
+        let url = gw.url("/v0/sign_in/openid_connect/certs");
+        let http = http.clone();
+        async move {
+            let body: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            body
+        }
+    };
+    assert_eq!(certs(&a).await, certs(&b).await);
+
+    // Sessions opened on A refresh on B, and back again.
+    let mut victim = create(&http, &a, "u-0").await;
+    rotate(&http, &b, &mut victim).await;
+    rotate(&http, &a, &mut victim).await;
+    let victim_master = cluster
+        .master_for_key(&victim.key())
+        .expect("a master holds the session");
+
+    // More sessions, until one other lives on the victim's master (it sits
+    // out the failover untouched) and some live elsewhere (they keep
+    // refreshing through it).
+    let mut bystander = None;
+    let mut elsewhere = Vec::new();
+    for i in 1..=60 {
+        if bystander.is_some() && elsewhere.len() >= 3 {
+            break;
+        }
+        let mut s = create(&http, &a, &format!("u-{i}")).await;
+        rotate(&http, &b, &mut s).await;
+        if cluster.master_for_key(&s.key()) == Some(victim_master) {
+            bystander.get_or_insert(s);
+        } else if elsewhere.len() < 3 {
+            elsewhere.push(s);
+        }
+    }
+    let mut bystander = bystander.expect("a second session on the victim's master");
+    assert_eq!(elsewhere.len(), 3);
+
+    // Chains on the other masters refresh continuously, alternating
+    // instances, across the whole failover.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut background = Vec::new();
+    for mut chain in elsewhere {
+        let (both, http, stop) = (both.clone(), http.clone(), stop.clone());
+        background.push(tokio::spawn(async move {
+            let (mut ok, mut unavailable) = (0usize, 0usize);
+            for i in 0..100_000usize {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (st, next) = refresh(&http, &both[i % 2], &chain.token).await;
+                if step(&mut chain, st, next) {
+                    ok += 1;
+                } else {
+                    unavailable += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            (chain, ok, unavailable)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // What the victim's master acknowledged has reached its replica: an
+    // asynchronous replica can lose the last writes of a crashed master, which
+    // no client of Redis can prevent.
+    cluster.wait_replicated(Duration::from_secs(5));
+    cluster.kill_node(victim_master);
+    let killed = Instant::now();
+
+    // The victim's chain keeps refreshing through the failover on both
+    // instances: only 200 or 503, and it carries on from its latest token.
+    let mut rotated_after_kill = 0;
+    let mut unavailable = 0;
+    let mut i = 0usize;
+    while rotated_after_kill < 3 {
+        assert!(
+            killed.elapsed() < FAILOVER_DEADLINE,
+            "no successful refresh within {FAILOVER_DEADLINE:?} of the kill"
+        );
+        let (st, next) = refresh(&http, &both[i % 2], &victim.token).await;
+        i += 1;
+        if step(&mut victim, st, next) {
+            rotated_after_kill += 1;
+        } else {
+            unavailable += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    eprintln!(
+        "victim chain back after {:?} ({unavailable} answers 503)",
+        killed.elapsed()
+    );
+    cluster.wait_healthy(Duration::from_secs(20));
+
+    // After the failover: the chain goes on on both instances; the session
+    // that sat it out refreshes with the token it had before the kill.
+    rotate(&http, &a, &mut victim).await;
+    rotate(&http, &b, &mut victim).await;
+    rotate(&http, &b, &mut bystander).await;
+    rotate(&http, &a, &mut bystander).await;
+    let mut fresh = create(&http, &b, "u-new").await;
+    rotate(&http, &a, &mut fresh).await;
+
+    stop.store(true, Ordering::Relaxed);
+    for task in background {
+        let (mut chain, ok, unavailable) = task.await.expect("background chain");
+        assert!(ok > 0, "chain {} made progress", chain.handle);
+        eprintln!("chain {}: {ok} × 200, {unavailable} × 503", chain.handle);
+        rotate(&http, &a, &mut chain).await;
+        rotate(&http, &b, &mut chain).await;
+    }
+    let _ = std::fs::remove_dir_all(&key_dir);
+}
+
+/// A client whose every request gives up after five seconds: a hang fails
+/// the test instead of stalling it.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap()
+}

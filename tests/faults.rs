@@ -1,0 +1,1225 @@
+//! Faults and hostile clients against the real gateway (SPEC §7): Redis
+//! restarted or frozen under load, upstreams dying mid-response, slow
+//! clients, malformed input of every kind over real TCP, and the memory an
+//! idle keep-alive connection costs.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::gateway::{GatewayProcess, TestGateway};
+use common::redis::RedisServer;
+use common::upstream::TestUpstream;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const SEALING_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const ADMIN: &str = "test-admin-token";
+const REFRESH: &str = "/v0/sign_in/refresh";
+/// `store.timeout` of these tests; SPEC §7 allows 50 ms on top, CI some more.
+const STORE_TIMEOUT_MS: u64 = 250;
+const STORE_ANSWER_BOUND: Duration = Duration::from_millis(STORE_TIMEOUT_MS + 150);
+
+fn config(redis_url: &str, upstream: &str, server: &str, routes: &str) -> String {
+    format!(
+        r#"
+[server]
+{server}
+[admin]
+token = "{ADMIN}"
+[store]
+url = "{redis_url}"
+timeout = "{STORE_TIMEOUT_MS}ms"
+[tokens]
+sealing_keys = ["{SEALING_KEY}"]
+[cookies]
+secure = false
+refresh_path = "/"
+[sign_in]
+failures_per_minute = 0
+[[clients]]
+client_id = "mobile"
+authentication = "api"
+anti_csrf = false
+[[clients]]
+client_id = "web"
+authentication = "cookie"
+anti_csrf = true
+[[routes]]
+path_prefix = "/pub"
+upstream = "{upstream}"
+auth = "public"
+[[routes]]
+path_prefix = "/app"
+upstream = "{upstream}"
+auth = "session"
+[[routes]]
+path_prefix = "/req"
+upstream = "{upstream}"
+auth = "required"
+{routes}
+"#
+    )
+}
+
+async fn create(http: &reqwest::Client, gw: &TestGateway, client_id: &str) -> Value {
+    let res = http
+        .post(gw.admin_url("/admin/sessions"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"user_uuid": "u-faults", "client_id": client_id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    res.json().await.unwrap()
+}
+
+/// One API refresh: status, and the next token or the error body.
+async fn refresh(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> (StatusCode, Result<String, String>) {
+    let res = http
+        .post(url)
+        .query(&[("refresh_token", token)])
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("the gateway answers");
+    let status = res.status();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    match body["data"]["refresh_token"].as_str() {
+        Some(t) if status == StatusCode::OK => (status, Ok(t.to_owned())),
+        _ => (status, Err(body.to_string())),
+    }
+}
+
+/// Refreshes until 200 (the store may still be reconnecting) and returns the
+/// next token; only 503 is acceptable meanwhile.
+async fn refresh_until_ok(http: &reqwest::Client, url: &str, token: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match refresh(http, url, token).await {
+            (StatusCode::OK, Ok(next)) => return next,
+            (StatusCode::SERVICE_UNAVAILABLE, _) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("token {token:.16}… did not refresh: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_under_load_loses_no_session() {
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(config(&redis.url(), &upstream.url, "", ""));
+    let http = http_client();
+    let url = gw.url(REFRESH);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut chains = Vec::new();
+    for _ in 0..4 {
+        let s = create(&http, &gw, "mobile").await;
+        let mut token = s["refresh_token"].as_str().unwrap().to_owned();
+        let (http, url, stop) = (http.clone(), url.clone(), stop.clone());
+        chains.push(tokio::spawn(async move {
+            let (mut ok, mut unavailable) = (0usize, 0usize);
+            for _ in 0..100_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match refresh(&http, &url, &token).await {
+                    (StatusCode::OK, Ok(next)) => {
+                        token = next;
+                        ok += 1;
+                    }
+                    (StatusCode::SERVICE_UNAVAILABLE, Err(body))
+                        if body.contains("Session store unavailable") =>
+                    {
+                        unavailable += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    other => return Err(format!("unacceptable answer {other:?}")),
+                }
+            }
+            Ok((token, ok, unavailable))
+        }));
+    }
+    // A public route keeps serving throughout.
+    let public = {
+        let (stop, url) = (stop.clone(), gw.url("/pub/x"));
+        let http = http.clone();
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            for _ in 0..100_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let res = http.get(&url).send().await.unwrap();
+                assert_eq!(res.status(), StatusCode::OK);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            n
+        })
+    };
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let redis = tokio::task::spawn_blocking(move || {
+        let mut redis = redis;
+        redis.stop();
+        std::thread::sleep(Duration::from_millis(500));
+        redis.restart();
+        redis
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let (mut total_ok, mut total_unavailable) = (0, 0);
+    for chain in chains {
+        let (token, ok, unavailable) = chain.await.unwrap().unwrap();
+        total_ok += ok;
+        total_unavailable += unavailable;
+        // Every chain goes on with its latest token.
+        let next = refresh_until_ok(&http, &url, &token).await;
+        refresh_until_ok(&http, &url, &next).await;
+    }
+    assert!(public.await.unwrap() > 0);
+    eprintln!("{total_ok} × 200, {total_unavailable} × 503");
+    assert!(total_ok > 0);
+    assert!(total_unavailable > 0, "the outage was seen");
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_redis_answers_503_in_time_while_public_routes_serve() {
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(config(&redis.url(), &upstream.url, "", ""));
+    let http = http_client();
+    let url = gw.url(REFRESH);
+    let s = create(&http, &gw, "mobile").await;
+    let token = refresh_until_ok(&http, &url, s["refresh_token"].as_str().unwrap()).await;
+
+    redis.pause();
+    for round in 0..2 {
+        // Several refreshes at once, and public traffic beside them.
+        let refreshes = (0..3).map(|_| {
+            let (http, url, token) = (http.clone(), url.clone(), token.clone());
+            async move {
+                let started = Instant::now();
+                let answer = refresh(&http, &url, &token).await;
+                (answer, started.elapsed())
+            }
+        });
+        let public = async {
+            let mut slowest = Duration::ZERO;
+            for _ in 0..10 {
+                let started = Instant::now();
+                let res = http.get(gw.url("/pub/p")).send().await.unwrap();
+                assert_eq!(res.status(), StatusCode::OK);
+                slowest = slowest.max(started.elapsed());
+            }
+            slowest
+        };
+        let (answers, slowest_public) =
+            tokio::join!(futures_util::future::join_all(refreshes), public);
+        for ((st, body), took) in answers {
+            assert_eq!(
+                st,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "round {round}: {body:?}"
+            );
+            assert!(
+                body.unwrap_err().contains("Session store unavailable"),
+                "round {round}"
+            );
+            assert!(
+                took < STORE_ANSWER_BOUND,
+                "round {round}: 503 after {took:?}, store.timeout is {STORE_TIMEOUT_MS} ms"
+            );
+            assert!(
+                took >= Duration::from_millis(STORE_TIMEOUT_MS - 50),
+                "round {round}: gave up early ({took:?})"
+            );
+        }
+        assert!(
+            slowest_public < Duration::from_millis(200),
+            "public route slowed to {slowest_public:?}"
+        );
+    }
+    // Readiness follows the store, in time too.
+    let started = Instant::now();
+    let ready = http.get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < STORE_ANSWER_BOUND);
+
+    // Redis wakes up and runs what was queued; the same token still works
+    // (a replay inside the grace window), and so does its successor.
+    redis.resume();
+    let next = refresh_until_ok(&http, &url, &token).await;
+    let again = refresh_until_ok(&http, &url, &token).await;
+    assert_eq!(next, again, "replays converge on one successor");
+    refresh_until_ok(&http, &url, &next).await;
+}
+
+/// How a [`DyingUpstream`] frames the response it abandons.
+#[derive(Clone, Copy)]
+enum Framing {
+    Chunked,
+    Length,
+}
+
+/// An upstream that starts a 1 MiB response, sends `sent` bytes of it, then
+/// dies: the socket is closed (chunked) or reset (length) mid-body.
+async fn dying_upstream(sent: usize) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let framing = if String::from_utf8_lossy(&head).contains("/chunked") {
+                    Framing::Chunked
+                } else {
+                    Framing::Length
+                };
+                let piece = vec![b'x'; 16 * 1024];
+                let mut out = Vec::new();
+                match framing {
+                    Framing::Chunked => {
+                        out.extend_from_slice(
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                        );
+                        for _ in 0..sent / piece.len() {
+                            out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                            out.extend_from_slice(&piece);
+                            out.extend_from_slice(b"\r\n");
+                        }
+                    }
+                    Framing::Length => {
+                        out.extend_from_slice(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n",
+                        );
+                        for _ in 0..sent / piece.len() {
+                            out.extend_from_slice(&piece);
+                        }
+                    }
+                }
+                if stream.write_all(&out).await.is_err() {
+                    return;
+                }
+                let _ = stream.flush().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Framing::Length = framing {
+                    let _ = stream.set_zero_linger();
+                }
+                drop(stream);
+            });
+        }
+    });
+    (url, task)
+}
+
+/// Reads a raw response until EOF (or `limit`); whether the peer closed.
+async fn read_all(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (buf, true),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => return (buf, false),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_dying_mid_body_ends_the_client_body_in_an_error() {
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let (dying, _task) = dying_upstream(256 * 1024).await;
+    let routes = format!(
+        r#"
+[[routes]]
+path_prefix = "/dying"
+upstream = "{dying}"
+auth = "public"
+"#
+    );
+    let gw = TestGateway::start(config(&redis.url(), &upstream.url, "", &routes));
+    let http = http_client();
+
+    for round in 0..2 {
+        // A high-level client sees an error, not a short body that ends well.
+        for path in ["/dying/chunked", "/dying/length"] {
+            let res = http
+                .get(gw.url(path))
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "{path}: head was forwarded");
+            let body = res.bytes().await;
+            assert!(
+                body.is_err(),
+                "round {round} {path}: the body ended cleanly after {} bytes",
+                body.map(|b| b.len()).unwrap_or_default()
+            );
+        }
+
+        // On the wire (chunked): no terminating zero-size chunk, the
+        // connection is closed instead.
+        let mut raw = TcpStream::connect(gw.addr).await.unwrap();
+        raw.write_all(b"GET /dying/chunked HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (bytes, closed) = read_all(&mut raw, Duration::from_secs(10)).await;
+        assert!(closed, "the gateway closes the client connection");
+        let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&bytes[..head_end]).to_ascii_lowercase();
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        assert!(
+            bytes.len() > head_end + 100_000,
+            "part of the body came through"
+        );
+        assert!(
+            !bytes.ends_with(b"0\r\n\r\n"),
+            "a truncated body must not end with the last chunk"
+        );
+
+        // On the wire (Content-Length): fewer bytes than announced, then EOF.
+        let mut raw = TcpStream::connect(gw.addr).await.unwrap();
+        raw.write_all(b"GET /dying/length HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (bytes, closed) = read_all(&mut raw, Duration::from_secs(10)).await;
+        assert!(closed);
+        let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&bytes[..head_end]).to_ascii_lowercase();
+        assert!(head.contains("content-length: 1048576"), "{head}");
+        assert!(bytes.len() - head_end - 4 < 1_048_576);
+
+        // The gateway goes on serving.
+        let res = http.get(gw.url("/pub/after")).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_do_not_block_others() {
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(config(
+        &redis.url(),
+        &upstream.url,
+        "header_read_timeout = \"1s\"\nupstream_timeout = \"60s\"",
+        "",
+    ));
+    let addr = gw.addr;
+
+    // Slowloris: request heads that never complete, and one that trickles.
+    let mut stalled = Vec::new();
+    for i in 0..20 {
+        stalled.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let partial = format!("GET /pub/{i} HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+            s.write_all(partial.as_bytes()).await.unwrap();
+            let started = Instant::now();
+            let (bytes, closed) = read_all(&mut s, Duration::from_secs(5)).await;
+            (started.elapsed(), closed, bytes)
+        }));
+    }
+    let trickler = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let head = b"GET /pub/trickle HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        for b in head.iter() {
+            if s.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (bytes, closed) = read_all(&mut s, Duration::from_secs(3)).await;
+        (started.elapsed(), closed, bytes)
+    });
+
+    // A client that asks for a large response and never reads it.
+    let mut non_reader = TcpStream::connect(addr).await.unwrap();
+    non_reader
+        .write_all(b"GET /pub/stream?bytes=268435456 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+
+    // Meanwhile everyone else is served promptly.
+    let http = http_client();
+    let mut slowest = Duration::ZERO;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1800) {
+        let t = Instant::now();
+        let res = http
+            .get(gw.url("/pub/normal"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.bytes().await.unwrap();
+        // A fresh connection too, not only the pooled one.
+        let res = http_client()
+            .get(gw.url("/pub/fresh"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        slowest = slowest.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(slowest < Duration::from_millis(500), "slowest {slowest:?}");
+
+    for task in stalled {
+        let (took, closed, bytes) = task.await.unwrap();
+        assert!(closed, "a stalled request head is cut off");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+            "closed after {took:?} (header_read_timeout 1s)"
+        );
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            bytes.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text}"
+        );
+    }
+    let (took, closed, _) = trickler.await.unwrap();
+    assert!(closed && took < Duration::from_millis(2500), "{took:?}");
+
+    // The non-reader is still there, holding its own connection only.
+    let res = http.get(gw.url("/pub/last")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut first = vec![0u8; 1024];
+    let n = non_reader.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+}
+
+/// A raw request with `Host` and `Connection: close`; `extra` are header
+/// lines (each ending in CRLF).
+fn request(method: &str, target: &str, extra: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{method} {target} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n{extra}")
+        .into_bytes();
+    let framed = extra.to_ascii_lowercase();
+    if !body.is_empty()
+        && !framed.contains("content-length")
+        && !framed.contains("transfer-encoding")
+    {
+        out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+fn post(target: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+    request(
+        "POST",
+        target,
+        &format!("Content-Type: {content_type}\r\n"),
+        body,
+    )
+}
+
+fn with_header(method: &str, target: &str, header: &[u8]) -> Vec<u8> {
+    let mut out =
+        format!("{method} {target} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n").into_bytes();
+    out.extend_from_slice(header);
+    out.extend_from_slice(b"\r\n\r\n");
+    out
+}
+
+/// Sends `bytes` on a fresh connection and reads until the gateway closes
+/// it. Returns the status line's code, if a response came.
+async fn hostile(addr: SocketAddr, name: &str, bytes: &[u8]) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The gateway may answer and close before reading everything (413).
+    let _ = s.write_all(bytes).await;
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    // Until the gateway closes, or one whole response has arrived.
+    while !complete_response(&got) {
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("{name}: no answer and no close within 5 s"),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok());
+    // After the h2c preface the gateway speaks HTTP/2 (a GOAWAY frame).
+    if !got.is_empty() && !name.contains("h2 preface") {
+        assert!(
+            status.is_some(),
+            "{name}: not an HTTP response: {text:.200}"
+        );
+    }
+    status
+}
+
+/// Whether `buf` holds a whole HTTP/1.1 response framed by Content-Length.
+fn complete_response(buf: &[u8]) -> bool {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| buf.len() >= end + 4 + len)
+}
+
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_never_gets_500_or_a_hang() {
+    // The gateway runs in this process: count panics on its worker threads.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() == Some("tokio-runtime-worker") {
+            PANICS.fetch_add(1, Ordering::Relaxed);
+        }
+        previous(info);
+    }));
+
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(config(
+        &redis.url(),
+        &upstream.url,
+        "trusted_proxies = [\"127.0.0.1/32\"]\nheader_read_timeout = \"2s\"",
+        "",
+    ));
+    let http = http_client();
+    let web = create(&http, &gw, "web").await;
+    let real = web["refresh_token"].as_str().unwrap().to_owned();
+    let addr = gw.addr;
+
+    let huge = "A".repeat(60 * 1024);
+    let too_huge = "A".repeat(200 * 1024);
+    let mut nested = "[".repeat(100_000);
+    nested.push_str(&"]".repeat(100_000));
+    let many_cookies: String = (0..2000).map(|i| format!("c{i}=v; ")).collect();
+    let json = "application/json";
+    let form = "application/x-www-form-urlencoded";
+
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut case = |name: &str, bytes: Vec<u8>| cases.push((name.to_owned(), bytes));
+
+    // Tokens in the query string.
+    for (name, q) in [
+        ("pct ZZ", "refresh_token=%ZZ"),
+        ("pct 00", "refresh_token=%00"),
+        ("pct lone", "refresh_token=%"),
+        ("pct many", "refresh_token=%%%25%2"),
+        ("v1 pct garbage", "refresh_token=v1%3A%ZZ%00%FF"),
+        ("v1 high bytes", "refresh_token=v1:%FF%FE%FD"),
+        ("array form", "refresh_token[]=x&refresh_token[]=y"),
+        ("twice", "refresh_token=a&refresh_token=b"),
+        ("no value", "refresh_token"),
+        ("only separators", "&&&===&"),
+        (
+            "anti csrf garbage",
+            "refresh_token=v1:AAAA&anti_csrf_token=%ZZ",
+        ),
+    ] {
+        case(
+            &format!("query {name}"),
+            request("POST", &format!("{REFRESH}?{q}"), "", b""),
+        );
+    }
+    case(
+        "query huge token",
+        request(
+            "POST",
+            &format!("{REFRESH}?refresh_token=v1:{huge}"),
+            "",
+            b"",
+        ),
+    );
+    case(
+        "query too huge",
+        request(
+            "POST",
+            &format!("{REFRESH}?refresh_token=v1:{too_huge}"),
+            "",
+            b"",
+        ),
+    );
+    let mut tampered = real.clone().into_bytes();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 0x01;
+    case(
+        "query tampered real token",
+        request(
+            "POST",
+            &format!(
+                "{REFRESH}?refresh_token={}",
+                String::from_utf8_lossy(&tampered)
+            ),
+            "",
+            b"",
+        ),
+    );
+    let mut binary_target = format!("{REFRESH}?refresh_token=v1:").into_bytes();
+    binary_target.extend_from_slice(&[0xff, 0xfe, 0x80, 0x01]);
+    let mut raw_binary = b"POST ".to_vec();
+    raw_binary.extend_from_slice(&binary_target);
+    raw_binary.extend_from_slice(b" HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+    case("query raw binary bytes", raw_binary);
+
+    // Cookies.
+    let mut cookie_cases: Vec<(&str, Vec<u8>)> = vec![
+        ("pct ZZ", b"Cookie: vagov_refresh_token=%ZZ".to_vec()),
+        ("pct 00", b"Cookie: vagov_refresh_token=v1%3A%00".to_vec()),
+        ("quoted", b"Cookie: vagov_refresh_token=\"v1:x\"".to_vec()),
+        ("separators", b"Cookie: ;;;=;=;  ; =v".to_vec()),
+        ("empty", b"Cookie: ".to_vec()),
+        ("many", format!("Cookie: {many_cookies}").into_bytes()),
+        (
+            "huge",
+            format!("Cookie: vagov_refresh_token=v1:{huge}").into_bytes(),
+        ),
+        (
+            "garbage access and refresh",
+            b"Cookie: vagov_access_token=a.b.c; vagov_refresh_token=v1:AAAA; vagov_anti_csrf_token=%ZZ".to_vec(),
+        ),
+        (
+            "jwt-shaped access",
+            b"Cookie: vagov_access_token=eyJhbGciOiJub25lIn0.eyJleHAiOjF9.; vagov_refresh_token=v1:x".to_vec(),
+        ),
+    ];
+    let mut binary_cookie = b"Cookie: vagov_refresh_token=v1:".to_vec();
+    binary_cookie.extend_from_slice(&[0xff, 0xfe, 0x80]);
+    cookie_cases.push(("binary", binary_cookie));
+    for (name, header) in &cookie_cases {
+        case(
+            &format!("cookie {name} refresh"),
+            with_header("POST", REFRESH, header),
+        );
+        for path in ["/app/x", "/req/x", "/pub/x", "/v0/sign_in/logout"] {
+            case(
+                &format!("cookie {name} {path}"),
+                with_header("GET", path, header),
+            );
+        }
+    }
+
+    // Authorization headers.
+    let mut binary_bearer = b"Authorization: Bearer ".to_vec();
+    binary_bearer.extend_from_slice(&[0xff, 0x00, 0x80]);
+    for (name, header) in [
+        ("garbage", b"Authorization: Bearer a.b.c".to_vec()),
+        ("empty", b"Authorization: Bearer ".to_vec()),
+        ("scheme only", b"Authorization: Bearer".to_vec()),
+        ("basic", b"Authorization: Basic Zm9vOmJhcg==".to_vec()),
+        ("huge", format!("Authorization: Bearer {huge}").into_bytes()),
+        (
+            "alg none",
+            b"Authorization: Bearer eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4In0.".to_vec(),
+        ),
+        ("binary", binary_bearer),
+    ] {
+        for path in [
+            "/req/x",
+            "/app/x",
+            "/v0/sign_in/revoke_all_sessions",
+            "/v0/sign_in/logout",
+        ] {
+            case(
+                &format!("auth {name} {path}"),
+                with_header("GET", path, &header),
+            );
+        }
+    }
+
+    // JSON and form bodies.
+    for (name, body) in [
+        ("truncated", b"{".to_vec()),
+        ("number", br#"{"refresh_token":5}"#.to_vec()),
+        ("null", br#"{"refresh_token":null}"#.to_vec()),
+        ("object", br#"{"refresh_token":{"a":1}}"#.to_vec()),
+        ("array", b"[]".to_vec()),
+        ("string", br#""v1:x""#.to_vec()),
+        ("lone surrogate", br#"{"refresh_token":"\ud800"}"#.to_vec()),
+        ("escaped nul", br#"{"refresh_token":"v1:\u0000"}"#.to_vec()),
+        (
+            "duplicate keys",
+            br#"{"refresh_token":"v1:a","refresh_token":"v1:b"}"#.to_vec(),
+        ),
+        ("invalid utf8", b"{\"refresh_token\":\"\xff\xfe\"}".to_vec()),
+        ("deep nesting", nested.clone().into_bytes()),
+        (
+            "huge string",
+            format!(r#"{{"refresh_token":"v1:{huge}"}}"#).into_bytes(),
+        ),
+        ("binary", vec![0u8, 1, 2, 0xff, 0x80, b'{']),
+    ] {
+        case(&format!("json {name}"), post(REFRESH, json, &body));
+        case(
+            &format!("json {name} revoke"),
+            post("/v0/sign_in/revoke", json, &body),
+        );
+    }
+    for (name, body) in [
+        ("pct ZZ", b"refresh_token=%ZZ".to_vec()),
+        ("pct 00", b"refresh_token=%00&anti_csrf_token=%00".to_vec()),
+        ("separators", b"=&=&&=".to_vec()),
+        ("no equals", b"refresh_token".to_vec()),
+        ("binary", vec![0xff, 0xfe, b'=', 0x80]),
+        ("plus and spaces", b"refresh_token=v1+%20+x".to_vec()),
+    ] {
+        case(&format!("form {name}"), post(REFRESH, form, &body));
+    }
+    case(
+        "json body as form",
+        post(REFRESH, form, br#"{"refresh_token":"v1:x"}"#),
+    );
+    case(
+        "form body as json",
+        post(REFRESH, json, b"refresh_token=v1:x"),
+    );
+    case(
+        "unknown content type",
+        post(REFRESH, "text/x-weird; charset=unknown", b"v1:x"),
+    );
+
+    // Oversized and ill-framed bodies.
+    let big = vec![b'a'; 200 * 1024];
+    case("oversized by length", post(REFRESH, form, &big));
+    case(
+        "oversized lying length",
+        request(
+            "POST",
+            REFRESH,
+            "Content-Type: application/json\r\nContent-Length: 10000000000\r\n",
+            &big[..1024],
+        ),
+    );
+    let mut chunked = Vec::new();
+    for _ in 0..20 {
+        chunked.extend_from_slice(format!("{:x}\r\n", 8192).as_bytes());
+        chunked.extend_from_slice(&[b'a'; 8192]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    case(
+        "oversized chunked",
+        request(
+            "POST",
+            REFRESH,
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n",
+            &chunked,
+        ),
+    );
+    case(
+        "bad chunk size",
+        request(
+            "POST",
+            REFRESH,
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n",
+            b"zz\r\nabc\r\n0\r\n\r\n",
+        ),
+    );
+    case(
+        "length and chunked",
+        request(
+            "POST",
+            REFRESH,
+            "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+            b"3\r\nabc\r\n0\r\n\r\n",
+        ),
+    );
+    case(
+        "two lengths",
+        request(
+            "POST",
+            REFRESH,
+            "Content-Length: 3\r\nContent-Length: 4\r\n",
+            b"abcd",
+        ),
+    );
+    case(
+        "length not a number",
+        request("POST", REFRESH, "Content-Length: abc\r\n", b"abc"),
+    );
+    case(
+        "unknown transfer coding",
+        request("POST", REFRESH, "Transfer-Encoding: gzip\r\n", b"abc"),
+    );
+    case(
+        "oversized upload to a route",
+        post("/pub/upload", form, &big),
+    );
+
+    // Garbage request lines and headers.
+    for (name, bytes) in [
+        ("garbage line", b"GARBAGE\r\n\r\n".to_vec()),
+        ("binary line", vec![0, 1, 2, 3, 0xff, b'\r', b'\n', b'\r', b'\n']),
+        ("http 9.9", b"GET /pub/x HTTP/9.9\r\nHost: gw\r\n\r\n".to_vec()),
+        ("http 0.9", b"GET /pub/x\r\n\r\n".to_vec()),
+        ("no target", b"GET  HTTP/1.1\r\nHost: gw\r\n\r\n".to_vec()),
+        ("control in target", b"GET /pub/\x7f\x01 HTTP/1.1\r\nHost: gw\r\n\r\n".to_vec()),
+        ("asterisk", b"GET * HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".to_vec()),
+        (
+            "absolute form",
+            b"GET http://elsewhere.invalid/pub/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        (
+            "connect",
+            b"CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        ("header without colon", b"GET /pub/x HTTP/1.1\r\nHost: gw\r\nNoColon\r\n\r\n".to_vec()),
+        ("space in header name", b"GET /pub/x HTTP/1.1\r\nHost: gw\r\nBad Name: x\r\n\r\n".to_vec()),
+        ("obs fold", b"GET /pub/x HTTP/1.1\r\nHost: gw\r\nX-A: a\r\n  folded\r\n\r\n".to_vec()),
+        ("nul in header", b"GET /pub/x HTTP/1.1\r\nHost: gw\r\nX-A: a\0b\r\n\r\n".to_vec()),
+        ("no host", b"GET /pub/x HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec()),
+        (
+            "two hosts",
+            b"GET /pub/x HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        (
+            "binary host",
+            b"GET /pub/x HTTP/1.1\r\nHost: \xff\xfe\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        ("lf only", b"GET /pub/x HTTP/1.1\nHost: gw\nConnection: close\n\n".to_vec()),
+        ("bare cr", b"GET /pub/x HTTP/1.1\rHost: gw\r\n\r\n".to_vec()),
+        ("huge header", format!("GET /pub/x HTTP/1.1\r\nHost: gw\r\nX-Big: {too_huge}\r\n\r\n").into_bytes()),
+        (
+            "many headers",
+            format!(
+                "GET /pub/x HTTP/1.1\r\nHost: gw\r\n{}\r\n",
+                (0..500).map(|i| format!("X-H{i}: v\r\n")).collect::<String>()
+            )
+            .into_bytes(),
+        ),
+        ("huge line", format!("GET /pub/{too_huge} HTTP/1.1\r\nHost: gw\r\n\r\n").into_bytes()),
+        ("pct path ZZ", b"GET /pub/%ZZ HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".to_vec()),
+        ("pct path 00", b"GET /pub/%00 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".to_vec()),
+        (
+            "dot segments",
+            b"GET /pub/..%2F..%2F../etc/passwd HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        (
+            "sign-in pct path",
+            b"POST /v0/sign_in/%72efresh HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        (
+            "garbage forwarded",
+            b"GET /pub/x HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: ,,;[[::]:x, 999.1.1.1, \xff\r\nX-Forwarded-Proto: \xff\r\nX-Request-Id: \xff\x00\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        (
+            "garbage upgrade",
+            b"GET /pub/x HTTP/1.1\r\nHost: gw\r\nConnection: upgrade\r\nUpgrade: \xff\r\nSec-WebSocket-Key: %%%\r\n\r\n".to_vec(),
+        ),
+        ("h2 preface then garbage", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff\xff\xff\xff".to_vec()),
+    ] {
+        case(&format!("raw {name}"), bytes);
+    }
+
+    // Every case, a few at a time.
+    let mut statuses = Vec::new();
+    for batch in cases.chunks(8) {
+        let answers = futures_util::future::join_all(
+            batch.iter().map(|(name, bytes)| hostile(addr, name, bytes)),
+        )
+        .await;
+        for ((name, _), status) in batch.iter().zip(answers) {
+            if let Some(code) = status {
+                assert!(code < 500, "{name}: answered {code}");
+            }
+            statuses.push((name.clone(), status));
+        }
+    }
+    for (name, status) in &statuses {
+        eprintln!("{status:?}\t{name}");
+    }
+    // Most cases get a proper answer, not only a closed connection.
+    let answered = statuses.iter().filter(|(_, s)| s.is_some()).count();
+    assert!(answered * 10 >= statuses.len() * 9, "{statuses:?}");
+
+    // The admin API with hostile bodies.
+    for body in [
+        b"{".to_vec(),
+        b"[]".to_vec(),
+        br#"{"user_uuid":5,"client_id":"web"}"#.to_vec(),
+        br#"{"user_uuid":"u","client_id":"nope"}"#.to_vec(),
+        br#"{"user_uuid":"u","client_id":"web","extra":1}"#.to_vec(),
+        nested.clone().into_bytes(),
+        big.clone(),
+    ] {
+        // A fresh connection each: see
+        // `early_413_tells_the_client_the_connection_closes`.
+        let res = http_client()
+            .post(gw.admin_url("/admin/sessions"))
+            .bearer_auth(ADMIN)
+            .header("content-type", json)
+            .body(body)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_client_error(), "{}", res.status());
+    }
+    for path in [
+        "/admin/sessions/%ZZ",
+        "/admin/sessions/%00",
+        "/admin/sessions/..%2F",
+    ] {
+        let res = http_client()
+            .delete(gw.admin_url(path))
+            .bearer_auth(ADMIN)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().as_u16() < 500, "{path}: {}", res.status());
+    }
+
+    // Still up, still right: the real session was never touched.
+    let http = http_client();
+    let res = http.get(gw.url("/pub/after")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = http
+        .post(gw.url(REFRESH))
+        .header(
+            "cookie",
+            format!(
+                "vagov_refresh_token={real}; vagov_anti_csrf_token={}",
+                web["anti_csrf_token"].as_str().unwrap()
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(PANICS.load(Ordering::Relaxed), 0, "the gateway panicked");
+}
+
+/// Opens `n` connections that each complete one keep-alive request, `batch`
+/// at a time.
+async fn idle_connections(addr: SocketAddr, n: usize, batch: usize) -> Vec<TcpStream> {
+    let mut conns = Vec::with_capacity(n);
+    while conns.len() < n {
+        let k = batch.min(n - conns.len());
+        let opened = futures_util::future::join_all((0..k).map(|_| async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            assert_eq!(keep_alive_get(&mut s).await, 200);
+            s
+        }))
+        .await;
+        conns.extend(opened);
+    }
+    conns
+}
+
+/// One `GET /pub/idle` on a kept-alive connection; returns the status.
+async fn keep_alive_get(s: &mut TcpStream) -> u16 {
+    s.write_all(b"GET /pub/idle HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return head.split(' ').nth(1).unwrap().parse().unwrap();
+            }
+        }
+    }
+}
+
+/// Opens `n` idle keep-alive connections to a fresh gateway process and
+/// returns its RSS before and after, in KiB.
+async fn idle_connection_rss(n: usize) -> (u64, u64) {
+    let upstream = TestUpstream::start().await;
+    let gw = GatewayProcess::spawn(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+idle_timeout = "5m"
+[cookies]
+refresh_path = "/"
+[[routes]]
+path_prefix = "/pub"
+upstream = "{}"
+auth = "public"
+"#,
+        upstream.url
+    ));
+    // Warm up: allocator arenas, the upstream pool, runtime threads.
+    let warm = idle_connections(gw.addr, 100, 50).await;
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = gw.rss_kib();
+
+    let mut conns = idle_connections(gw.addr, n, 50).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = gw.rss_kib();
+    eprintln!(
+        "RSS {before} KiB -> {after} KiB with {n} idle connections: {:.1} KiB each",
+        after.saturating_sub(before) as f64 / n as f64
+    );
+    // They are live keep-alive connections.
+    for s in conns.iter_mut().step_by(n / 20) {
+        assert_eq!(keep_alive_get(s).await, 200);
+    }
+    (before, after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_cost_bounded_memory() {
+    const N: usize = 1000;
+    // A guard against regressions, above today's ~29 KiB (see the test below
+    // for the SPEC budget).
+    const MAX_KIB_PER_CONNECTION: u64 = 48;
+    let (before, after) = idle_connection_rss(N).await;
+    assert!(
+        after.saturating_sub(before) < N as u64 * MAX_KIB_PER_CONNECTION,
+        "{} KiB per idle connection",
+        after.saturating_sub(before) / N as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: an idle keep-alive connection costs ~29 KiB; SPEC §7 allows 10,000 in 100 MB (bench/idle_connections.sh)"]
+async fn idle_keep_alive_connections_meet_the_spec_budget() {
+    const N: usize = 1000;
+    let (before, after) = idle_connection_rss(N).await;
+    // SPEC §7: 10,000 idle connections in under 100 MB for the whole
+    // process: what is left after the baseline, per connection.
+    let budget_kib = (100_000_000 / 1024 - before) / 10_000;
+    assert!(
+        after.saturating_sub(before) < N as u64 * budget_kib,
+        "{} KiB per idle connection, the budget is {budget_kib} KiB",
+        after.saturating_sub(before) / N as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: a 413 sent before the body was read lacks `Connection: close`, so clients reuse a connection the gateway then closes (src/sign_in/mod.rs read_small_body)"]
+async fn early_413_tells_the_client_the_connection_closes() {
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(config(&redis.url(), &upstream.url, "", ""));
+    for addr in [gw.addr, gw.admin_addr] {
+        let path = if addr == gw.addr {
+            REFRESH
+        } else {
+            "/admin/sessions"
+        };
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // Announce a body over the sign-in limit and send only its start.
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {ADMIN}\r\n\
+             Content-Type: application/json\r\nContent-Length: 200000\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&[b' '; 1000]).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !complete_response(&got) {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert!(n > 0, "closed without an answer");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 413"), "{text}");
+        // The rest of the body is never read, so the connection cannot be
+        // reused: the response must say so (RFC 9112 §9.6), or a pooling
+        // client sends its next request into a closing connection.
+        assert!(text.contains("\r\nconnection: close\r\n"), "{path}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: a response the client never reads holds its connection forever (src/server/conn.rs: no write progress timeout)"]
+async fn a_client_that_never_reads_is_eventually_disconnected() {
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(config(
+        &redis.url(),
+        &upstream.url,
+        "header_read_timeout = \"1s\"\nidle_timeout = \"1s\"",
+        "",
+    ));
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /pub/stream?bytes=268435456 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Read nothing while the gateway's send buffer fills up and stays full…
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // …then drain: by now the gateway should have given up on this client
+    // (it holds a connection slot and an upstream connection meanwhile).
+    let mut total = 0usize;
+    let mut chunk = vec![0u8; 256 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => total += n,
+            Err(_) => {
+                panic!("still streaming after {total} bytes: the stalled client was never cut off")
+            }
+        }
+    }
+    assert!(
+        total < 268_435_456,
+        "the whole body was sent: the stalled client was never cut off"
+    );
+}
+
+/// A client whose every request gives up after five seconds: a hang fails
+/// the test instead of stalling it.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
