@@ -47,7 +47,16 @@ impl App {
     /// A new `App` for a reloaded `config`, sharing this one's metrics and
     /// tunnels (so shutdown still sees tunnels opened before the reload).
     pub async fn rebuild(&self, config: Config) -> anyhow::Result<App> {
-        Self::build_with(config, self.metrics.clone(), self.proxy.tunnels().clone()).await
+        let sign_in = self
+            .sign_in
+            .reloaded(&self.config, &config, self.metrics.clone())
+            .await?;
+        Self::assemble(
+            config,
+            self.metrics.clone(),
+            self.proxy.tunnels().clone(),
+            sign_in,
+        )
     }
 
     async fn build_with(
@@ -56,6 +65,15 @@ impl App {
         tunnels: Tunnels,
     ) -> anyhow::Result<App> {
         let sign_in = SignIn::new(&config, metrics.clone()).await?;
+        Self::assemble(config, metrics, tunnels, sign_in)
+    }
+
+    fn assemble(
+        config: Config,
+        metrics: Arc<Metrics>,
+        tunnels: Tunnels,
+        sign_in: SignIn,
+    ) -> anyhow::Result<App> {
         let proxy = Proxy::new(&config, metrics.clone(), tunnels)?;
         Ok(App {
             auth: Auth::new(config.tokens.refresh_skew),

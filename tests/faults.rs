@@ -1140,7 +1140,6 @@ async fn idle_keep_alive_connections_meet_the_spec_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a 413 sent before the body was read lacks `Connection: close`, so clients reuse a connection the gateway then closes (src/sign_in/mod.rs read_small_body)"]
 async fn early_413_tells_the_client_the_connection_closes() {
     let redis = RedisServer::start();
     let upstream = TestUpstream::start().await;

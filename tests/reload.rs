@@ -392,7 +392,6 @@ async fn sessions_and_tokens_survive_a_reload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a reload builds a new memory store, dropping every session (src/app.rs App::rebuild)"]
 async fn memory_store_sessions_survive_a_reload() {
     bounded("memory_store_sessions_survive_a_reload", async {
         let cfg = session_config(

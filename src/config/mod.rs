@@ -142,7 +142,7 @@ pub enum StoreUrl {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     pub url: StoreUrl,
     pub key_prefix: String,

@@ -164,6 +164,10 @@ impl Sessions {
         &self.store
     }
 
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
     pub fn access_tokens(&self) -> &AccessTokens {
         &self.access
     }

@@ -38,6 +38,19 @@ enum Endpoint {
     Certs,
 }
 
+/// The refresh-token sealer, ephemeral (with a warning) when none is configured.
+fn sealer_for(config: &Config) -> Sealer {
+    if config.tokens.sealing_keys.is_empty() {
+        tracing::warn!(
+            "no tokens.sealing_keys configured: using an ephemeral sealing key; refresh tokens \
+             will not survive a restart and other instances cannot open them (dev only)"
+        );
+        Sealer::ephemeral()
+    } else {
+        Sealer::new(&config.tokens.sealing_keys)
+    }
+}
+
 /// Sign-in request bodies are a few hundred bytes; anything past this is refused.
 const MAX_BODY: usize = 64 * 1024;
 /// A client that has not sent its (small) body within this is cut off.
@@ -50,7 +63,8 @@ pub struct SignIn {
     cors_origins: Vec<String>,
     sessions: Arc<Sessions>,
     admin_token: Option<crate::config::Secret>,
-    limiter: limit::FailureLimiter,
+    limiter: Arc<limit::FailureLimiter>,
+    clock: SharedClock,
 }
 
 impl SignIn {
@@ -65,25 +79,80 @@ impl SignIn {
         clock: SharedClock,
     ) -> anyhow::Result<SignIn> {
         let store = Store::connect(&config.store).await?;
-        let sealer = if config.tokens.sealing_keys.is_empty() {
-            tracing::warn!(
-                "no tokens.sealing_keys configured: using an ephemeral sealing key; refresh tokens \
-                 will not survive a restart and other instances cannot open them (dev only)"
-            );
-            Sealer::ephemeral()
-        } else {
-            Sealer::new(&config.tokens.sealing_keys)
-        };
+        let sealer = sealer_for(config);
         let access = AccessTokens::load(&config.tokens)?;
+        let limiter = limit::FailureLimiter::new(config.sign_in.failures_per_minute, clock.clone());
+        Ok(Self::assemble(
+            config,
+            metrics,
+            clock,
+            store,
+            sealer,
+            access,
+            Arc::new(limiter),
+        ))
+    }
+
+    /// The sign-in endpoints for a reloaded `config`. What cannot be rebuilt
+    /// without losing state is carried over when the new config keeps it: the
+    /// store connection (the in-process memory store above all), ephemeral
+    /// keys, and the failure counts.
+    pub async fn reloaded(
+        &self,
+        old: &Config,
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<SignIn> {
+        let s = &self.sessions;
+        let store = if old.store == config.store {
+            s.store().clone()
+        } else {
+            Store::connect(&config.store).await?
+        };
+        let sealer = if old.tokens.sealing_keys == config.tokens.sealing_keys {
+            s.sealer().clone()
+        } else {
+            sealer_for(config)
+        };
+        let access = if old.tokens.signing_keys.is_empty()
+            && config.tokens.signing_keys.is_empty()
+            && old.tokens.algorithm == config.tokens.algorithm
+        {
+            s.access_tokens().clone()
+        } else {
+            AccessTokens::load(&config.tokens)?
+        };
+        let limiter = if old.sign_in.failures_per_minute == config.sign_in.failures_per_minute {
+            self.limiter.clone()
+        } else {
+            let limit = config.sign_in.failures_per_minute;
+            Arc::new(limit::FailureLimiter::new(limit, self.clock.clone()))
+        };
+        let clock = self.clock.clone();
+        Ok(Self::assemble(
+            config, metrics, clock, store, sealer, access, limiter,
+        ))
+    }
+
+    fn assemble(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+        store: Store,
+        sealer: Sealer,
+        access: AccessTokens,
+        limiter: Arc<limit::FailureLimiter>,
+    ) -> SignIn {
         let sessions = Sessions::new(config, store, sealer, access, clock.clone(), metrics);
-        Ok(SignIn {
+        SignIn {
             prefix: config.sign_in.path_prefix.clone(),
             cookies: config.cookies.clone(),
             cors_origins: config.sign_in.cors_origins.clone(),
             sessions: Arc::new(sessions),
             admin_token: config.admin.token.clone(),
-            limiter: limit::FailureLimiter::new(config.sign_in.failures_per_minute, clock),
-        })
+            limiter,
+            clock,
+        }
     }
 
     pub fn sessions(&self) -> &Arc<Sessions> {
@@ -107,15 +176,26 @@ impl SignIn {
             let mut r = Response::new(empty());
             *r.status_mut() = StatusCode::NO_CONTENT;
             r
-        } else if self.limiter.blocked(ctx.client_ip) {
-            json_error(StatusCode::TOO_MANY_REQUESTS, "Too many failed requests")
         } else {
+            // An address over its failure budget is still served: a call that
+            // succeeds (it carries a credential this gateway issued, checked
+            // before any store work) is never limited; one that fails gets 429.
+            let blocked = self.limiter.blocked(ctx.client_ip);
             // Boxed: keeps the connection future small on the pass-through path.
             let res = Box::pin(self.route(req)).await;
-            if res.status().is_client_error() && res.status() != StatusCode::NOT_FOUND {
+            let failed = res.status().is_client_error()
+                && !matches!(
+                    res.status(),
+                    StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+                );
+            if failed {
                 self.limiter.failed(ctx.client_ip);
             }
-            res
+            if failed && blocked {
+                json_error(StatusCode::TOO_MANY_REQUESTS, "Too many failed requests")
+            } else {
+                res
+            }
         };
         cors::decorate(res.headers_mut(), origin.as_ref(), preflight);
         res
@@ -388,7 +468,14 @@ fn append_cookies(headers: &mut HeaderMap, values: Vec<HeaderValue>) {
 
 /// Reads a small body with a size cap and a deadline.
 async fn read_small_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, Response<Body>> {
-    let too_large = || json_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
+    // The rest of the body stays unread, so the connection closes after this
+    // answer: say so (RFC 9112 §9.6), or a pooling client reuses it.
+    let too_large = || {
+        let mut res = json_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        res
+    };
     if headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

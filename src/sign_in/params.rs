@@ -237,7 +237,10 @@ mod tests {
         let c = credentials(None, &h, b"", RC, AC).unwrap();
         assert_eq!(c.refresh_token.as_deref(), Some("v1:q"));
         let mut h = HeaderMap::new();
-        h.insert(COOKIE, HeaderValue::from_bytes(b"a=\xff\xfe; b=ok").unwrap());
+        h.insert(
+            COOKIE,
+            HeaderValue::from_bytes(b"a=\xff\xfe; b=ok").unwrap(),
+        );
         assert_eq!(cookies(&h).collect::<Vec<_>>(), [("b", "ok")]);
     }
 
