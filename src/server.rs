@@ -359,9 +359,7 @@ async fn public_request(
     res.headers_mut().insert(X_REQUEST_ID, request_id);
     let elapsed = start.elapsed();
     let status = res.status().as_u16();
-    shared
-        .metrics
-        .record_request(&handled.route, status, elapsed);
+    handled.route.record(status, elapsed);
     if let Some((method, version, path)) = log {
         let upstream = res.extensions().get::<UpstreamName>().map(|u| &*u.0);
         tracing::info!(
@@ -369,7 +367,7 @@ async fn public_request(
             method = %method,
             path = %path,
             version = ?version,
-            route = %handled.route,
+            route = %handled.route.name,
             status,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             upstream,

@@ -51,6 +51,10 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 /// Callers that tunnel an upgrade re-add `Connection: upgrade` and `Upgrade`
 /// afterwards (see [`set_upgrade`]).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one scan of the names beats nine removals.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = list_elements(headers, &header::CONNECTION)
             .filter_map(|e| HeaderName::from_bytes(e).ok())
@@ -98,18 +102,24 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// three are replaced by what this hop saw, and an RFC 7239 `Forwarded`
 /// header is removed, so a client cannot claim another address.
 pub fn set_forwarded(headers: &mut HeaderMap, hop: ForwardedFor<'_>) {
-    let peer = hop.peer.to_string();
+    use std::io::Write as _;
+    let mut buf = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    write!(cursor, "{}", hop.peer).expect("an IP address fits in 48 bytes");
+    let len = cursor.position() as usize;
+    let peer = &buf[..len];
     let xff = if hop.trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let mut joined = Vec::with_capacity(64);
         for element in list_elements(headers, &X_FORWARDED_FOR) {
             joined.extend_from_slice(element);
             joined.extend_from_slice(b", ");
         }
-        joined.extend_from_slice(peer.as_bytes());
-        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| HeaderValue::from_str(&peer).unwrap())
+        joined.extend_from_slice(peer);
+        HeaderValue::from_bytes(&joined)
     } else {
-        HeaderValue::from_str(&peer).expect("an IP address is a valid header value")
-    };
+        HeaderValue::from_bytes(peer)
+    }
+    .expect("IP addresses and received header bytes make a valid value");
     headers.insert(X_FORWARDED_FOR, xff);
 
     if !hop.trusted {

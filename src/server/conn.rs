@@ -11,9 +11,9 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -23,11 +23,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::body::{Body, BoxError};
 use crate::metrics::Metrics;
 
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    // +1 so that 0 can mean "not set".
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
+use crate::proxy::coarse::now_ms;
 
 /// What the watchdog needs to know about one connection.
 pub(crate) struct ConnState {
