@@ -86,8 +86,9 @@ pub struct Proxy {
     connector: Connector,
     /// `{prefix}refresh_token`, `{prefix}anti_csrf_token`: never forwarded.
     secret_cookies: [String; 2],
-    /// Every route's identity header names: only the gateway sets them.
-    identity_headers: Vec<HeaderName>,
+    /// Removed from every request: every route's identity header names (only
+    /// the gateway sets them) and `Expect` (answered on the client's hop).
+    strip_request: Vec<HeaderName>,
     trusted_proxies: Vec<IpNet>,
     upstream_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -155,12 +156,12 @@ impl Proxy {
             )
         });
 
-        let mut identity_headers: Vec<HeaderName> = Vec::new();
+        let mut strip_request: Vec<HeaderName> = vec![header::EXPECT];
         for r in &config.routes {
             let ih = &r.identity_headers;
             for name in [&ih.user_uuid, &ih.session_handle, &ih.client_id] {
-                if !identity_headers.contains(name) {
-                    identity_headers.push(name.clone());
+                if !strip_request.contains(name) {
+                    strip_request.push(name.clone());
                 }
             }
         }
@@ -189,7 +190,7 @@ impl Proxy {
                 config.cookies.refresh_name(),
                 config.cookies.anti_csrf_name(),
             ],
-            identity_headers,
+            strip_request,
             trusted_proxies: server.trusted_proxies.clone(),
             upstream_timeout: server.upstream_timeout,
             metrics,
@@ -281,14 +282,14 @@ impl Proxy {
         });
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h);
-        // hyper answers `Expect: 100-continue` on this hop when the body is first read.
-        h.remove(header::EXPECT);
+        // hyper answers `Expect: 100-continue` on this hop when the body is
+        // first read, so `Expect` goes with the identity headers.
+        headers::remove_all(h, &self.strip_request);
         if let Some((_, protocols)) = &upgrade {
             headers::set_upgrade(h, protocols.clone());
         }
         let [refresh, anti_csrf] = &self.secret_cookies;
         headers::remove_cookies(h, &[refresh.as_str(), anti_csrf.as_str()]);
-        headers::remove_all(h, &self.identity_headers);
         headers::set_forwarded(
             h,
             ForwardedFor {
@@ -394,7 +395,7 @@ impl Proxy {
             }
             match self
                 .connector
-                .send(&target.endpoint, &target.pool, req)
+                .send(&target.endpoint, target.pools.current(), req)
                 .await
             {
                 Ok((res, sender)) => {
@@ -403,7 +404,7 @@ impl Proxy {
                         res.map(|b| b.map_err(BoxError::from).boxed_unsync())
                     } else {
                         res.map(|b| {
-                            UpstreamBody::new(b, target.pool.clone(), sender)
+                            UpstreamBody::new(b, target.pools.current().clone(), sender)
                                 .map_err(BoxError::from)
                                 .boxed_unsync()
                         })
@@ -561,7 +562,7 @@ fn spawn_pool_reaper(routes: &Arc<Vec<Route>>) {
                 break;
             };
             for target in routes.iter().flat_map(|r| r.upstreams.iter()) {
-                target.pool.reap();
+                target.pools.reap();
             }
         }
     });

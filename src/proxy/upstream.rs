@@ -13,7 +13,7 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
 use rustls::pki_types::ServerName;
 
-use super::pool::{Endpoint, Pool};
+use super::pool::{Endpoint, Pools};
 use crate::config::Upstream;
 
 use super::coarse::now_ms;
@@ -23,7 +23,7 @@ pub struct UpstreamTarget {
     /// As written in the config, for logs and metrics.
     pub name: Arc<str>,
     pub endpoint: Endpoint,
-    pub pool: Arc<Pool>,
+    pub pools: Pools,
     base_path: String,
     /// `Host` for routes without `preserve_host`.
     pub host: HeaderValue,
@@ -49,7 +49,7 @@ impl UpstreamTarget {
                 addr: format!("{host}:{port}"),
                 tls_name,
             },
-            pool: Pool::new(pool_idle_timeout),
+            pools: Pools::new(pool_idle_timeout),
             base_path: u.base_path.clone(),
             host: HeaderValue::from_str(u.authority.as_str())
                 .expect("an authority is a valid header value"),
