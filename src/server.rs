@@ -131,6 +131,8 @@ pub async fn serve(
         open: Arc::new(watch::channel(0).0),
     });
     let Listeners { public, admin } = listeners;
+    let workers = Workers::start(worker_count(), &shared)?;
+    let mut reloads = reload_triggers(&shared);
     tracing::info!(
         addr = %public.local_addr()?,
         tls = shared.tls.is_some(),
@@ -140,8 +142,6 @@ pub async fn serve(
         tracing::info!(addr = %admin.local_addr()?, "admin listener ready");
     }
 
-    let workers = Workers::start(worker_count(), &shared)?;
-    let mut reloads = reload_triggers(&shared);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (res, kind) = tokio::select! {
