@@ -5,6 +5,12 @@
 //! start the whole gateway on any port. The public listener speaks HTTP/1.1
 //! and h2c, or HTTPS (ALPN `h2`, `http/1.1`) when `[server.tls]` is set; the
 //! admin listener plain HTTP.
+//!
+//! Threads: the caller's runtime accepts connections, serves the admin
+//! listener and handles signals and reloads. Public connections are handed
+//! round robin to worker threads (`TOKIO_WORKER_THREADS`, default one per
+//! CPU), each with a single-threaded runtime that also drives the upstream
+//! connections its requests use, so a request never crosses threads.
 
 mod conn;
 mod tls;
