@@ -14,7 +14,7 @@ use crate::auth::{self, Auth};
 use crate::body::Body;
 use crate::config::{AuthMode, Config};
 use crate::ctx::RequestCtx;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteStats};
 use crate::proxy::{self, Proxy, ProxyError, Tunnels};
 use crate::sign_in::SignIn;
 
@@ -27,16 +27,16 @@ pub struct App {
     labels: Labels,
 }
 
-/// `route` label values for requests that are not routed.
+/// Metrics of requests that are not routed.
 struct Labels {
-    sign_in: Arc<str>,
-    no_route: Arc<str>,
+    sign_in: RouteStats,
+    no_route: RouteStats,
 }
 
-/// A response and the route label it is counted and logged under.
-pub struct Handled {
+/// A response and the route it is counted and logged under.
+pub struct Handled<'a> {
     pub response: Response<Body>,
-    pub route: Arc<str>,
+    pub route: &'a RouteStats,
 }
 
 impl App {
@@ -75,45 +75,46 @@ impl App {
         sign_in: SignIn,
     ) -> anyhow::Result<App> {
         let proxy = Proxy::new(&config, metrics.clone(), tunnels)?;
+        let labels = Labels {
+            sign_in: metrics.route_stats("sign_in"),
+            no_route: metrics.route_stats("none"),
+        };
         Ok(App {
             auth: Auth::new(config.tokens.refresh_skew),
             config: Arc::new(config),
             proxy,
             sign_in,
             metrics,
-            labels: Labels {
-                sign_in: Arc::from("sign_in"),
-                no_route: Arc::from("none"),
-            },
+            labels,
         })
     }
 
     /// Answers one request on the public listener: a sign-in endpoint, or a
     /// routed pass-through.
-    pub async fn handle(&self, req: Request<Incoming>, ctx: &RequestCtx) -> Handled {
+    pub async fn handle(&self, req: Request<Incoming>, ctx: &RequestCtx) -> Handled<'_> {
         if self.sign_in.matches(req.uri().path()) {
             return Handled {
                 response: self.sign_in.handle(req, ctx).await,
-                route: self.labels.sign_in.clone(),
+                route: &self.labels.sign_in,
             };
         }
         let Some(route) = self.proxy.route_for_request(&req) else {
             return Handled {
                 response: ProxyError::NoRoute.to_response(),
-                route: self.labels.no_route.clone(),
+                route: &self.labels.no_route,
             };
         };
         if route.config.auth == AuthMode::Public {
             let response = self.proxy.forward(route, req, ctx, HeaderMap::new()).await;
             return Handled {
                 response,
-                route: route.name.clone(),
+                route: &route.stats,
             };
         }
         let response = self.authenticated(route, req, ctx).await;
         Handled {
             response,
-            route: route.name.clone(),
+            route: &route.stats,
         }
     }
 

@@ -8,7 +8,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -79,6 +79,35 @@ fn duration_histogram() -> Histogram {
     Histogram::new([
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     ])
+}
+
+const STATUS_SLOTS: usize = 500;
+
+/// Request counters and the duration histogram of one route label.
+pub struct RouteStats {
+    /// The `route` label value.
+    pub name: Arc<str>,
+    duration: Histogram,
+    /// Counters for statuses 100–599, created on first use.
+    by_status: Box<[OnceLock<Counter>]>,
+    requests: Family<RouteStatusLabels, Counter>,
+}
+
+impl RouteStats {
+    /// Counts one answered request and its duration.
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let labels = || RouteStatusLabels {
+            route: self.name.clone(),
+            status,
+        };
+        match self.by_status.get(usize::from(status).wrapping_sub(100)) {
+            Some(slot) => slot
+                .get_or_init(|| self.requests.get_or_create(&labels()).clone())
+                .inc(),
+            None => self.requests.get_or_create(&labels()).inc(),
+        };
+        self.duration.observe(elapsed.as_secs_f64());
+    }
 }
 
 /// The registry and the gateway's own metric families.
@@ -224,19 +253,21 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one answered request and its duration.
-    pub fn record_request(&self, route: &Arc<str>, status: u16, elapsed: Duration) {
-        self.requests
-            .get_or_create(&RouteStatusLabels {
-                route: route.clone(),
-                status,
-            })
-            .inc();
-        self.request_duration
-            .get_or_create(&RouteLabels {
-                route: route.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
+    /// The per-request metrics of one route label, resolved once so that
+    /// counting a request needs no label lookup.
+    pub fn route_stats(&self, route: &str) -> RouteStats {
+        let route: Arc<str> = Arc::from(route);
+        RouteStats {
+            duration: self
+                .request_duration
+                .get_or_create(&RouteLabels {
+                    route: route.clone(),
+                })
+                .clone(),
+            by_status: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
+            requests: self.requests.clone(),
+            name: route,
+        }
     }
 
     pub fn upstream_error(&self, route: &Arc<str>, kind: UpstreamErrorKind) {
@@ -301,17 +332,21 @@ mod tests {
     #[test]
     fn encodes_families() {
         let m = Metrics::new();
+        let stats = m.route_stats("/app");
+        stats.record(200, Duration::from_millis(3));
+        stats.record(200, Duration::from_millis(3));
+        stats.record(999, Duration::from_millis(3));
         let route: Arc<str> = Arc::from("/app");
-        m.record_request(&route, 200, Duration::from_millis(3));
         m.upstream_error(&route, UpstreamErrorKind::refused);
         m.open_connections.inc();
         let text = m.encode();
         assert!(
-            text.contains("sis_requests_total{route=\"/app\",status=\"200\"} 1"),
+            text.contains("sis_requests_total{route=\"/app\",status=\"200\"} 2")
+                && text.contains("sis_requests_total{route=\"/app\",status=\"999\"} 1"),
             "{text}"
         );
         assert!(
-            text.contains("sis_request_duration_seconds_count{route=\"/app\"} 1"),
+            text.contains("sis_request_duration_seconds_count{route=\"/app\"} 3"),
             "{text}"
         );
         assert!(

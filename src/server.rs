@@ -5,6 +5,12 @@
 //! start the whole gateway on any port. The public listener speaks HTTP/1.1
 //! and h2c, or HTTPS (ALPN `h2`, `http/1.1`) when `[server.tls]` is set; the
 //! admin listener plain HTTP.
+//!
+//! Threads: the caller's runtime accepts connections, serves the admin
+//! listener and handles signals and reloads. Public connections are handed
+//! round robin to worker threads (`TOKIO_WORKER_THREADS`, default one per
+//! CPU), each with a single-threaded runtime that also drives the upstream
+//! connections its requests use, so a request never crosses threads.
 
 mod conn;
 mod tls;
@@ -25,7 +31,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -38,7 +43,7 @@ use crate::ctx::RequestCtx;
 use crate::metrics::Metrics;
 use crate::proxy::{self, headers, UpstreamName};
 
-use self::conn::{ActiveGuard, ConnState, ConnTicket, TrackedBody, TrackedStream};
+use self::conn::{ActiveGuard, ConnState, ConnTicket, TrackedBody, TrackedStream, UntilClosed};
 
 /// Connections the admin listener serves at once.
 pub const ADMIN_MAX_CONNECTIONS: usize = 256;
@@ -87,8 +92,12 @@ struct Shared {
     tls: Option<TlsAcceptor>,
     public_slots: Arc<Semaphore>,
     admin_slots: Arc<Semaphore>,
+    /// Set on shutdown: every connection finishes what it is doing and closes.
+    drain: watch::Sender<bool>,
     /// Set when the drain deadline passes: connections still open close now.
     hard_stop: watch::Sender<bool>,
+    /// Client connections open (public and admin, tunnels included).
+    open: Arc<watch::Sender<usize>>,
 }
 
 /// Builds the [`App`] for `config` and serves it until `shutdown` resolves,
@@ -123,9 +132,13 @@ pub async fn serve(
         tls,
         public_slots: Arc::new(Semaphore::new(server.max_connections)),
         admin_slots: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
+        drain: watch::channel(false).0,
         hard_stop: watch::channel(false).0,
+        open: Arc::new(watch::channel(0).0),
     });
     let Listeners { public, admin } = listeners;
+    let workers = Workers::start(worker_count(), &shared)?;
+    let mut reloads = reload_triggers(&shared);
     tracing::info!(
         addr = %public.local_addr()?,
         tls = shared.tls.is_some(),
@@ -135,8 +148,6 @@ pub async fn serve(
         tracing::info!(addr = %admin.local_addr()?, "admin listener ready");
     }
 
-    let mut reloads = reload_triggers(&shared);
-    let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (res, kind) = tokio::select! {
@@ -150,9 +161,7 @@ pub async fn serve(
             res = accept(admin.as_ref()) => (res, Kind::Admin),
         };
         match res {
-            Ok((stream, peer)) => {
-                accept_connection(&shared, stream, peer, kind, graceful.watcher())
-            }
+            Ok((stream, peer)) => accept_connection(&shared, &workers, stream, peer, kind),
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, ?kind, "accept failed");
@@ -168,25 +177,123 @@ pub async fn serve(
     let grace = app.config.server.shutdown_grace;
     let tunnels = app.proxy.tunnels().clone();
     tracing::info!(
-        connections = graceful.count(),
+        connections = *shared.open.borrow(),
         tunnels = tunnels.active(),
         ?grace,
         "shutting down: draining"
     );
+    shared.drain.send_replace(true);
     let drained = async {
-        graceful.shutdown().await;
+        let _ = shared.open.subscribe().wait_for(|n| *n == 0).await;
         tunnels.drained().await;
     };
     match tokio::time::timeout(grace, drained).await {
         Ok(()) => tracing::info!("drained; stopped"),
         Err(_) => tracing::warn!(
+            connections = *shared.open.borrow(),
             tunnels = tunnels.active(),
             "shutdown grace expired; closing the remaining connections"
         ),
     }
     shared.hard_stop.send_replace(true);
     tunnels.stop_all();
+    workers.stop().await;
     Ok(())
+}
+
+/// Worker threads serving the public listener's connections: `TOKIO_WORKER_THREADS`,
+/// else one per CPU.
+fn worker_count() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// A connection accepted by the listener loop, on its way to a worker.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    ticket: ConnTicket,
+}
+
+/// The worker threads. Each runs a single-threaded runtime and serves the
+/// connections handed to it, round robin, from accept to close, together with
+/// the upstream connections it opens (see `proxy::pool`): like an nginx
+/// worker, a request is handled on one thread with no cross-thread wakeups.
+struct Workers {
+    senders: Vec<mpsc::UnboundedSender<Handoff>>,
+    next: std::sync::atomic::AtomicUsize,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn start(count: usize, shared: &Arc<Shared>) -> anyhow::Result<Workers> {
+        let mut senders = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count);
+        for id in 1..=count {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Handoff>();
+            let shared = shared.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start a worker runtime")?;
+            let thread = std::thread::Builder::new()
+                .name(format!("sis-worker-{id}"))
+                .spawn(move || {
+                    proxy::pool::set_worker_slot(id);
+                    runtime.block_on(async move {
+                        while let Some(h) = rx.recv().await {
+                            match TcpStream::from_std(h.stream) {
+                                Ok(stream) => {
+                                    tokio::spawn(serve_connection(
+                                        shared.clone(),
+                                        stream,
+                                        h.peer,
+                                        Kind::Public,
+                                        h.ticket,
+                                    ));
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot register a connection")
+                                }
+                            }
+                        }
+                    });
+                    // Dropping the runtime ends what is left: pooled upstream
+                    // connections, connections past the drain deadline.
+                    drop(runtime);
+                })
+                .context("cannot start a worker thread")?;
+            senders.push(tx);
+            threads.push(thread);
+        }
+        Ok(Workers {
+            senders,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            threads,
+        })
+    }
+
+    fn dispatch(&self, handoff: Handoff) {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.senders.len();
+        if self.senders[i].send(handoff).is_err() {
+            tracing::error!(worker = i + 1, "worker gone; connection dropped");
+        }
+    }
+
+    /// Ends the workers once their connections are done, and waits for them.
+    async fn stop(self) {
+        drop(self.senders);
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
 }
 
 async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
@@ -216,10 +323,10 @@ fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
 
 fn accept_connection(
     shared: &Arc<Shared>,
+    workers: &Workers,
     stream: TcpStream,
     peer: SocketAddr,
     kind: Kind,
-    watcher: Watcher,
 ) {
     let slots = match kind {
         Kind::Public => &shared.public_slots,
@@ -231,15 +338,20 @@ fn accept_connection(
         return;
     };
     let _ = stream.set_nodelay(true);
-    let ticket = ConnTicket::new(permit, shared.metrics.clone());
-    tokio::spawn(serve_connection(
-        shared.clone(),
-        stream,
-        peer,
-        kind,
-        ticket,
-        watcher,
-    ));
+    let ticket = ConnTicket::new(permit, shared.metrics.clone(), shared.open.clone());
+    match kind {
+        Kind::Public => match stream.into_std() {
+            Ok(stream) => workers.dispatch(Handoff {
+                stream,
+                peer,
+                ticket,
+            }),
+            Err(e) => tracing::warn!(%peer, error = %e, "cannot hand a connection over"),
+        },
+        Kind::Admin => {
+            tokio::spawn(serve_connection(shared.clone(), stream, peer, kind, ticket));
+        }
+    }
 }
 
 async fn serve_connection(
@@ -248,7 +360,6 @@ async fn serve_connection(
     peer: SocketAddr,
     kind: Kind,
     ticket: ConnTicket,
-    watcher: Watcher,
 ) {
     let state = ConnState::new();
     let io = TrackedStream::new(stream, state.clone(), ticket);
@@ -257,13 +368,13 @@ async fn serve_connection(
             let handshake = tokio::time::timeout(shared.header_read_timeout, acceptor.accept(io));
             match handshake.await {
                 Ok(Ok(tls)) => {
-                    serve_http(&shared, TokioIo::new(tls), peer, kind, true, state, watcher).await
+                    serve_http(&shared, TokioIo::new(tls), peer, kind, true, state).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
-        _ => serve_http(&shared, TokioIo::new(io), peer, kind, false, state, watcher).await,
+        _ => serve_http(&shared, TokioIo::new(io), peer, kind, false, state).await,
     }
 }
 
@@ -274,7 +385,6 @@ async fn serve_http<I>(
     kind: Kind,
     tls: bool,
     state: Arc<ConnState>,
-    watcher: Watcher,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -299,19 +409,19 @@ async fn serve_http<I>(
             }
         })
     };
-    let conn = watcher.watch(shared.builder.serve_connection_with_upgrades(io, service));
-    let mut hard_stop = shared.hard_stop.subscribe();
-    tokio::select! {
-        res = conn => {
-            if let Err(e) = res {
-                tracing::debug!(%peer, error = %e, "connection closed with error");
-            }
-        }
-        reason = state.expired(shared.header_read_timeout, shared.idle_timeout) => {
-            tracing::debug!(%peer, reason, "closing connection");
-        }
-        _ = hard_stop.wait_for(|stop| *stop) => {}
+    conn::spawn_watchdog(
+        state.clone(),
+        shared.header_read_timeout,
+        shared.idle_timeout,
+        shared.drain.subscribe(),
+        shared.hard_stop.subscribe(),
+        peer,
+    );
+    let conn = shared.builder.serve_connection_with_upgrades(io, service);
+    if let Some(Err(e)) = UntilClosed::new(conn, state.clone()).await {
+        tracing::debug!(%peer, error = %e, "connection closed with error");
     }
+    state.finished();
 }
 
 /// One request on the public listener: request id, client address, dispatch,
@@ -359,9 +469,7 @@ async fn public_request(
     res.headers_mut().insert(X_REQUEST_ID, request_id);
     let elapsed = start.elapsed();
     let status = res.status().as_u16();
-    shared
-        .metrics
-        .record_request(&handled.route, status, elapsed);
+    handled.route.record(status, elapsed);
     if let Some((method, version, path)) = log {
         let upstream = res.extensions().get::<UpstreamName>().map(|u| &*u.0);
         tracing::info!(
@@ -369,7 +477,7 @@ async fn public_request(
             method = %method,
             path = %path,
             version = ?version,
-            route = %handled.route,
+            route = %handled.route.name,
             status,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             upstream,

@@ -275,3 +275,48 @@ fn sigterm_stops_the_process_cleanly() {
     let status = gw.terminate();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_and_keeps_it_when_invalid() {
+    let a = TestUpstream::start_named("a").await;
+    let b = TestUpstream::start_named("b").await;
+    let config = |upstream: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[cookies]\nrefresh_path = \"/\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"{upstream}\"\n"
+        )
+    };
+    let mut gw = GatewayProcess::spawn(&config(&a.url));
+    let upstream_of = |res: &http::Response<bytes::Bytes>| {
+        res.headers()["x-upstream"].to_str().unwrap().to_owned()
+    };
+    assert_eq!(upstream_of(&get(&gw.url("/")).await), "a");
+
+    gw.rewrite_config(&config(&b.url));
+    gw.signal("HUP");
+    let mut now = String::new();
+    for _ in 0..50 {
+        now = upstream_of(&get(&gw.url("/")).await);
+        if now == "b" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(now, "b", "the reloaded route is used");
+
+    // An invalid file is refused; the running config stays.
+    gw.rewrite_config("[server]\nlisten = \"nope\"\n");
+    gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(upstream_of(&get(&gw.url("/")).await), "b");
+    let metrics = get(&format!("http://{}/metrics", gw.admin_addr.unwrap())).await;
+    let text = String::from_utf8_lossy(metrics.body()).into_owned();
+    assert!(
+        text.contains(r#"sis_config_reloads_total{result="ok"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"sis_config_reloads_total{result="invalid"} 1"#),
+        "{text}"
+    );
+    assert!(gw.terminate().success());
+}

@@ -77,7 +77,7 @@ upstream = "{}"
     let res = sender
         .send_request(Request::post("/upload").body(pattern_body(SIZE)).unwrap())
         .await
-        .unwrap();
+        .expect("upload through the gateway");
     assert_eq!(res.status(), 200);
     let body = res.into_body().collect().await.unwrap().to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();

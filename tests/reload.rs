@@ -207,7 +207,7 @@ async fn sighup_swaps_routes_under_traffic_and_refuses_a_broken_file() {
                 gw.config_path(),
                 &config(&upstream.url, "", &["keep", "new"]),
             );
-            gw.signal("-HUP");
+            gw.signal("HUP");
             wait_for_status(
                 &http,
                 gw.url("/new/x"),
@@ -232,7 +232,7 @@ async fn sighup_swaps_routes_under_traffic_and_refuses_a_broken_file() {
             .enumerate()
             {
                 replace_file(gw.config_path(), broken);
-                gw.signal("-HUP");
+                gw.signal("HUP");
                 wait_for_reloads(&gw, "invalid", i as u64 + 1, Duration::from_secs(5)).await;
                 assert!(gw.is_running());
                 assert_eq!(status(&http, gw.url("/new/x")).await, StatusCode::OK);
@@ -372,7 +372,7 @@ async fn sessions_and_tokens_survive_a_reload() {
             gw.config_path(),
             &format!("{cfg}{}", required_route(&upstream.url)),
         );
-        gw.signal("-HUP");
+        gw.signal("HUP");
         wait_for_reloads(&gw, "ok", 1, Duration::from_secs(5)).await;
 
         // The access token issued before the reload is still good…
@@ -401,7 +401,7 @@ async fn memory_store_sessions_survive_a_reload() {
         let gw = GatewayProcess::spawn(&cfg);
         let (_, token) = open_session(&gw).await;
         replace_file(gw.config_path(), &format!("{cfg}\n# touched\n"));
-        gw.signal("-HUP");
+        gw.signal("HUP");
         wait_for_reloads(&gw, "ok", 1, Duration::from_secs(5)).await;
         let (st, body) = refresh(&gw, &token).await;
         assert_eq!(st, StatusCode::OK, "{body}");

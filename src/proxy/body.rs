@@ -1,9 +1,7 @@
 //! The request body sent upstream: the client's body streamed through, with
-//! the route's size limit enforced while streaming, and a way to take it back
-//! when the upstream refused the connection before reading a byte.
+//! the route's size limit enforced while streaming.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -19,39 +17,10 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
-/// Holds a request body until the upstream connection starts reading it.
-///
-/// The upstream client consumes the body it is given. When the connection is
-/// refused nothing was read, and [`BodySlot::reclaim`] gets the body back so
-/// the request can go to the next upstream.
-#[derive(Clone)]
-pub struct BodySlot(Arc<Mutex<Option<Incoming>>>);
-
-impl BodySlot {
-    pub fn new(body: Incoming) -> Self {
-        BodySlot(Arc::new(Mutex::new(Some(body))))
-    }
-
-    /// True while the upstream has not started reading the body.
-    pub fn is_intact(&self) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
-    }
-
-    /// The body, if the upstream never started reading it.
-    pub fn reclaim(&self) -> Option<Incoming> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
-
-enum Source {
-    Direct(Incoming),
-    Slot(BodySlot),
-    Done,
-}
-
 /// A streamed request body with an optional byte limit.
 pub struct ForwardBody {
-    source: Source,
+    /// `None` once the limit tripped.
+    inner: Option<Incoming>,
     limit: u64,
     seen: u64,
 }
@@ -59,31 +28,9 @@ pub struct ForwardBody {
 impl ForwardBody {
     pub fn new(body: Incoming, limit: Option<u64>) -> Self {
         ForwardBody {
-            source: Source::Direct(body),
+            inner: Some(body),
             limit: limit.unwrap_or(u64::MAX),
             seen: 0,
-        }
-    }
-
-    /// A body that stays in `slot` until first polled.
-    pub fn from_slot(slot: BodySlot, limit: Option<u64>) -> Self {
-        ForwardBody {
-            source: Source::Slot(slot),
-            limit: limit.unwrap_or(u64::MAX),
-            seen: 0,
-        }
-    }
-
-    fn incoming(&mut self) -> Option<&mut Incoming> {
-        if let Source::Slot(slot) = &self.source {
-            self.source = match slot.reclaim() {
-                Some(body) => Source::Direct(body),
-                None => Source::Done,
-            };
-        }
-        match &mut self.source {
-            Source::Direct(body) => Some(body),
-            _ => None,
         }
     }
 }
@@ -97,7 +44,7 @@ impl HttpBody for ForwardBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let limit = self.limit;
-        let Some(body) = self.incoming() else {
+        let Some(body) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
         let frame = match Pin::new(body).poll_frame(cx) {
@@ -109,7 +56,7 @@ impl HttpBody for ForwardBody {
         if let Some(data) = frame.data_ref() {
             self.seen += data.len() as u64;
             if self.seen > limit {
-                self.source = Source::Done;
+                self.inner = None;
                 return Poll::Ready(Some(Err(BodyTooLarge { limit }.into())));
             }
         }
@@ -117,28 +64,12 @@ impl HttpBody for ForwardBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.source {
-            Source::Direct(body) => body.is_end_stream(),
-            Source::Slot(slot) => slot
-                .0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .is_none_or(|b| b.is_end_stream()),
-            Source::Done => true,
-        }
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.source {
-            Source::Direct(body) => body.size_hint(),
-            Source::Slot(slot) => slot
-                .0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint()),
-            Source::Done => SizeHint::with_exact(0),
-        }
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
     }
 }

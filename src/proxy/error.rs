@@ -75,8 +75,6 @@ impl ProxyError {
 /// What went wrong with one attempt to reach an upstream.
 pub(super) struct Failure {
     pub(super) kind: UpstreamErrorKind,
-    /// The request never left: safe to try another upstream.
-    pub(super) nothing_sent: bool,
     /// Our own body limit tripped while streaming.
     pub(super) body_too_large: bool,
 }
@@ -87,24 +85,19 @@ fn sources<'a>(
     std::iter::successors(Some(err), |e: &&'a (dyn StdError + 'static)| (*e).source())
 }
 
-pub(super) fn classify(err: &hyper_util::client::legacy::Error) -> Failure {
+/// A connection that could not be made: nothing was sent.
+pub(super) fn classify_connect(err: &io::Error) -> UpstreamErrorKind {
+    match err.kind() {
+        io::ErrorKind::ConnectionRefused => UpstreamErrorKind::refused,
+        io::ErrorKind::TimedOut => UpstreamErrorKind::connect_timeout,
+        _ => UpstreamErrorKind::connect,
+    }
+}
+
+/// An exchange that failed once the request was on its way.
+pub(super) fn classify_exchange(err: &hyper::Error) -> Failure {
     let body_too_large = sources(err).any(|e| e.is::<BodyTooLarge>());
     let io_kind = sources(err).find_map(|e| e.downcast_ref::<io::Error>().map(io::Error::kind));
-    if err.is_connect() {
-        let kind = match io_kind {
-            Some(io::ErrorKind::ConnectionRefused) => UpstreamErrorKind::refused,
-            Some(io::ErrorKind::TimedOut) => UpstreamErrorKind::connect_timeout,
-            _ => UpstreamErrorKind::connect,
-        };
-        return Failure {
-            kind,
-            nothing_sent: true,
-            body_too_large,
-        };
-    }
-    let incomplete = sources(err)
-        .filter_map(|e| e.downcast_ref::<hyper::Error>())
-        .any(|e| e.is_incomplete_message() || e.is_canceled() || e.is_closed());
     let kind = match io_kind {
         Some(
             io::ErrorKind::ConnectionReset
@@ -112,12 +105,13 @@ pub(super) fn classify(err: &hyper_util::client::legacy::Error) -> Failure {
             | io::ErrorKind::BrokenPipe
             | io::ErrorKind::UnexpectedEof,
         ) => UpstreamErrorKind::reset,
-        _ if incomplete => UpstreamErrorKind::reset,
+        _ if err.is_incomplete_message() || err.is_canceled() || err.is_closed() => {
+            UpstreamErrorKind::reset
+        }
         _ => UpstreamErrorKind::other,
     };
     Failure {
         kind,
-        nothing_sent: false,
         body_too_large,
     }
 }

@@ -51,16 +51,37 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 /// Callers that tunnel an upgrade re-add `Connection: upgrade` and `Upgrade`
 /// afterwards (see [`set_upgrade`]).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    // One scan of the names finds which are present, so absent ones cost no
+    // lookups; most messages carry none or only `Connection: keep-alive`.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        // Tokens that name no further header (`close`) or one removed anyway
+        // need no lookup.
         let listed: Vec<HeaderName> = list_elements(headers, &header::CONNECTION)
+            .filter(|e| {
+                !e.eq_ignore_ascii_case(b"close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|h| e.eq_ignore_ascii_case(h.as_str().as_bytes()))
+            })
             .filter_map(|e| HeaderName::from_bytes(e).ok())
             .collect();
         for name in listed {
             headers.remove(&name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -98,7 +119,7 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// three are replaced by what this hop saw, and an RFC 7239 `Forwarded`
 /// header is removed, so a client cannot claim another address.
 pub fn set_forwarded(headers: &mut HeaderMap, hop: ForwardedFor<'_>) {
-    let peer = hop.peer.to_string();
+    let peer = peer_value(hop.peer);
     let xff = if hop.trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let mut joined = Vec::with_capacity(64);
         for element in list_elements(headers, &X_FORWARDED_FOR) {
@@ -106,14 +127,15 @@ pub fn set_forwarded(headers: &mut HeaderMap, hop: ForwardedFor<'_>) {
             joined.extend_from_slice(b", ");
         }
         joined.extend_from_slice(peer.as_bytes());
-        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| HeaderValue::from_str(&peer).unwrap())
+        HeaderValue::from_bytes(&joined)
+            .expect("received header bytes and an IP make a valid value")
     } else {
-        HeaderValue::from_str(&peer).expect("an IP address is a valid header value")
+        peer
     };
     headers.insert(X_FORWARDED_FOR, xff);
 
     if !hop.trusted {
-        headers.remove(FORWARDED);
+        remove_all(headers, std::slice::from_ref(&FORWARDED));
     }
     if !hop.trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
@@ -128,6 +150,27 @@ pub fn set_forwarded(headers: &mut HeaderMap, hop: ForwardedFor<'_>) {
             }
         }
     }
+}
+
+/// `ip` as a header value. Requests from one address come in runs (keep-alive
+/// connections, a load balancer in front), so the last value formatted on
+/// this thread is kept.
+fn peer_value(ip: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((cached, value)) if *cached == ip => value.clone(),
+            _ => {
+                let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
+                    .expect("an IP address is a valid header value");
+                *last = Some((ip, value.clone()));
+                value
+            }
+        }
+    })
 }
 
 /// The client address behind a chain of proxies: the right-most
@@ -171,10 +214,25 @@ fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
 }
 
 /// Removes every header in `names` (e.g. identity headers, which only the
-/// gateway may set).
+/// gateway may set). One scan of the map's names finds those present, so
+/// the common case (none) costs no lookups.
 pub fn remove_all(headers: &mut HeaderMap, names: &[HeaderName]) {
-    for name in names {
-        headers.remove(name);
+    if names.len() > 64 {
+        for name in names {
+            headers.remove(name);
+        }
+        return;
+    }
+    let mut present = 0u64;
+    for key in headers.keys() {
+        if let Some(i) = names.iter().position(|n| n == key) {
+            present |= 1 << i;
+        }
+    }
+    for (i, name) in names.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -313,23 +371,27 @@ pub fn replace_cookie(headers: &mut HeaderMap, name: &str, value: &str) {
 /// case-insensitively). Returns `None` when absent or not valid UTF-8.
 pub fn request_host<'a>(headers: &'a HeaderMap, uri: &'a http::Uri) -> Option<&'a str> {
     let raw = match uri.authority() {
-        Some(a) => a.as_str(),
-        None => headers.get(header::HOST)?.to_str().ok()?,
+        Some(a) => a.as_str().as_bytes(),
+        None => headers.get(header::HOST)?.as_bytes(),
     };
-    Some(strip_port(raw))
+    std::str::from_utf8(strip_port(raw)).ok()
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`. Also drops any
 /// userinfo an absolute-form target might carry.
-fn strip_port(authority: &str) -> &str {
-    let host = authority.rsplit('@').next().unwrap_or(authority);
-    if host.starts_with('[') {
-        return match host.find(']') {
+fn strip_port(authority: &[u8]) -> &[u8] {
+    let start = authority
+        .iter()
+        .rposition(|&b| b == b'@')
+        .map_or(0, |i| i + 1);
+    let host = &authority[start..];
+    if host.first() == Some(&b'[') {
+        return match host.iter().position(|&b| b == b']') {
             Some(i) => &host[..=i],
             None => host,
         };
     }
-    match host.rfind(':') {
+    match host.iter().rposition(|&b| b == b':') {
         Some(i) => &host[..i],
         None => host,
     }

@@ -13,8 +13,10 @@
 //! [`Proxy::forward`] does both with nothing in between.
 
 pub mod body;
+pub mod coarse;
 mod error;
 pub mod headers;
+pub mod pool;
 mod tunnel;
 pub mod upstream;
 
@@ -28,26 +30,22 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ipnet::IpNet;
 
 use crate::body::{Body, BoxError};
 use crate::config::{Config, RouteConfig};
 use crate::ctx::RequestCtx;
-use crate::metrics::{Metrics, UpstreamErrorKind};
+use crate::metrics::{Metrics, RouteStats, UpstreamErrorKind};
 
-use self::body::{BodySlot, ForwardBody};
+use self::body::ForwardBody;
 pub use self::error::ProxyError;
 use self::headers::ForwardedFor;
+use self::pool::{Connector, SendError, UpstreamBody};
 pub use self::tunnel::Tunnels;
 use self::upstream::{UpstreamSet, UpstreamTarget};
 
 /// How long an idle pooled upstream connection is kept.
 pub const UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ForwardBody>;
 
 /// A response extension naming the upstream that answered, for the access log.
 #[derive(Clone, Debug)]
@@ -58,6 +56,8 @@ pub struct Route {
     pub config: RouteConfig,
     /// `config.name`, shared with metrics labels.
     pub name: Arc<str>,
+    /// Request count and duration under this route's label.
+    pub stats: RouteStats,
     upstreams: UpstreamSet,
 }
 
@@ -79,15 +79,16 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
-/// The route table and the one pooled upstream client.
+/// The route table and the upstream connection pools.
 pub struct Proxy {
     /// Host-specific routes first, then by longest prefix: the first match wins.
-    routes: Vec<Route>,
-    client: UpstreamClient,
+    routes: Arc<Vec<Route>>,
+    connector: Connector,
     /// `{prefix}refresh_token`, `{prefix}anti_csrf_token`: never forwarded.
     secret_cookies: [String; 2],
-    /// Every route's identity header names: only the gateway sets them.
-    identity_headers: Vec<HeaderName>,
+    /// Removed from every request: every route's identity header names (only
+    /// the gateway sets them) and `Expect` (answered on the client's hop).
+    strip_request: Vec<HeaderName>,
     trusted_proxies: Vec<IpNet>,
     upstream_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -140,7 +141,12 @@ impl Proxy {
             .map(|r| Route {
                 config: r.clone(),
                 name: Arc::from(r.name.as_str()),
-                upstreams: UpstreamSet::new(&r.upstreams, server.upstream_cooldown),
+                stats: metrics.route_stats(&r.name),
+                upstreams: UpstreamSet::new(
+                    &r.upstreams,
+                    server.upstream_cooldown,
+                    UPSTREAM_POOL_IDLE_TIMEOUT,
+                ),
             })
             .collect();
         routes.sort_by_key(|r| {
@@ -150,45 +156,41 @@ impl Proxy {
             )
         });
 
-        let mut identity_headers: Vec<HeaderName> = Vec::new();
+        let mut strip_request: Vec<HeaderName> = vec![header::EXPECT];
         for r in &config.routes {
             let ih = &r.identity_headers;
             for name in [&ih.user_uuid, &ih.session_handle, &ih.client_id] {
-                if !identity_headers.contains(name) {
-                    identity_headers.push(name.clone());
+                if !strip_request.contains(name) {
+                    strip_request.push(name.clone());
                 }
             }
         }
 
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(server.upstream_connect_timeout));
-        http.enforce_http(false);
         let needs_tls = config
             .routes
             .iter()
             .flat_map(|r| &r.upstreams)
             .any(|u| u.scheme == http::uri::Scheme::HTTPS);
-        let tls = upstream_tls_config(needs_tls)?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(UPSTREAM_POOL_IDLE_TIMEOUT)
-            .build(connector);
-
+        let tls = if needs_tls {
+            Some(tokio_rustls::TlsConnector::from(Arc::new(
+                upstream_tls_config()?,
+            )))
+        } else {
+            None
+        };
+        let routes = Arc::new(routes);
+        spawn_pool_reaper(&routes);
         Ok(Proxy {
             routes,
-            client,
+            connector: Connector {
+                connect_timeout: server.upstream_connect_timeout,
+                tls,
+            },
             secret_cookies: [
                 config.cookies.refresh_name(),
                 config.cookies.anti_csrf_name(),
             ],
-            identity_headers,
+            strip_request,
             trusted_proxies: server.trusted_proxies.clone(),
             upstream_timeout: server.upstream_timeout,
             metrics,
@@ -280,14 +282,14 @@ impl Proxy {
         });
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h);
-        // hyper answers `Expect: 100-continue` on this hop when the body is first read.
-        h.remove(header::EXPECT);
+        // hyper answers `Expect: 100-continue` on this hop when the body is
+        // first read, so `Expect` goes with the identity headers.
+        headers::remove_all(h, &self.strip_request);
         if let Some((_, protocols)) = &upgrade {
             headers::set_upgrade(h, protocols.clone());
         }
         let [refresh, anti_csrf] = &self.secret_cookies;
         headers::remove_cookies(h, &[refresh.as_str(), anti_csrf.as_str()]);
-        headers::remove_all(h, &self.identity_headers);
         headers::set_forwarded(
             h,
             ForwardedFor {
@@ -370,7 +372,7 @@ impl Proxy {
         ctx: &RequestCtx,
     ) -> Result<
         (
-            Response<Incoming>,
+            Response<Body>,
             &'r UpstreamTarget,
             Option<(OnUpgrade, HeaderValue)>,
         ),
@@ -378,48 +380,64 @@ impl Proxy {
     > {
         let Outgoing {
             route,
-            mut parts,
+            parts,
             body,
             path,
             upgrade,
         } = out;
-        let limit = route.config.max_body;
-        let set = &route.upstreams;
         let preserve_host = route.config.preserve_host;
-
-        if set.len() == 1 {
-            let target = set.first();
-            parts.uri = target.uri(&path);
-            if !preserve_host {
-                parts.headers.insert(header::HOST, target.host.clone());
-            }
-            let req = Request::from_parts(parts, ForwardBody::new(body, limit));
-            return match self.client.request(req).await {
-                Ok(res) => Ok((res, target, upgrade)),
-                Err(e) => Err((self.attempt_failed(route, target, &e, ctx).0, Some(target))),
-            };
-        }
-
-        let slot = BodySlot::new(body);
+        let mut req = Request::from_parts(parts, ForwardBody::new(body, route.config.max_body));
         let mut last = None;
-        for target in set.candidates() {
-            let mut req = Request::new(ForwardBody::from_slot(slot.clone(), limit));
-            *req.method_mut() = parts.method.clone();
+        for target in route.upstreams.candidates() {
             *req.uri_mut() = target.uri(&path);
-            *req.version_mut() = Version::HTTP_11;
-            *req.headers_mut() = parts.headers.clone();
             if !preserve_host {
                 req.headers_mut().insert(header::HOST, target.host.clone());
             }
-            match self.client.request(req).await {
-                Ok(res) => return Ok((res, target, upgrade)),
-                Err(e) => {
-                    let (err, retry) = self.attempt_failed(route, target, &e, ctx);
-                    if retry && slot.is_intact() {
-                        set.mark_down(target);
-                        last = Some((err, Some(target)));
-                        continue;
+            match self
+                .connector
+                .send(&target.endpoint, target.pools.current(), req)
+                .await
+            {
+                Ok((res, sender)) => {
+                    let res = if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        // The connection now belongs to the tunnel.
+                        res.map(|b| b.map_err(BoxError::from).boxed_unsync())
+                    } else {
+                        res.map(|b| {
+                            UpstreamBody::new(b, target.pools.current().clone(), sender)
+                                .map_err(BoxError::from)
+                                .boxed_unsync()
+                        })
+                    };
+                    return Ok((res, target, upgrade));
+                }
+                Err(SendError::Connect { error, req: back }) => {
+                    // Nothing was sent: skip this upstream for a while and
+                    // try the next.
+                    let kind = error::classify_connect(&error);
+                    self.metrics.upstream_error(&route.name, kind);
+                    tracing::warn!(route = %route.name, upstream = %target.name, request_id = %ctx.request_id,
+                        ?kind, error = %error, "upstream connect failed");
+                    route.upstreams.mark_down(target);
+                    req = back;
+                    last = Some((
+                        ProxyError::Upstream {
+                            kind,
+                            detail: error.to_string(),
+                        },
+                        Some(target),
+                    ));
+                }
+                Err(SendError::Exchange(e)) => {
+                    let failure = error::classify_exchange(&e);
+                    if failure.body_too_large {
+                        return Err((ProxyError::BodyTooLarge, Some(target)));
                     }
+                    self.metrics.upstream_error(&route.name, failure.kind);
+                    let err = ProxyError::Upstream {
+                        kind: failure.kind,
+                        detail: error::describe(&e),
+                    };
                     return Err((err, Some(target)));
                 }
             }
@@ -427,35 +445,11 @@ impl Proxy {
         Err(last.unwrap_or((ProxyError::NoHealthyUpstream, None)))
     }
 
-    /// Counts and classifies a failed attempt; true when it may be retried elsewhere.
-    fn attempt_failed(
-        &self,
-        route: &Route,
-        target: &UpstreamTarget,
-        e: &hyper_util::client::legacy::Error,
-        ctx: &RequestCtx,
-    ) -> (ProxyError, bool) {
-        let failure = error::classify(e);
-        if failure.body_too_large {
-            return (ProxyError::BodyTooLarge, false);
-        }
-        self.metrics.upstream_error(&route.name, failure.kind);
-        if failure.nothing_sent {
-            tracing::warn!(route = %route.name, upstream = %target.name, request_id = %ctx.request_id,
-                kind = ?failure.kind, error = %error::describe(e), "upstream connect failed");
-        }
-        let err = ProxyError::Upstream {
-            kind: failure.kind,
-            detail: error::describe(e),
-        };
-        (err, failure.nothing_sent)
-    }
-
     fn respond(
         &self,
         route: &Route,
         target: &UpstreamTarget,
-        mut res: Response<Incoming>,
+        mut res: Response<Body>,
         upgrade: Option<(OnUpgrade, HeaderValue)>,
         extra_response_headers: HeaderMap,
     ) -> Result<Response<Body>, ProxyError> {
@@ -533,27 +527,45 @@ fn upstream_path(route: &RouteConfig, uri: &Uri) -> PathAndQuery {
     PathAndQuery::try_from(s).unwrap_or(pq)
 }
 
-/// TLS for `https://` upstreams: the system's root certificates, HTTP/1.1.
-fn upstream_tls_config(needs_roots: bool) -> anyhow::Result<rustls::ClientConfig> {
+/// TLS for `https://` upstreams: the system's root certificates, ALPN http/1.1.
+fn upstream_tls_config() -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    if needs_roots {
-        let found = rustls_native_certs::load_native_certs();
-        for cert in found.certs {
-            let _ = roots.add(cert);
-        }
-        if roots.is_empty() {
-            anyhow::bail!(
-                "a route has an https:// upstream but no system root certificates were found (install ca-certificates)"
-            );
-        }
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        anyhow::bail!(
+            "a route has an https:// upstream but no system root certificates were found (install ca-certificates)"
+        );
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    // ALPN (http/1.1) is set by the connector builder.
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
+/// Closes pooled upstream connections idle longer than
+/// [`UPSTREAM_POOL_IDLE_TIMEOUT`], until the route table is dropped.
+fn spawn_pool_reaper(routes: &Arc<Vec<Route>>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let routes = Arc::downgrade(routes);
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(UPSTREAM_POOL_IDLE_TIMEOUT / 4).await;
+            let Some(routes) = routes.upgrade() else {
+                break;
+            };
+            for target in routes.iter().flat_map(|r| r.upstreams.iter()) {
+                target.pools.reap();
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -6,26 +6,24 @@
 //! into a longer outage).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
+use rustls::pki_types::ServerName;
 
+use super::pool::{Endpoint, Pools};
 use crate::config::Upstream;
 
-/// Milliseconds since the first call, a cheap monotonic clock for cooldowns.
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
+use super::coarse::now_ms;
 
 /// One upstream base URL with what forwarding needs precomputed.
 pub struct UpstreamTarget {
     /// As written in the config, for logs and metrics.
     pub name: Arc<str>,
-    scheme: Scheme,
-    authority: Authority,
+    pub endpoint: Endpoint,
+    pub pools: Pools,
     base_path: String,
     /// `Host` for routes without `preserve_host`.
     pub host: HeaderValue,
@@ -34,11 +32,24 @@ pub struct UpstreamTarget {
 }
 
 impl UpstreamTarget {
-    fn new(u: &Upstream) -> Self {
+    fn new(u: &Upstream, pool_idle_timeout: Duration) -> Self {
+        let https = u.scheme == Scheme::HTTPS;
+        let host = u.authority.host();
+        let port = u
+            .authority
+            .port_u16()
+            .unwrap_or(if https { 443 } else { 80 });
+        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+        let tls_name = https
+            .then(|| ServerName::try_from(bare_host.to_owned()).ok())
+            .flatten();
         UpstreamTarget {
             name: Arc::from(u.name.as_str()),
-            scheme: u.scheme.clone(),
-            authority: u.authority.clone(),
+            endpoint: Endpoint {
+                addr: format!("{host}:{port}"),
+                tls_name,
+            },
+            pools: Pools::new(pool_idle_timeout),
             base_path: u.base_path.clone(),
             host: HeaderValue::from_str(u.authority.as_str())
                 .expect("an authority is a valid header value"),
@@ -46,12 +57,9 @@ impl UpstreamTarget {
         }
     }
 
-    pub fn is_https(&self) -> bool {
-        self.scheme == Scheme::HTTPS
-    }
-
-    /// The absolute URI for `path_and_query` (already relative to the route,
-    /// i.e. after `strip_prefix`): the base path is prepended, the query kept.
+    /// The origin-form target for `path_and_query` (already relative to the
+    /// route, i.e. after `strip_prefix`): the base path is prepended, the
+    /// query kept.
     pub fn uri(&self, path_and_query: &PathAndQuery) -> Uri {
         let pq = if self.base_path.is_empty() {
             path_and_query.clone()
@@ -62,14 +70,7 @@ impl UpstreamTarget {
             s.push_str(rest);
             PathAndQuery::try_from(s).unwrap_or_else(|_| path_and_query.clone())
         };
-        Uri::from_parts({
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(self.scheme.clone());
-            parts.authority = Some(self.authority.clone());
-            parts.path_and_query = Some(pq);
-            parts
-        })
-        .expect("scheme, authority and path make a valid URI")
+        Uri::from(pq)
     }
 
     fn healthy(&self, now: u64) -> bool {
@@ -86,9 +87,12 @@ pub struct UpstreamSet {
 }
 
 impl UpstreamSet {
-    pub fn new(upstreams: &[Upstream], cooldown: Duration) -> Self {
+    pub fn new(upstreams: &[Upstream], cooldown: Duration, pool_idle_timeout: Duration) -> Self {
         UpstreamSet {
-            targets: upstreams.iter().map(UpstreamTarget::new).collect(),
+            targets: upstreams
+                .iter()
+                .map(|u| UpstreamTarget::new(u, pool_idle_timeout))
+                .collect(),
             next: AtomicUsize::new(0),
             cooldown,
         }
@@ -104,6 +108,10 @@ impl UpstreamSet {
 
     pub fn first(&self) -> &UpstreamTarget {
         &self.targets[0]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &UpstreamTarget> {
+        self.targets.iter()
     }
 
     /// The healthy upstreams in round-robin order, starting after the one
@@ -158,6 +166,7 @@ mod tests {
                 upstream("http://c:1"),
             ],
             Duration::from_secs(10),
+            Duration::from_secs(60),
         );
         assert_eq!(names(&set), ["http://a:1", "http://b:1", "http://c:1"]);
         assert_eq!(names(&set), ["http://b:1", "http://c:1", "http://a:1"]);
@@ -169,6 +178,7 @@ mod tests {
         let set = UpstreamSet::new(
             &[upstream("http://a:1"), upstream("http://b:1")],
             Duration::from_millis(30),
+            Duration::from_secs(60),
         );
         set.mark_down(&set.targets[0]);
         assert_eq!(names(&set), ["http://b:1"]);
@@ -179,18 +189,28 @@ mod tests {
 
     #[test]
     fn single_upstream_never_skipped() {
-        let set = UpstreamSet::new(&[upstream("http://a:1")], Duration::from_secs(10));
+        let set = UpstreamSet::new(
+            &[upstream("http://a:1")],
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        );
         set.mark_down(set.first());
         assert_eq!(names(&set), ["http://a:1"]);
     }
 
     #[test]
     fn uri_with_base_path_and_query() {
-        let t = UpstreamTarget::new(&upstream("http://a:8080/base/"));
+        let idle = Duration::from_secs(60);
+        let t = UpstreamTarget::new(&upstream("http://a:8080/base/"), idle);
         let pq: PathAndQuery = "/x/y?q=1&r".parse().unwrap();
-        assert_eq!(t.uri(&pq).to_string(), "http://a:8080/base/x/y?q=1&r");
-        let t = UpstreamTarget::new(&upstream("http://a:8080"));
-        assert_eq!(t.uri(&pq).to_string(), "http://a:8080/x/y?q=1&r");
+        assert_eq!(t.uri(&pq).to_string(), "/base/x/y?q=1&r");
+        let t = UpstreamTarget::new(&upstream("http://a:8080"), idle);
+        assert_eq!(t.uri(&pq).to_string(), "/x/y?q=1&r");
         assert_eq!(t.host, "a:8080");
+        assert_eq!(t.endpoint.addr, "a:8080");
+        assert!(t.endpoint.tls_name.is_none());
+        let t = UpstreamTarget::new(&upstream("https://[::1]"), idle);
+        assert_eq!(t.endpoint.addr, "[::1]:443");
+        assert!(t.endpoint.tls_name.is_some());
     }
 }

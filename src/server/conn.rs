@@ -6,28 +6,28 @@
 //! (short) header timeout. Here the two are separate: the header clock starts
 //! with the first byte of a request head, the idle clock when the last
 //! response finished, and a watchdog per connection closes it when the
-//! running clock passes its limit.
+//! running clock passes its limit. The watchdog is a task of its own, so the
+//! connection's hot path only checks a flag.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 
 use crate::body::{Body, BoxError};
 use crate::metrics::Metrics;
 
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    // +1 so that 0 can mean "not set".
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
+use crate::proxy::coarse::now_ms;
 
 /// What the watchdog needs to know about one connection.
 pub(crate) struct ConnState {
@@ -39,6 +39,14 @@ pub(crate) struct ConnState {
     idle_since: AtomicU64,
     /// HTTP/2: many streams, control frames between them; only the idle clock applies.
     h2: AtomicBool,
+    /// Set by the watchdog: the connection closes at its next poll.
+    close: AtomicBool,
+    /// Set by the watchdog on shutdown: the connection finishes its request
+    /// in flight, then closes.
+    drain: AtomicBool,
+    close_waker: AtomicWaker,
+    /// The connection has ended: the watchdog stops.
+    done: Notify,
 }
 
 impl ConnState {
@@ -48,7 +56,26 @@ impl ConnState {
             head_started: AtomicU64::new(0),
             idle_since: AtomicU64::new(now_ms()),
             h2: AtomicBool::new(false),
+            close: AtomicBool::new(false),
+            drain: AtomicBool::new(false),
+            close_waker: AtomicWaker::new(),
+            done: Notify::new(),
         })
+    }
+
+    fn close(&self) {
+        self.close.store(true, Ordering::Release);
+        self.close_waker.wake();
+    }
+
+    fn drain(&self) {
+        self.drain.store(true, Ordering::Release);
+        self.close_waker.wake();
+    }
+
+    /// Tells the watchdog the connection is over.
+    pub(crate) fn finished(&self) {
+        self.done.notify_one();
     }
 
     pub(crate) fn set_h2(&self) {
@@ -67,7 +94,7 @@ impl ConnState {
 
     /// Resolves when the connection has been idle longer than `idle`, or has
     /// taken longer than `header` to send a request head.
-    pub(crate) async fn expired(&self, header: Duration, idle: Duration) -> &'static str {
+    async fn expired(&self, header: Duration, idle: Duration) -> &'static str {
         let header_ms = header.as_millis() as u64;
         let idle_ms = idle.as_millis() as u64;
         loop {
@@ -94,6 +121,79 @@ impl ConnState {
             };
             tokio::time::sleep(Duration::from_millis(wait_ms.max(1))).await;
         }
+    }
+}
+
+/// Watches one connection in a task of its own: drains it when `drain`
+/// turns true, closes it when a timeout passes or `hard_stop` turns true;
+/// ends when the connection reports [`ConnState::finished`].
+pub(crate) fn spawn_watchdog(
+    state: Arc<ConnState>,
+    header: Duration,
+    idle: Duration,
+    mut drain: watch::Receiver<bool>,
+    mut hard_stop: watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+) {
+    tokio::spawn(async move {
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                reason = state.expired(header, idle) => {
+                    tracing::debug!(%peer, reason, "closing connection");
+                    state.close();
+                    return;
+                }
+                _ = drain.wait_for(|d| *d), if !draining => {
+                    draining = true;
+                    state.drain();
+                }
+                _ = hard_stop.wait_for(|stop| *stop) => {
+                    state.close();
+                    return;
+                }
+                _ = state.done.notified() => return,
+            }
+        }
+    });
+}
+
+pin_project_lite::pin_project! {
+    /// Runs a connection until it ends (`Some(result)`), shutting it down
+    /// gracefully when the watchdog drains it, or until the watchdog closes
+    /// it (`None`).
+    pub(crate) struct UntilClosed<F> {
+        #[pin]
+        conn: F,
+        state: Arc<ConnState>,
+        draining: bool,
+    }
+}
+
+impl<F> UntilClosed<F> {
+    pub(crate) fn new(conn: F, state: Arc<ConnState>) -> Self {
+        UntilClosed {
+            conn,
+            state,
+            draining: false,
+        }
+    }
+}
+
+impl<F: GracefulConnection> Future for UntilClosed<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        this.state.close_waker.register(cx.waker());
+        if this.state.close.load(Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
+        if !*this.draining && this.state.drain.load(Ordering::Acquire) {
+            *this.draining = true;
+            this.conn.as_mut().graceful_shutdown();
+        }
+        this.conn.poll(cx).map(Some)
     }
 }
 
@@ -158,15 +258,23 @@ impl HttpBody for TrackedBody {
 pub(crate) struct ConnTicket {
     _permit: OwnedSemaphorePermit,
     metrics: Arc<Metrics>,
+    /// The count shutdown waits on.
+    open: Arc<watch::Sender<usize>>,
 }
 
 impl ConnTicket {
-    pub(crate) fn new(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        permit: OwnedSemaphorePermit,
+        metrics: Arc<Metrics>,
+        open: Arc<watch::Sender<usize>>,
+    ) -> Self {
         metrics.open_connections.inc();
         metrics.connections.inc();
+        open.send_modify(|n| *n += 1);
         ConnTicket {
             _permit: permit,
             metrics,
+            open,
         }
     }
 }
@@ -174,6 +282,7 @@ impl ConnTicket {
 impl Drop for ConnTicket {
     fn drop(&mut self) {
         self.metrics.open_connections.dec();
+        self.open.send_modify(|n| *n -= 1);
     }
 }
 

@@ -206,6 +206,20 @@ impl GatewayProcess {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Replaces the config file the process was started with.
+    pub fn rewrite_config(&self, config: &str) {
+        std::fs::write(&self.config_path, config).unwrap();
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, ...).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Resident memory of the process in KiB (Linux).
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
@@ -353,15 +367,6 @@ impl GatewayProcess {
     /// SIGHUP, to reload).
     pub fn config_path(&self) -> &std::path::Path {
         &self.config_path
-    }
-
-    /// Sends `signal` (e.g. `"-HUP"`) to the process with `kill`.
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal} failed");
     }
 
     /// Whether the process is still running.

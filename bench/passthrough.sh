@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Pass-through throughput: sis-gateway vs nginx proxying the same upstream on
+# the same machine, measured side by side (SPEC §7: ratio >= 1.0, p99 no worse).
+#
+#   bench/passthrough.sh                  # 3 rounds x 10 s, 64 connections, 2 wrk threads
+#   ROUNDS=5 DURATION=20s CONNECTIONS=128 bench/passthrough.sh
+#   ACCESS_LOG=1 bench/passthrough.sh     # both proxies write an access log line per request
+#
+# The upstream is nginx answering a fixed 200 body. Both proxies keep pooled
+# keep-alive connections to it; nginx runs 2 worker processes, the gateway 2
+# tokio worker threads. Everything listens on 127.0.0.1; all processes are
+# stopped on exit.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+WORKERS=${WORKERS:-2}
+ACCESS_LOG=${ACCESS_LOG:-0}
+UPSTREAM_PORT=${UPSTREAM_PORT:-18081}
+NGINX_PORT=${NGINX_PORT:-18082}
+GATEWAY_PORT=${GATEWAY_PORT:-18083}
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+work=$(mktemp -d /tmp/sis-bench.XXXXXX)
+pids=()
+
+cleanup() {
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+need() {
+    local missing=()
+    command -v nginx >/dev/null || missing+=(nginx-light)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v curl >/dev/null || missing+=(curl)
+    if ((${#missing[@]})); then
+        echo "installing ${missing[*]}" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+wait_for() { # url
+    for _ in $(seq 1 100); do
+        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "not answering: $1" >&2
+    return 1
+}
+
+nginx_access_log() { # file
+    if [[ $ACCESS_LOG == 1 ]]; then echo "access_log $1;"; else echo "access_log off;"; fi
+}
+
+start_nginx() { # name conf-body
+    local dir="$work/$1"
+    mkdir -p "$dir/logs"
+    cat >"$dir/nginx.conf" <<EOF
+daemon off;
+worker_processes $WORKERS;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    $(nginx_access_log "$dir/logs/access.log")
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    keepalive_requests 1000000;
+    $2
+}
+EOF
+    nginx -p "$dir" -c "$dir/nginx.conf" &
+    pids+=($!)
+}
+
+need
+echo "building the gateway (release)…" >&2
+(cd "$root" && cargo build --release --quiet)
+
+# The upstream: a fixed 200 body.
+start_nginx upstream "
+    server {
+        listen 127.0.0.1:$UPSTREAM_PORT reuseport backlog=4096;
+        location / { default_type text/plain; return 200 'hello from the upstream, a small fixed body for the pass-through benchmark\n'; }
+    }"
+
+# nginx as the reverse proxy under test.
+start_nginx proxy "
+    upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 256; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT reuseport backlog=4096;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header Host \$proxy_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_buffering off;
+        }
+    }"
+
+# The gateway under test.
+cat >"$work/gateway.toml" <<EOF
+[server]
+listen = "127.0.0.1:$GATEWAY_PORT"
+[cookies]
+refresh_path = "/"
+[[routes]]
+path_prefix = "/"
+upstream = "http://127.0.0.1:$UPSTREAM_PORT"
+auth = "public"
+EOF
+if [[ $ACCESS_LOG == 1 ]]; then gw_log=info; else gw_log=warn; fi
+TOKIO_WORKER_THREADS=$WORKERS RUST_LOG=$gw_log "$root/target/release/sis-gateway" run --config "$work/gateway.toml" \
+    >"$work/gateway.log" 2>&1 &
+pids+=($!)
+
+wait_for "http://127.0.0.1:$UPSTREAM_PORT/"
+wait_for "http://127.0.0.1:$NGINX_PORT/"
+wait_for "http://127.0.0.1:$GATEWAY_PORT/"
+
+# One wrk run; prints "requests_per_second p99_ms".
+measure() { # url
+    local out rps p99
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1")
+    if grep -q "Non-2xx" <<<"$out"; then
+        echo "non-2xx responses from $1:" >&2
+        echo "$out" >&2
+        exit 1
+    fi
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}' <<<"$out")
+    echo "$rps $p99"
+}
+
+echo "warming up…" >&2
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$GATEWAY_PORT/" >/dev/null
+
+printf '%-7s %-8s %12s %10s\n' round proxy req/s p99_ms
+nginx_rps=() nginx_p99=() gw_rps=() gw_p99=()
+for round in $(seq 1 "$ROUNDS"); do
+    read -r rps p99 < <(measure "http://127.0.0.1:$NGINX_PORT/")
+    nginx_rps+=("$rps") nginx_p99+=("$p99")
+    printf '%-7s %-8s %12.0f %10.2f\n' "$round" nginx "$rps" "$p99"
+    read -r rps p99 < <(measure "http://127.0.0.1:$GATEWAY_PORT/")
+    gw_rps+=("$rps") gw_p99+=("$p99")
+    printf '%-7s %-8s %12.0f %10.2f\n' "$round" gateway "$rps" "$p99"
+done
+
+mean() { printf '%s\n' "$@" | awk '{s+=$1} END {printf "%.2f", s/NR}'; }
+n_rps=$(mean "${nginx_rps[@]}") n_p99=$(mean "${nginx_p99[@]}")
+g_rps=$(mean "${gw_rps[@]}") g_p99=$(mean "${gw_p99[@]}")
+echo
+printf 'nginx    %10.0f req/s   p99 %6.2f ms\n' "$n_rps" "$n_p99"
+printf 'gateway  %10.0f req/s   p99 %6.2f ms\n' "$g_rps" "$g_p99"
+awk -v g="$g_rps" -v n="$n_rps" -v gp="$g_p99" -v np="$n_p99" 'BEGIN {
+    printf "ratio gateway/nginx: throughput %.2f, p99 %.2f\n", g/n, gp/np
+}'
