@@ -1178,7 +1178,6 @@ async fn early_413_tells_the_client_the_connection_closes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a response the client never reads holds its connection forever (src/server/conn.rs: no write progress timeout)"]
 async fn a_client_that_never_reads_is_eventually_disconnected() {
     let redis = RedisServer::start();
     let upstream = TestUpstream::start().await;

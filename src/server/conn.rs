@@ -39,6 +39,10 @@ pub(crate) struct ConnState {
     idle_since: AtomicU64,
     /// HTTP/2: many streams, control frames between them; only the idle clock applies.
     h2: AtomicBool,
+    /// Since when a write to the client has been blocked on a full socket
+    /// (0 = not blocked): a client that stops reading a response is cut off
+    /// after the idle timeout instead of holding its slot forever.
+    write_blocked_since: AtomicU64,
     /// Set by the watchdog: the connection closes at its next poll.
     close: AtomicBool,
     /// Set by the watchdog on shutdown: the connection finishes its request
@@ -56,6 +60,7 @@ impl ConnState {
             head_started: AtomicU64::new(0),
             idle_since: AtomicU64::new(now_ms()),
             h2: AtomicBool::new(false),
+            write_blocked_since: AtomicU64::new(0),
             close: AtomicBool::new(false),
             drain: AtomicBool::new(false),
             close_waker: AtomicWaker::new(),
@@ -92,14 +97,28 @@ impl ConnState {
         }
     }
 
-    /// Resolves when the connection has been idle longer than `idle`, or has
-    /// taken longer than `header` to send a request head.
+    fn on_write(&self, blocked: bool) {
+        let since = self.write_blocked_since.load(Ordering::Relaxed);
+        if blocked && since == 0 {
+            self.write_blocked_since.store(now_ms(), Ordering::Relaxed);
+        } else if !blocked && since != 0 {
+            self.write_blocked_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves when the connection has been idle longer than `idle`, has
+    /// taken longer than `header` to send a request head, or has not taken
+    /// any of its response for longer than `idle`.
     async fn expired(&self, header: Duration, idle: Duration) -> &'static str {
         let header_ms = header.as_millis() as u64;
         let idle_ms = idle.as_millis() as u64;
         loop {
             let now = now_ms();
             let wait_ms = if self.active.load(Ordering::Relaxed) > 0 {
+                let blocked = self.write_blocked_since.load(Ordering::Relaxed);
+                if blocked != 0 && now >= blocked + idle_ms {
+                    return "client stopped reading";
+                }
                 header_ms.min(idle_ms)
             } else {
                 let started = self.head_started.load(Ordering::Relaxed);
@@ -286,7 +305,7 @@ impl Drop for ConnTicket {
     }
 }
 
-/// A client stream that reports reads to its [`ConnState`].
+/// A client stream that reports reads and blocked writes to its [`ConnState`].
 pub(crate) struct TrackedStream<S> {
     inner: S,
     state: Arc<ConnState>,
@@ -324,7 +343,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedStream<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.state.on_write(res.is_pending());
+        res
     }
 
     fn poll_write_vectored(
@@ -332,7 +353,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedStream<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.state.on_write(res.is_pending());
+        res
     }
 
     fn is_write_vectored(&self) -> bool {
