@@ -92,6 +92,13 @@ impl App {
     /// Answers one request on the public listener: a sign-in endpoint, or a
     /// routed pass-through.
     pub async fn handle(&self, req: Request<Incoming>, ctx: &RequestCtx) -> Handled<'_> {
+        if let Some(problem) = proxy::headers::host_problem(req.version(), req.headers(), req.uri())
+        {
+            return Handled {
+                response: crate::body::json_error(http::StatusCode::BAD_REQUEST, problem),
+                route: &self.labels.no_route,
+            };
+        }
         if self.sign_in.matches(req.uri().path()) {
             return Handled {
                 response: self.sign_in.handle(req, ctx).await,

@@ -381,6 +381,24 @@ async fn oversized_request_head_is_431() {
 }
 
 #[tokio::test]
+async fn missing_or_repeated_host_is_400() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(config("", &upstream.url, ""));
+    for head in [
+        "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+    ] {
+        let res = raw(gw.addr, head.as_bytes()).await;
+        assert_eq!(res.status, 400, "{head:?}");
+        assert!(res.json()["errors"].as_str().unwrap().contains("Host"));
+    }
+    assert_eq!(upstream.count(), 0);
+    // HTTP/1.0 may omit it.
+    let res = raw(gw.addr, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(res.status, 200);
+}
+
+#[tokio::test]
 async fn round_robin_and_dead_upstream_skipped() {
     let a = TestUpstream::start_named("a").await;
     let b = TestUpstream::start_named("b").await;
