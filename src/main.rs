@@ -13,11 +13,6 @@ use tokio::net::TcpListener;
 
 const DEFAULT_CONFIG: &str = "gateway.toml";
 
-/// Requests allocate many small, short-lived buffers across worker threads;
-/// mimalloc serves them faster than the system allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "sis-gateway",

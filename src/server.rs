@@ -397,7 +397,12 @@ async fn serve_http<I>(
                 state.set_h2();
             }
             let shared = shared.clone();
-            async move {
+            // Boxed: hyper keeps room for one request future per connection
+            // for the connection's whole life. Unboxed, that room is as large
+            // as the deepest request path (auth, store, upstream) and stays
+            // resident on every idle keep-alive connection; boxed, it is a
+            // pointer, and the request's state lives only while it runs.
+            Box::pin(async move {
                 let res = match kind {
                     Kind::Public => public_request(&shared, req, peer, tls).await,
                     Kind::Admin => {
@@ -406,7 +411,7 @@ async fn serve_http<I>(
                     }
                 };
                 Ok::<_, Infallible>(res.map(|body| TrackedBody::new(body, guard)))
-            }
+            })
         })
     };
     conn::spawn_watchdog(
