@@ -13,22 +13,6 @@ use serde_json::{json, Value};
 
 const ADMIN: &str = "test-admin-token";
 
-fn evalsha_calls(redis: &RedisServer) -> u64 {
-    redis
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 #[tokio::test]
 async fn parallel_fetches_with_an_expired_access_cookie_stay_signed_in() {
     let redis = RedisServer::start();
@@ -108,7 +92,7 @@ auth = "session"
 
     // Let the access cookie expire, then fire parallel requests from the page.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let before = evalsha_calls(&redis);
+    let before = redis.script_calls();
     let results = browser
         .eval(
             "Promise.all([1,2,3,4,5,6,7,8].map(i => fetch('/app/api/item/' + i, {credentials: 'include'})\
@@ -127,7 +111,7 @@ auth = "session"
         assert!(!headers.contains("vagov_refresh_token"));
     }
     assert_eq!(
-        evalsha_calls(&redis) - before,
+        redis.script_calls() - before,
         1,
         "one rotation for eight requests"
     );
@@ -150,5 +134,5 @@ auth = "session"
     )
     .unwrap();
     assert!(page["headers"].to_string().contains("browser-user"));
-    assert_eq!(evalsha_calls(&redis) - before, 1);
+    assert_eq!(redis.script_calls() - before, 1);
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::gateway::TestGateway;
 use common::redis::RedisServer;
-use reqwest::header::{HeaderMap, SET_COOKIE};
+use common::set_cookies;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -107,13 +107,6 @@ impl Env {
 
 fn error_of(body: &Value) -> &str {
     body["errors"].as_str().unwrap_or("")
-}
-
-fn set_cookies(h: &HeaderMap) -> Vec<cookie::Cookie<'static>> {
-    h.get_all(SET_COOKIE)
-        .iter()
-        .map(|v| cookie::Cookie::parse(v.to_str().unwrap().to_owned()).unwrap())
-        .collect()
 }
 
 #[tokio::test]

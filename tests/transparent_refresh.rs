@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use common::gateway::TestGateway;
 use common::redis::RedisServer;
+use common::set_cookies;
 use common::upstream::TestUpstream;
-use reqwest::header::{HeaderMap, SET_COOKIE};
+use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -92,13 +93,6 @@ impl Jar {
     }
 }
 
-fn set_cookies(h: &HeaderMap) -> Vec<cookie::Cookie<'static>> {
-    h.get_all(SET_COOKIE)
-        .iter()
-        .map(|v| cookie::Cookie::parse(v.to_str().unwrap().to_owned()).unwrap())
-        .collect()
-}
-
 async fn open_session(http: &reqwest::Client, gw: &TestGateway) -> Jar {
     let res = http
         .post(gw.admin_url("/admin/sessions"))
@@ -133,22 +127,6 @@ fn seen(body: &Value) -> Vec<(String, String)> {
 
 fn seen_one<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
     h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
-/// Rotation script calls Redis has served (EVALSHA and EVAL).
-fn rotations(redis: &RedisServer) -> u64 {
-    let info = redis.cli(&["INFO", "commandstats"]);
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
 }
 
 struct Env {
@@ -231,7 +209,7 @@ async fn expired_access_cookie_is_refreshed_inline() {
     assert_eq!(h.iter().filter(|(k, _)| k == "x-sis-user-uuid").count(), 1);
 
     // The browser now holds a fresh access token: no rotation, same identity.
-    let before = rotations(&e.redis);
+    let before = e.redis.script_calls();
     let res = e
         .http
         .get(e.gw.url("/app/again"))
@@ -242,7 +220,7 @@ async fn expired_access_cookie_is_refreshed_inline() {
     assert_eq!(res.status(), StatusCode::OK);
     assert!(set_cookies(res.headers()).is_empty());
     assert_eq!(
-        rotations(&e.redis),
+        e.redis.script_calls(),
         before,
         "a valid access cookie costs no store call"
     );
@@ -263,7 +241,7 @@ async fn fifty_parallel_requests_cost_one_rotation() {
     assert_eq!(res.status(), StatusCode::OK);
 
     let jar = expired_jar(&e).await;
-    let before = rotations(&e.redis);
+    let before = e.redis.script_calls();
     let mut tasks = Vec::new();
     for i in 0..50 {
         let http = e.http.clone();
@@ -286,7 +264,7 @@ async fn fifty_parallel_requests_cost_one_rotation() {
         distinct.insert(t.await.unwrap());
     }
     assert_eq!(
-        rotations(&e.redis) - before,
+        e.redis.script_calls() - before,
         1,
         "one store call for fifty requests"
     );

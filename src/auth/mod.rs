@@ -76,8 +76,8 @@ impl Auth {
         let mut decision = Decision::default();
 
         // A Bearer header wins over the cookie and is never refreshed inline.
-        if let Some(bearer) = bearer(headers) {
-            return match self.verify(sessions, &bearer, now_secs) {
+        if let Some(bearer) = params::bearer(headers) {
+            return match self.verify(sessions, bearer, now_secs) {
                 Ok(claims) => {
                     decision.identity = Some(Identity {
                         claims,
@@ -195,13 +195,6 @@ pub fn add_identity(route: &RouteConfig, identity: &Identity, headers: &mut Head
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
-        .then(|| token.trim().to_owned())
-}
-
 /// 401, or a redirect to the route's `login_url` for a browser navigation.
 fn unauthenticated(route: &RouteConfig, headers: &HeaderMap) -> Response<Body> {
     let navigation = headers
@@ -217,23 +210,4 @@ fn unauthenticated(route: &RouteConfig, headers: &HeaderMap) -> Response<Body> {
         }
     }
     json_error(StatusCode::UNAUTHORIZED, "Not authenticated")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bearer_parsing() {
-        let mut m = HeaderMap::new();
-        m.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("bEaReR  tok "),
-        );
-        assert_eq!(bearer(&m).as_deref(), Some("tok"));
-        m.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer(&m), None);
-        m.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
-        assert_eq!(bearer(&m), None);
-    }
 }

@@ -244,45 +244,42 @@ impl SignIn {
         .map_err(|_| json_error(StatusCode::BAD_REQUEST, "Malformed request body"))
     }
 
-    async fn refresh(&self, req: Request<Incoming>) -> Response<Body> {
-        let creds = match self.credentials(req).await {
-            Ok(c) => c,
-            Err(res) => return res,
-        };
-        let Some(token) = creds.refresh_token.as_deref() else {
-            return self.error(RefreshError::NotDefined, None);
-        };
-        match self
-            .sessions
-            .refresh(token, creds.anti_csrf_token.as_deref())
-            .await
-        {
-            Ok(bundle) => self.issued(&bundle, StatusCode::OK),
-            Err(e) => {
-                let client = self.client_of(token);
-                self.error(e, client.as_deref())
-            }
+    /// The refresh token (required) and anti-CSRF token of a refresh or revoke call.
+    async fn presented(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<(String, Option<String>), Response<Body>> {
+        let creds = self.credentials(req).await?;
+        match creds.refresh_token {
+            Some(token) => Ok((token, creds.anti_csrf_token)),
+            None => Err(self.error(RefreshError::NotDefined, None)),
         }
     }
 
-    /// The client a token names, for choosing the error shape (cookies or not).
-    fn client_of(&self, token: &str) -> Option<Arc<ClientConfig>> {
-        self.sessions.open_client(token)
+    async fn refresh(&self, req: Request<Incoming>) -> Response<Body> {
+        let (token, anti_csrf) = match self.presented(req).await {
+            Ok(p) => p,
+            Err(res) => return res,
+        };
+        match self.sessions.refresh(&token, anti_csrf.as_deref()).await {
+            Ok(bundle) => self.issued(&bundle, StatusCode::OK),
+            Err(e) => self.token_error(e, &token),
+        }
+    }
+
+    /// An error about a presented refresh token, shaped for the client the
+    /// token names (cookie clients may get their cookies expired).
+    fn token_error(&self, e: RefreshError, token: &str) -> Response<Body> {
+        let client = self.sessions.open_client(token);
+        self.error(e, client.as_deref())
     }
 
     async fn revoke(&self, req: Request<Incoming>) -> Response<Body> {
-        let creds = match self.credentials(req).await {
-            Ok(c) => c,
+        let (token, anti_csrf) = match self.presented(req).await {
+            Ok(p) => p,
             Err(res) => return res,
         };
-        let Some(token) = creds.refresh_token.as_deref() else {
-            return self.error(RefreshError::NotDefined, None);
-        };
-        match self
-            .sessions
-            .revoke(token, creds.anti_csrf_token.as_deref())
-            .await
-        {
+        match self.sessions.revoke(&token, anti_csrf.as_deref()).await {
             Ok(client) => {
                 let mut res = Response::new(empty());
                 if client.authentication == Authentication::Cookie {
@@ -290,32 +287,15 @@ impl SignIn {
                 }
                 res
             }
-            Err(e) => {
-                let client = self.client_of(token);
-                self.error(e, client.as_deref())
-            }
+            Err(e) => self.token_error(e, &token),
         }
     }
 
     /// The access token of a request: a Bearer header wins over the cookie.
-    fn access_token<'a>(&self, headers: &'a HeaderMap) -> Option<std::borrow::Cow<'a, str>> {
-        if let Some(v) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-        {
-            if let Some(t) = v
-                .strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-            {
-                let t = t.trim();
-                if !t.is_empty() {
-                    return Some(t.into());
-                }
-            }
-        }
-        params::cookie(headers, &self.cookies.access_name())
-            .filter(|v| !v.is_empty())
-            .map(Into::into)
+    fn access_token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+        params::bearer(headers).or_else(|| {
+            params::cookie(headers, &self.cookies.access_name()).filter(|v| !v.is_empty())
+        })
     }
 
     fn verified_access(&self, headers: &HeaderMap) -> Result<AccessClaims, Response<Body>> {
@@ -325,7 +305,7 @@ impl SignIn {
                 "Access token JWT is malformed",
             ));
         };
-        match self.sessions.verify_access(&token) {
+        match self.sessions.verify_access(token) {
             Ok(claims) => Ok(claims),
             Err(VerifyError::Expired(_)) => Err(json_error(
                 StatusCode::FORBIDDEN,
@@ -358,7 +338,7 @@ impl SignIn {
         // An expired access token still names the session to end.
         let claims =
             self.access_token(req.headers())
-                .and_then(|t| match self.sessions.verify_access(&t) {
+                .and_then(|t| match self.sessions.verify_access(t) {
                     Ok(c) => Some(c),
                     Err(VerifyError::Expired(c)) => Some(*c),
                     Err(VerifyError::Invalid) => None,

@@ -137,6 +137,15 @@ pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
         })
 }
 
+/// The token of an `Authorization: Bearer` header (RFC 6750 §2.1; the scheme
+/// is case-insensitive), when there is a non-empty one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// The first cookie called `name`.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     cookies(headers).find(|(n, _)| *n == name).map(|(_, v)| v)
@@ -242,6 +251,15 @@ mod tests {
             HeaderValue::from_bytes(b"a=\xff\xfe; b=ok").unwrap(),
         );
         assert_eq!(cookies(&h).collect::<Vec<_>>(), [("b", "ok")]);
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let h = |v: &'static str| headers(&[("authorization", v)]);
+        assert_eq!(bearer(&h("bEaReR  tok ")), Some("tok"));
+        assert_eq!(bearer(&h("Basic abc")), None);
+        assert_eq!(bearer(&h("Bearer ")), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
     }
 
     #[test]

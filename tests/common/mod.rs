@@ -6,3 +6,11 @@ pub mod browser;
 pub mod gateway;
 pub mod redis;
 pub mod upstream;
+
+/// The `Set-Cookie`s of a response, parsed.
+pub fn set_cookies(h: &reqwest::header::HeaderMap) -> Vec<cookie::Cookie<'static>> {
+    h.get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .map(|v| cookie::Cookie::parse(v.to_str().unwrap().to_owned()).unwrap())
+        .collect()
+}

@@ -125,6 +125,23 @@ impl RedisServer {
         panic!("could not start redis-server on a free port");
     }
 
+    /// Rotation-script calls the server has run (EVALSHA and EVAL), from its
+    /// own statistics: how many store calls the gateway made.
+    pub fn script_calls(&self) -> u64 {
+        self.cli(&["INFO", "commandstats"])
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
+
     /// Every key and every value in the server, concatenated: what a dump of
     /// the store would show an attacker.
     pub fn dump_all(&self) -> Vec<u8> {
