@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::gateway::TestGateway;
+use common::gateway::{GatewayProcess, TestGateway};
 use common::redis::RedisServer;
 use common::set_cookies;
 use common::upstream::TestUpstream;
@@ -93,9 +93,9 @@ impl Jar {
     }
 }
 
-async fn open_session(http: &reqwest::Client, gw: &TestGateway) -> Jar {
+async fn open_session(http: &reqwest::Client, admin: &str) -> Jar {
     let res = http
-        .post(gw.admin_url("/admin/sessions"))
+        .post(format!("{admin}/admin/sessions"))
         .bearer_auth(ADMIN)
         .json(&json!({"user_uuid": "user-7", "client_id": "web"}))
         .send()
@@ -149,7 +149,7 @@ async fn env() -> Env {
 }
 
 async fn expired_jar(e: &Env) -> Jar {
-    let jar = open_session(&e.http, &e.gw).await;
+    let jar = open_session(&e.http, &e.gw.admin_url("")).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     jar
 }
@@ -160,7 +160,7 @@ async fn expired_access_cookie_is_refreshed_inline() {
     let jar = expired_jar(&e).await;
     let res = e
         .http
-        .get(e.gw.url("/app/page"))
+        .get(e.gw.url("/app/page?set_cookie=1"))
         .header("cookie", jar.header())
         .header("x-sis-user-uuid", "spoofed")
         .send()
@@ -175,11 +175,13 @@ async fn expired_access_cookie_is_refreshed_inline() {
     assert_eq!(
         names,
         [
+            "app_pref",
             "vagov_access_token",
             "vagov_refresh_token",
             "vagov_anti_csrf_token",
             "vagov_info_token"
-        ]
+        ],
+        "the upstream's own cookie, then the rotated ones"
     );
     assert_ne!(next.refresh, jar.refresh);
     assert_ne!(next.access, jar.access);
@@ -280,10 +282,16 @@ async fn two_gateways_sharing_redis_converge() {
     let dir = common::gateway::temp_path("keys");
     let keys = sis_gateway::tokens::keygen(&dir, sis_gateway::config::Algorithm::Es256).unwrap();
     let key_path = keys.signing_key.to_str().unwrap().to_owned();
-    let a = TestGateway::start(config(&redis.url(), &upstream.url, Some(&key_path)));
-    let b = TestGateway::start(config(&redis.url(), &upstream.url, Some(&key_path)));
+    // Two gateway processes (the built binary), one Redis.
+    let listeners = "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n";
+    let cfg = format!(
+        "{listeners}{}",
+        config(&redis.url(), &upstream.url, Some(&key_path))
+    );
+    let a = GatewayProcess::spawn(&cfg);
+    let b = GatewayProcess::spawn(&cfg);
     let http = reqwest::Client::new();
-    let jar = open_session(&http, &a).await;
+    let jar = open_session(&http, &format!("http://{}", a.admin_addr.unwrap())).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let mut tasks = Vec::new();
@@ -413,7 +421,7 @@ async fn required_routes_answer_401_403_and_redirect() {
     assert_eq!(res.status(), StatusCode::FOUND);
     assert_eq!(res.headers()["location"], "/sign-in?next=here");
 
-    let jar = open_session(&e.http, &e.gw).await;
+    let jar = open_session(&e.http, &e.gw.admin_url("")).await;
     let res = e
         .http
         .get(e.gw.url("/bearer/x"))

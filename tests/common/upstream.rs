@@ -195,6 +195,10 @@ async fn handle(req: Request<Incoming>) -> Response<BoxBody> {
         }
         "ws" => websocket(req),
         _ => {
+            let wants_cookie = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.contains("set_cookie=1"));
             let headers: Vec<(String, String)> = req
                 .headers()
                 .iter()
@@ -225,6 +229,13 @@ async fn handle(req: Request<Incoming>) -> Response<BoxBody> {
                 .insert("keep-alive", HeaderValue::from_static("timeout=5"));
             res.headers_mut()
                 .insert("proxy-authenticate", HeaderValue::from_static("Basic"));
+            // The application's own cookie, which the gateway must pass on.
+            if wants_cookie {
+                res.headers_mut().append(
+                    header::SET_COOKIE,
+                    HeaderValue::from_static("app_pref=1; Path=/"),
+                );
+            }
             res
         }
     }
