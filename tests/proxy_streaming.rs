@@ -61,9 +61,11 @@ upstream = "{}"
     tokio::spawn(conn);
 
     // Warm up (pools, allocator arenas) before taking the baseline.
+    sender.ready().await.expect("connection ready");
     let warm = sender
         .send_request(
             Request::post("/upload")
+                .header("host", "gateway.test")
                 .body(pattern_body(1024 * 1024))
                 .unwrap(),
         )
@@ -74,8 +76,16 @@ upstream = "{}"
 
     // Upload: the upstream hashes what it receives.
     let started = Instant::now();
+    // A keep-alive HTTP/1 sender takes the next request only once the
+    // previous exchange has fully finished.
+    sender.ready().await.expect("connection ready");
     let res = sender
-        .send_request(Request::post("/upload").body(pattern_body(SIZE)).unwrap())
+        .send_request(
+            Request::post("/upload")
+                .header("host", "gateway.test")
+                .body(pattern_body(SIZE))
+                .unwrap(),
+        )
         .await
         .expect("upload through the gateway");
     assert_eq!(res.status(), 200);
@@ -89,9 +99,13 @@ upstream = "{}"
 
     // Download: hash while reading, never holding the body.
     let started = Instant::now();
+    // A keep-alive HTTP/1 sender takes the next request only once the
+    // previous exchange has fully finished.
+    sender.ready().await.expect("connection ready");
     let res = sender
         .send_request(
             Request::get(format!("/stream?bytes={SIZE}"))
+                .header("host", "gateway.test")
                 .body(pattern_body(0))
                 .unwrap(),
         )
