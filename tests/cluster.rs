@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::gateway::{temp_path, TestGateway};
 use common::redis::RedisCluster;
+use common::refresh_api;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sis_gateway::config::Algorithm;
@@ -82,30 +83,9 @@ async fn create(http: &reqwest::Client, gw: &TestGateway, user: &str) -> Chain {
     }
 }
 
-/// One refresh call; the status and, on 200, the next token.
-async fn refresh(
-    http: &reqwest::Client,
-    refresh_url: &str,
-    token: &str,
-) -> (StatusCode, Result<String, String>) {
-    let res = http
-        .post(refresh_url)
-        .query(&[("refresh_token", token)])
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .expect("the gateway answers");
-    let status = res.status();
-    let body: Value = res.json().await.unwrap_or(Value::Null);
-    match body["data"]["refresh_token"].as_str() {
-        Some(t) if status == StatusCode::OK => (status, Ok(t.to_owned())),
-        _ => (status, Err(body.to_string())),
-    }
-}
-
 /// Refreshes once and insists on success; advances the chain.
 async fn rotate(http: &reqwest::Client, gw: &TestGateway, chain: &mut Chain) {
-    let (st, next) = refresh(http, &gw.url(REFRESH), &chain.token).await;
+    let (st, next) = refresh_api(http, &gw.url(REFRESH), &chain.token).await;
     assert_eq!(st, StatusCode::OK, "{next:?}");
     chain.token = next.unwrap();
 }
@@ -189,7 +169,7 @@ async fn sessions_move_between_instances_and_survive_a_master_failover() {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let (st, next) = refresh(&http, &both[i % 2], &chain.token).await;
+                let (st, next) = refresh_api(&http, &both[i % 2], &chain.token).await;
                 if step(&mut chain, st, next) {
                     ok += 1;
                 } else {
@@ -219,7 +199,7 @@ async fn sessions_move_between_instances_and_survive_a_master_failover() {
             killed.elapsed() < FAILOVER_DEADLINE,
             "no successful refresh within {FAILOVER_DEADLINE:?} of the kill"
         );
-        let (st, next) = refresh(&http, &both[i % 2], &victim.token).await;
+        let (st, next) = refresh_api(&http, &both[i % 2], &victim.token).await;
         i += 1;
         if step(&mut victim, st, next) {
             rotated_after_kill += 1;

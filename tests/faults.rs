@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::gateway::{GatewayProcess, TestGateway};
 use common::redis::RedisServer;
 use common::upstream::TestUpstream;
+use common::{keep_alive_get, refresh_api};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -79,33 +80,12 @@ async fn create(http: &reqwest::Client, gw: &TestGateway, client_id: &str) -> Va
     res.json().await.unwrap()
 }
 
-/// One API refresh: status, and the next token or the error body.
-async fn refresh(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-) -> (StatusCode, Result<String, String>) {
-    let res = http
-        .post(url)
-        .query(&[("refresh_token", token)])
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .expect("the gateway answers");
-    let status = res.status();
-    let body: Value = res.json().await.unwrap_or(Value::Null);
-    match body["data"]["refresh_token"].as_str() {
-        Some(t) if status == StatusCode::OK => (status, Ok(t.to_owned())),
-        _ => (status, Err(body.to_string())),
-    }
-}
-
 /// Refreshes until 200 (the store may still be reconnecting) and returns the
 /// next token; only 503 is acceptable meanwhile.
 async fn refresh_until_ok(http: &reqwest::Client, url: &str, token: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match refresh(http, url, token).await {
+        match refresh_api(http, url, token).await {
             (StatusCode::OK, Ok(next)) => return next,
             (StatusCode::SERVICE_UNAVAILABLE, _) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await
@@ -135,7 +115,7 @@ async fn redis_restart_under_load_loses_no_session() {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                match refresh(&http, &url, &token).await {
+                match refresh_api(&http, &url, &token).await {
                     (StatusCode::OK, Ok(next)) => {
                         token = next;
                         ok += 1;
@@ -217,7 +197,7 @@ async fn frozen_redis_answers_503_in_time_while_public_routes_serve() {
             let (http, url, token) = (http.clone(), url.clone(), token.clone());
             async move {
                 let started = Instant::now();
-                let answer = refresh(&http, &url, &token).await;
+                let answer = refresh_api(&http, &url, &token).await;
                 (answer, started.elapsed())
             }
         });
@@ -1035,41 +1015,13 @@ async fn idle_connections(addr: SocketAddr, n: usize, batch: usize) -> Vec<TcpSt
         let k = batch.min(n - conns.len());
         let opened = futures_util::future::join_all((0..k).map(|_| async move {
             let mut s = TcpStream::connect(addr).await.unwrap();
-            assert_eq!(keep_alive_get(&mut s).await, 200);
+            assert_eq!(keep_alive_get(&mut s, "/pub/idle").await, 200);
             s
         }))
         .await;
         conns.extend(opened);
     }
     conns
-}
-
-/// One `GET /pub/idle` on a kept-alive connection; returns the status.
-async fn keep_alive_get(s: &mut TcpStream) -> u16 {
-    s.write_all(b"GET /pub/idle HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
-            .await
-            .expect("response in time")
-            .unwrap();
-        assert!(n > 0, "connection closed");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return head.split(' ').nth(1).unwrap().parse().unwrap();
-            }
-        }
-    }
 }
 
 /// Opens `n` idle keep-alive connections to a fresh gateway process and
@@ -1105,7 +1057,7 @@ auth = "public"
     );
     // They are live keep-alive connections.
     for s in conns.iter_mut().step_by(n / 20) {
-        assert_eq!(keep_alive_get(s).await, 200);
+        assert_eq!(keep_alive_get(s, "/pub/idle").await, 200);
     }
     (before, after)
 }

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::gateway::{binary, get, temp_path, GatewayProcess, TestGateway};
+use common::keep_alive_get;
 use common::upstream::TestUpstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -34,32 +35,6 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>,
     }
 }
 
-/// Sends one keep-alive request and reads its (Content-Length) response.
-async fn keep_alive_request(stream: &mut TcpStream) -> u16 {
-    stream
-        .write_all(b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "connection closed");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return head.split(' ').nth(1).unwrap().parse().unwrap();
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
     let upstream = TestUpstream::start().await;
@@ -68,7 +43,7 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_refuses_new_connectio
     let in_flight = tokio::spawn(async move { get(&slow_url).await });
     // An idle keep-alive connection is closed at once by the drain.
     let mut idle = TcpStream::connect(gw.addr).await.unwrap();
-    assert_eq!(keep_alive_request(&mut idle).await, 200);
+    assert_eq!(keep_alive_get(&mut idle, "/k").await, 200);
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
@@ -149,9 +124,9 @@ async fn header_read_timeout_and_idle_timeout_are_separate() {
 
     // An idle keep-alive connection outlives the header timeout…
     let mut conn = TcpStream::connect(gw.addr).await.unwrap();
-    assert_eq!(keep_alive_request(&mut conn).await, 200);
+    assert_eq!(keep_alive_get(&mut conn, "/k").await, 200);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(keep_alive_request(&mut conn).await, 200);
+    assert_eq!(keep_alive_get(&mut conn, "/k").await, 200);
     // …and is closed after the idle timeout.
     let started = Instant::now();
     let (_, closed) = read_until_closed(&mut conn, Duration::from_secs(3)).await;
@@ -169,8 +144,8 @@ async fn connections_over_the_cap_are_closed() {
     let gw = TestGateway::start(config(&upstream.url, "max_connections = 2"));
     let mut a = TcpStream::connect(gw.addr).await.unwrap();
     let mut b = TcpStream::connect(gw.addr).await.unwrap();
-    assert_eq!(keep_alive_request(&mut a).await, 200);
-    assert_eq!(keep_alive_request(&mut b).await, 200);
+    assert_eq!(keep_alive_get(&mut a, "/k").await, 200);
+    assert_eq!(keep_alive_get(&mut b, "/k").await, 200);
 
     let mut c = TcpStream::connect(gw.addr).await.unwrap();
     let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -183,7 +158,7 @@ async fn connections_over_the_cap_are_closed() {
     drop(a);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut d = TcpStream::connect(gw.addr).await.unwrap();
-    assert_eq!(keep_alive_request(&mut d).await, 200);
+    assert_eq!(keep_alive_get(&mut d, "/k").await, 200);
     let metrics = get(&gw.admin_url("/metrics")).await;
     assert!(String::from_utf8_lossy(metrics.body()).contains("sis_connections_rejected_total 1"));
 }
