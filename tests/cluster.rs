@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::gateway::{temp_path, TestGateway};
+use common::gateway::{temp_path, GatewayProcess};
 use common::redis::RedisCluster;
 use common::refresh_api;
 use reqwest::StatusCode;
@@ -29,6 +29,9 @@ fn config(cluster: &RedisCluster, keys: &sis_gateway::tokens::Keygen) -> String 
         .collect();
     format!(
         r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
 [admin]
 token = "{ADMIN}"
 [store]
@@ -67,7 +70,7 @@ impl Chain {
     }
 }
 
-async fn create(http: &reqwest::Client, gw: &TestGateway, user: &str) -> Chain {
+async fn create(http: &reqwest::Client, gw: &GatewayProcess, user: &str) -> Chain {
     let res = http
         .post(gw.admin_url("/admin/sessions"))
         .bearer_auth(ADMIN)
@@ -84,7 +87,7 @@ async fn create(http: &reqwest::Client, gw: &TestGateway, user: &str) -> Chain {
 }
 
 /// Refreshes once and insists on success; advances the chain.
-async fn rotate(http: &reqwest::Client, gw: &TestGateway, chain: &mut Chain) {
+async fn rotate(http: &reqwest::Client, gw: &GatewayProcess, chain: &mut Chain) {
     let (st, next) = refresh_api(http, &gw.url(REFRESH), &chain.token).await;
     assert_eq!(st, StatusCode::OK, "{next:?}");
     chain.token = next.unwrap();
@@ -112,14 +115,15 @@ async fn sessions_move_between_instances_and_survive_a_master_failover() {
     let key_dir = temp_path("cluster-keys");
     let keys = sis_gateway::tokens::keygen(&key_dir, Algorithm::Es256).unwrap();
     let cfg = config(&cluster, &keys);
-    let a = TestGateway::start(cfg.as_str());
-    let b = TestGateway::start(cfg.as_str());
+    // Two gateway processes (the built binary) over one cluster.
+    let a = GatewayProcess::spawn(&cfg);
+    let b = GatewayProcess::spawn(&cfg);
     // Refresh endpoints of both instances, for tasks to alternate between.
     let both = Arc::new([a.url(REFRESH), b.url(REFRESH)]);
     let http = http_client();
 
     // Both instances publish the same keys.
-    let certs = |gw: &TestGateway| {
+    let certs = |gw: &GatewayProcess| {
         let url = gw.url("/v0/sign_in/openid_connect/certs");
         let http = http.clone();
         async move {

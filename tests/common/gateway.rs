@@ -206,6 +206,11 @@ impl GatewayProcess {
         format!("http://{}{}", self.addr, path)
     }
 
+    pub fn admin_url(&self, path: &str) -> String {
+        let admin = self.admin_addr.expect("config sets server.admin_listen");
+        format!("http://{admin}{path}")
+    }
+
     /// Replaces the config file the process was started with.
     pub fn rewrite_config(&self, config: &str) {
         std::fs::write(&self.config_path, config).unwrap();
