@@ -305,7 +305,8 @@ impl Sessions {
                 .map(|b| (b, false));
         }
         // Checked per caller: a remembered result never skips the anti-CSRF check.
-        self.open(refresh_token, anti_csrf)?;
+        self.open(refresh_token, anti_csrf)
+            .inspect_err(|e| self.metrics.rotation(e.outcome()))?;
         let presented_hash = token_hash(refresh_token);
         let now = self.clock.now_ms();
         {
