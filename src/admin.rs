@@ -1,7 +1,7 @@
 //! Health, readiness, metrics and the session admin API (the admin listener).
 
+use crate::body::RequestBody;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::app::App;
@@ -17,7 +17,7 @@ const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0;
 ///   (the session store) answer, else 503 `{"status":"unavailable"}`.
 /// - `GET /metrics`: every registered metric.
 /// - `/admin/...`: the session admin API, handled by sign-in.
-pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(app: &App, req: Request<RequestBody>) -> Response<Body> {
     let path = req.uri().path();
     if path == "/admin" || path.starts_with("/admin/") {
         return app.sign_in.admin(req).await;

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
+use crate::body::RequestBody;
 use http::{header, HeaderMap};
-use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::auth::{self, Auth};
@@ -91,7 +91,7 @@ impl App {
 
     /// Answers one request on the public listener: a sign-in endpoint, or a
     /// routed pass-through.
-    pub async fn handle(&self, req: Request<Incoming>, ctx: &RequestCtx) -> Handled<'_> {
+    pub async fn handle(&self, req: Request<RequestBody>, ctx: &RequestCtx) -> Handled<'_> {
         if let Some(problem) = proxy::headers::host_problem(req.version(), req.headers(), req.uri())
         {
             return Handled {
@@ -131,7 +131,7 @@ impl App {
     async fn authenticated(
         &self,
         route: &proxy::Route,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         ctx: &RequestCtx,
     ) -> Response<Body> {
         let decision = match self

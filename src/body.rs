@@ -41,3 +41,63 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
 pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
     json(status, &serde_json::json!({ "errors": message }))
 }
+
+/// Every request body the gateway handles: read from an HTTP/1 connection
+/// by the gateway's own server, from hyper (HTTP/2, the admin listener), or
+/// none.
+pub struct RequestBody(RequestInner);
+
+enum RequestInner {
+    Empty,
+    Hyper(hyper::body::Incoming),
+    H1(crate::server::h1::Streamed),
+}
+
+impl RequestBody {
+    pub fn empty() -> RequestBody {
+        RequestBody(RequestInner::Empty)
+    }
+
+    pub(crate) fn h1(body: crate::server::h1::Streamed) -> RequestBody {
+        RequestBody(RequestInner::H1(body))
+    }
+}
+
+impl From<hyper::body::Incoming> for RequestBody {
+    fn from(body: hyper::body::Incoming) -> RequestBody {
+        RequestBody(RequestInner::Hyper(body))
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::pin::Pin;
+        match &mut self.0 {
+            RequestInner::Empty => std::task::Poll::Ready(None),
+            RequestInner::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestInner::H1(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            RequestInner::Empty => true,
+            RequestInner::Hyper(b) => b.is_end_stream(),
+            RequestInner::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.0 {
+            RequestInner::Empty => http_body::SizeHint::with_exact(0),
+            RequestInner::Hyper(b) => b.size_hint(),
+            RequestInner::H1(b) => b.size_hint(),
+        }
+    }
+}

@@ -13,6 +13,7 @@
 //! connections its requests use, so a request never crosses threads.
 
 mod conn;
+pub mod h1;
 mod tls;
 
 use std::cell::Cell;
@@ -37,7 +38,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Level;
 
 use crate::app::App;
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::config::{Config, ServerConfig};
 use crate::ctx::RequestCtx;
 use crate::metrics::Metrics;
@@ -89,6 +90,7 @@ struct Shared {
     builder: auto::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    max_header_size: usize,
     tls: Option<TlsAcceptor>,
     public_slots: Arc<Semaphore>,
     admin_slots: Arc<Semaphore>,
@@ -129,6 +131,7 @@ pub async fn serve(
         builder: connection_builder(&server),
         header_read_timeout: server.header_read_timeout,
         idle_timeout: server.idle_timeout,
+        max_header_size: server.max_header_size,
         tls,
         public_slots: Arc::new(Semaphore::new(server.max_connections)),
         admin_slots: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
@@ -246,6 +249,14 @@ impl Workers {
                     runtime.block_on(async move {
                         while let Some(h) = rx.recv().await {
                             match TcpStream::from_std(h.stream) {
+                                Ok(stream) if shared.tls.is_none() => {
+                                    tokio::spawn(serve_plain(
+                                        shared.clone(),
+                                        stream,
+                                        h.peer,
+                                        h.ticket,
+                                    ));
+                                }
                                 Ok(stream) => {
                                     tokio::spawn(serve_connection(
                                         shared.clone(),
@@ -354,6 +365,9 @@ fn accept_connection(
     }
 }
 
+/// Serves one accepted connection. Public connections speak HTTP/1.1 to the
+/// gateway's own server ([`h1`]) and HTTP/2 (h2c with prior knowledge, or
+/// ALPN `h2`) to hyper's; the admin listener is served by hyper.
 async fn serve_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
@@ -361,20 +375,131 @@ async fn serve_connection(
     kind: Kind,
     ticket: ConnTicket,
 ) {
-    let state = ConnState::new();
-    let io = TrackedStream::new(stream, state.clone(), ticket);
     match (&shared.tls, kind) {
         (Some(acceptor), Kind::Public) => {
-            let handshake = tokio::time::timeout(shared.header_read_timeout, acceptor.accept(io));
+            let state = ConnState::new();
+            let io = TrackedStream::new(stream, state.clone(), ticket);
+            // Boxed, as the HTTP/2 arms below: the connection task is as
+            // large as its largest state, and the HTTP/1 arm is the one that
+            // should decide it.
+            let handshake = Box::pin(tokio::time::timeout(
+                shared.header_read_timeout,
+                acceptor.accept(io),
+            ));
             match handshake.await {
                 Ok(Ok(tls)) => {
-                    serve_http(&shared, TokioIo::new(tls), peer, kind, true, state).await
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        Box::pin(serve_http(
+                            &shared,
+                            TokioIo::new(tls),
+                            peer,
+                            kind,
+                            true,
+                            state,
+                        ))
+                        .await
+                    } else {
+                        let (read, write) = tokio::io::split(tls);
+                        h1::serve(
+                            shared.clone(),
+                            Box::new(read),
+                            Box::new(write),
+                            peer,
+                            true,
+                            None,
+                        )
+                        .await
+                    }
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
-        _ => serve_http(&shared, TokioIo::new(io), peer, kind, false, state).await,
+        (None, Kind::Public) => serve_plain(shared, stream, peer, ticket).await,
+        (_, Kind::Admin) => {
+            let state = ConnState::new();
+            let io = TrackedStream::new(stream, state.clone(), ticket);
+            Box::pin(serve_http(
+                &shared,
+                TokioIo::new(io),
+                peer,
+                kind,
+                false,
+                state,
+            ))
+            .await
+        }
+    }
+}
+
+/// A public connection without TLS: HTTP/1.1, or h2c with prior knowledge.
+/// Its own task, kept apart from the TLS and admin paths so that the task
+/// of a waiting HTTP/1 connection is no larger than HTTP/1 needs.
+async fn serve_plain(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, ticket: ConnTicket) {
+    match starts_with_h2_preface(&stream, &shared).await {
+        Some(true) => {
+            let state = ConnState::new();
+            let io = TrackedStream::new(stream, state.clone(), ticket);
+            Box::pin(serve_http(
+                &shared,
+                TokioIo::new(io),
+                peer,
+                Kind::Public,
+                false,
+                state,
+            ))
+            .await
+        }
+        Some(false) => {
+            let (read, write) = stream.into_split();
+            h1::serve(
+                shared,
+                Box::new(read),
+                Box::new(write),
+                peer,
+                false,
+                Some(ticket),
+            )
+            .await
+        }
+        None => tracing::debug!(%peer, "closed before a request"),
+    }
+}
+
+/// Whether a plain connection opens with the HTTP/2 connection preface
+/// (h2c with prior knowledge). Only peeks, so either server reads the
+/// bytes itself. `None`: the connection closed, stayed silent past the idle
+/// timeout, or the server is shutting down.
+async fn starts_with_h2_preface(stream: &TcpStream, shared: &Shared) -> Option<bool> {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut drain = shared.drain.subscribe();
+    let ready = tokio::select! {
+        biased;
+        _ = drain.wait_for(|d| *d) => return None,
+        ready = tokio::time::timeout(shared.idle_timeout, stream.readable()) => ready,
+    };
+    if !matches!(ready, Ok(Ok(()))) {
+        return None;
+    }
+    let deadline = Instant::now() + shared.header_read_timeout;
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != PREFACE[..n] {
+            return Some(false);
+        }
+        if n == PREFACE.len() {
+            return Some(true);
+        }
+        // A prefix of the preface: wait for the rest (it normally comes in
+        // one segment).
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -404,10 +529,12 @@ async fn serve_http<I>(
             // pointer, and the request's state lives only while it runs.
             Box::pin(async move {
                 let res = match kind {
-                    Kind::Public => public_request(&shared, req, peer, tls).await,
+                    Kind::Public => {
+                        public_request(&shared, req.map(RequestBody::from), peer, tls).await
+                    }
                     Kind::Admin => {
                         let app = shared.app.load_full();
-                        crate::admin::handle(&app, req).await
+                        crate::admin::handle(&app, req.map(RequestBody::from)).await
                     }
                 };
                 Ok::<_, Infallible>(res.map(|body| TrackedBody::new(body, guard)))
@@ -433,7 +560,7 @@ async fn serve_http<I>(
 /// metrics and the access log line.
 async fn public_request(
     shared: &Shared,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     peer: SocketAddr,
     tls: bool,
 ) -> Response<Body> {

@@ -4,9 +4,9 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::body::RequestBody;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use crate::body::BoxError;
 
@@ -17,16 +17,22 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// The client's body failed while it was streamed upstream: malformed
+/// framing, or the client went away mid-body.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body failed")]
+pub struct ClientBodyFailed(#[source] pub BoxError);
+
 /// A streamed request body with an optional byte limit.
 pub struct ForwardBody {
     /// `None` once the limit tripped.
-    inner: Option<Incoming>,
+    inner: Option<RequestBody>,
     limit: u64,
     seen: u64,
 }
 
 impl ForwardBody {
-    pub fn new(body: Incoming, limit: Option<u64>) -> Self {
+    pub fn new(body: RequestBody, limit: Option<u64>) -> Self {
         ForwardBody {
             inner: Some(body),
             limit: limit.unwrap_or(u64::MAX),
@@ -49,7 +55,7 @@ impl HttpBody for ForwardBody {
         };
         let frame = match Pin::new(body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(ClientBodyFailed(e).into()))),
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };

@@ -6,7 +6,7 @@ use std::io;
 
 use http::{Response, StatusCode};
 
-use super::body::BodyTooLarge;
+use super::body::{BodyTooLarge, ClientBodyFailed};
 use crate::body::{json_error, Body};
 use crate::metrics::UpstreamErrorKind;
 
@@ -18,6 +18,9 @@ pub enum ProxyError {
     /// The body is larger than the route's `max_body` (client).
     #[error("request body too large")]
     BodyTooLarge,
+    /// The client's body broke off or was malformed while streaming (client).
+    #[error("malformed request body")]
+    BadRequestBody,
     /// CONNECT is not forwarded (client).
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -44,6 +47,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequestBody => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoHealthyUpstream
@@ -62,6 +66,7 @@ impl ProxyError {
         let message = match self {
             ProxyError::NoRoute => "No route",
             ProxyError::BodyTooLarge => "Request body too large",
+            ProxyError::BadRequestBody => "Malformed request body",
             ProxyError::MethodNotAllowed => "Method not allowed",
             ProxyError::Timeout => "Upstream timed out",
             ProxyError::NoHealthyUpstream
@@ -77,6 +82,8 @@ pub(super) struct Failure {
     pub(super) kind: UpstreamErrorKind,
     /// Our own body limit tripped while streaming.
     pub(super) body_too_large: bool,
+    /// The client's body failed while streaming.
+    pub(super) client_body: bool,
 }
 
 fn sources<'a>(
@@ -97,6 +104,7 @@ pub(super) fn classify_connect(err: &io::Error) -> UpstreamErrorKind {
 /// An exchange that failed once the request was on its way.
 pub(super) fn classify_exchange(err: &hyper::Error) -> Failure {
     let body_too_large = sources(err).any(|e| e.is::<BodyTooLarge>());
+    let client_body = sources(err).any(|e| e.is::<ClientBodyFailed>());
     let io_kind = sources(err).find_map(|e| e.downcast_ref::<io::Error>().map(io::Error::kind));
     let kind = match io_kind {
         Some(
@@ -113,6 +121,7 @@ pub(super) fn classify_exchange(err: &hyper::Error) -> Failure {
     Failure {
         kind,
         body_too_large,
+        client_body,
     }
 }
 

@@ -28,11 +28,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 use ipnet::IpNet;
 
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, RequestBody};
 use crate::config::{Config, RouteConfig};
 use crate::ctx::RequestCtx;
 use crate::metrics::{Metrics, RouteStats, UpstreamErrorKind};
@@ -41,7 +39,7 @@ use self::body::ForwardBody;
 pub use self::error::ProxyError;
 use self::headers::ForwardedFor;
 use self::pool::{Connector, SendError, UpstreamBody};
-pub use self::tunnel::Tunnels;
+pub use self::tunnel::{ClientUpgrade, Tunnels};
 use self::upstream::{UpstreamSet, UpstreamTarget};
 
 /// How long an idle pooled upstream connection is kept.
@@ -100,11 +98,11 @@ pub struct Proxy {
 pub struct Outgoing<'r> {
     route: &'r Route,
     parts: http::request::Parts,
-    body: Incoming,
+    body: RequestBody,
     /// The path and query to send, relative to the upstream base.
     path: PathAndQuery,
     /// The client's side of an upgrade, and the protocols it asked for.
-    upgrade: Option<(OnUpgrade, HeaderValue)>,
+    upgrade: Option<(ClientUpgrade, HeaderValue)>,
 }
 
 impl Outgoing<'_> {
@@ -228,7 +226,7 @@ impl Proxy {
     /// Routes and forwards `req`, appending `extra_response_headers` (e.g.
     /// `Set-Cookie`) to the upstream's response. Answers 404 when no route
     /// matches.
-    pub async fn handle(&self, req: Request<Incoming>, ctx: &RequestCtx) -> Response<Body> {
+    pub async fn handle(&self, req: Request<RequestBody>, ctx: &RequestCtx) -> Response<Body> {
         match self.route_for_request(&req) {
             Some(route) => self.forward(route, req, ctx, HeaderMap::new()).await,
             None => ProxyError::NoRoute.to_response(),
@@ -239,7 +237,7 @@ impl Proxy {
     pub async fn forward(
         &self,
         route: &Route,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         ctx: &RequestCtx,
         extra_response_headers: HeaderMap,
     ) -> Response<Body> {
@@ -256,7 +254,7 @@ impl Proxy {
     pub fn prepare<'r>(
         &self,
         route: &'r Route,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         ctx: &RequestCtx,
     ) -> Result<Outgoing<'r>, ProxyError> {
         if req.method() == Method::CONNECT {
@@ -271,7 +269,7 @@ impl Proxy {
             && headers::is_upgrade_request(req.headers()))
         .then(|| req.headers().get(header::UPGRADE).cloned())
         .flatten()
-        .map(|protocols| (hyper::upgrade::on(&mut req), protocols));
+        .map(|protocols| (ClientUpgrade::take(&mut req), protocols));
 
         let (mut parts, body) = req.into_parts();
         let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -374,7 +372,7 @@ impl Proxy {
         (
             Response<Body>,
             &'r UpstreamTarget,
-            Option<(OnUpgrade, HeaderValue)>,
+            Option<(ClientUpgrade, HeaderValue)>,
         ),
         (ProxyError, Option<&'r UpstreamTarget>),
     > {
@@ -433,6 +431,9 @@ impl Proxy {
                     if failure.body_too_large {
                         return Err((ProxyError::BodyTooLarge, Some(target)));
                     }
+                    if failure.client_body {
+                        return Err((ProxyError::BadRequestBody, Some(target)));
+                    }
                     self.metrics.upstream_error(&route.name, failure.kind);
                     let err = ProxyError::Upstream {
                         kind: failure.kind,
@@ -450,7 +451,7 @@ impl Proxy {
         route: &Route,
         target: &UpstreamTarget,
         mut res: Response<Body>,
-        upgrade: Option<(OnUpgrade, HeaderValue)>,
+        upgrade: Option<(ClientUpgrade, HeaderValue)>,
         extra_response_headers: HeaderMap,
     ) -> Result<Response<Body>, ProxyError> {
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -2,11 +2,48 @@
 
 use std::sync::Arc;
 
+use http::Request;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
+use crate::body::RequestBody;
 use crate::metrics::Metrics;
+use crate::server::h1::PendingUpgrade;
+
+/// The client's side of an upgrade: from the gateway's HTTP/1 server, or
+/// from hyper.
+pub enum ClientUpgrade {
+    H1(PendingUpgrade),
+    Hyper(OnUpgrade),
+}
+
+impl ClientUpgrade {
+    /// Takes the upgrade handle out of a request.
+    pub fn take(req: &mut Request<RequestBody>) -> ClientUpgrade {
+        match req.extensions_mut().remove::<PendingUpgrade>() {
+            Some(pending) => ClientUpgrade::H1(pending),
+            None => ClientUpgrade::Hyper(hyper::upgrade::on(req)),
+        }
+    }
+
+    async fn connection(self) -> Result<Box<dyn Io>, String> {
+        match self {
+            ClientUpgrade::H1(pending) => match pending.connection().await {
+                Some(io) => Ok(Box::new(io)),
+                None => Err("the client connection was not upgraded".to_owned()),
+            },
+            ClientUpgrade::Hyper(on) => match on.await {
+                Ok(io) => Ok(Box::new(TokioIo::new(io))),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// The running tunnels: counted, so shutdown can wait for them, and stoppable
 /// at once when the drain deadline passes. Cloning shares the set.
@@ -50,7 +87,7 @@ impl Tunnels {
     /// upgraded connections, in a task of its own, until either side closes.
     pub(super) fn spawn(
         &self,
-        client: OnUpgrade,
+        client: ClientUpgrade,
         upstream: OnUpgrade,
         metrics: Arc<Metrics>,
         route: Arc<str>,
@@ -61,14 +98,14 @@ impl Tunnels {
         metrics.tunnels_active.inc();
         tokio::spawn(async move {
             let relay = async {
-                let (client, upstream) = match tokio::try_join!(client, upstream) {
+                let upstream = async { upstream.await.map_err(|e| e.to_string()) };
+                let (mut client, upstream) = match tokio::try_join!(client.connection(), upstream) {
                     Ok(pair) => pair,
                     Err(e) => {
                         tracing::debug!(%route, error = %e, "upgrade failed");
                         return;
                     }
                 };
-                let mut client = TokioIo::new(client);
                 let mut upstream = TokioIo::new(upstream);
                 match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                     Ok((up, down)) => tracing::debug!(%route, up, down, "tunnel closed"),

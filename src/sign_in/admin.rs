@@ -8,9 +8,9 @@
 //! Every call needs `Authorization: Bearer <admin.token>`, compared in
 //! constant time; without a configured token the API is off (404).
 
+use crate::body::RequestBody;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
@@ -27,7 +27,7 @@ struct CreateRequest {
     user_attributes: Option<serde_json::Value>,
 }
 
-pub(super) async fn handle(sign_in: &SignIn, req: Request<Incoming>) -> Response<Body> {
+pub(super) async fn handle(sign_in: &SignIn, req: Request<RequestBody>) -> Response<Body> {
     let Some(expected) = &sign_in.admin_token else {
         return json_error(StatusCode::NOT_FOUND, "Admin API is disabled");
     };
@@ -63,7 +63,7 @@ pub(super) async fn handle(sign_in: &SignIn, req: Request<Incoming>) -> Response
     }
 }
 
-async fn create(sign_in: &SignIn, req: Request<Incoming>) -> Response<Body> {
+async fn create(sign_in: &SignIn, req: Request<RequestBody>) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let body = match read_small_body(&parts.headers, body).await {
         Ok(b) => b,
@@ -129,7 +129,7 @@ async fn create(sign_in: &SignIn, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-async fn list(sign_in: &SignIn, req: &Request<Incoming>) -> Response<Body> {
+async fn list(sign_in: &SignIn, req: &Request<RequestBody>) -> Response<Body> {
     let user = req.uri().query().and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "user_uuid")

@@ -14,11 +14,11 @@ pub mod params;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::body::RequestBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
 use crate::body::{empty, json, json_error, Body};
 use crate::clock::{SharedClock, SystemClock};
@@ -169,7 +169,7 @@ impl SignIn {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, ctx: &RequestCtx) -> Response<Body> {
+    pub async fn handle(&self, req: Request<RequestBody>, ctx: &RequestCtx) -> Response<Body> {
         let origin = cors::allowed_origin(req.headers(), &self.cors_origins).cloned();
         let preflight = cors::is_preflight(req.method(), req.headers());
         let mut res = if preflight {
@@ -201,7 +201,7 @@ impl SignIn {
         res
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn route(&self, req: Request<RequestBody>) -> Response<Body> {
         let endpoint = req.uri().path()[self.prefix.len()..].trim_end_matches('/');
         let (endpoint, allowed) = match endpoint {
             "/refresh" => (Endpoint::Refresh, Method::POST),
@@ -230,7 +230,7 @@ impl SignIn {
     /// Reads the query, body and cookies of a refresh or revoke call.
     async fn credentials(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<params::Credentials, Response<Body>> {
         let (parts, body) = req.into_parts();
         let body = read_small_body(&parts.headers, body).await?;
@@ -247,7 +247,7 @@ impl SignIn {
     /// The refresh token (required) and anti-CSRF token of a refresh or revoke call.
     async fn presented(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<(String, Option<String>), Response<Body>> {
         let creds = self.credentials(req).await?;
         match creds.refresh_token {
@@ -256,7 +256,7 @@ impl SignIn {
         }
     }
 
-    async fn refresh(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn refresh(&self, req: Request<RequestBody>) -> Response<Body> {
         let (token, anti_csrf) = match self.presented(req).await {
             Ok(p) => p,
             Err(res) => return res,
@@ -274,7 +274,7 @@ impl SignIn {
         self.error(e, client.as_deref())
     }
 
-    async fn revoke(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn revoke(&self, req: Request<RequestBody>) -> Response<Body> {
         let (token, anti_csrf) = match self.presented(req).await {
             Ok(p) => p,
             Err(res) => return res,
@@ -318,7 +318,7 @@ impl SignIn {
         }
     }
 
-    async fn revoke_all(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn revoke_all(&self, req: Request<RequestBody>) -> Response<Body> {
         let claims = match self.verified_access(req.headers()) {
             Ok(c) => c,
             Err(res) => return res,
@@ -329,7 +329,7 @@ impl SignIn {
         }
     }
 
-    async fn logout(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn logout(&self, req: Request<RequestBody>) -> Response<Body> {
         let query_client = req.uri().query().and_then(|q| {
             form_urlencoded::parse(q.as_bytes())
                 .find(|(k, _)| k == "client_id")
@@ -425,7 +425,7 @@ impl SignIn {
     }
 
     /// The session admin API (`/admin/...` on the admin listener).
-    pub async fn admin(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn admin(&self, req: Request<RequestBody>) -> Response<Body> {
         Box::pin(admin::handle(self, req)).await
     }
 
@@ -447,7 +447,7 @@ fn append_cookies(headers: &mut HeaderMap, values: Vec<HeaderValue>) {
 }
 
 /// Reads a small body with a size cap and a deadline.
-async fn read_small_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, Response<Body>> {
+async fn read_small_body(headers: &HeaderMap, body: RequestBody) -> Result<Bytes, Response<Body>> {
     // The rest of the body stays unread, so the connection closes after this
     // answer: say so (RFC 9112 §9.6), or a pooling client reuses it.
     let too_large = || {

@@ -1,0 +1,137 @@
+//! The connection's two halves, reading without a resident buffer, and the
+//! connection after an upgrade.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::server::conn::ConnTicket;
+
+pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Bytes taken from the socket per read.
+const READ_SIZE: usize = 16 * 1024;
+
+thread_local! {
+    /// Reads land here first and are copied out in exactly the size that
+    /// arrived, so an idle connection holds no read buffer at all.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
+}
+
+/// The read half of a client connection and the bytes read but not yet used.
+pub(crate) struct ReadSide {
+    pub(crate) io: BoxRead,
+    pub(crate) buf: BytesMut,
+}
+
+impl ReadSide {
+    pub(crate) fn new(io: BoxRead) -> ReadSide {
+        ReadSide {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Reads what the socket has into `buf`; `Ok(0)` at end of stream.
+    pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let mut rb = ReadBuf::new(&mut scratch[..]);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+            let filled = rb.filled();
+            self.buf.extend_from_slice(filled);
+            Poll::Ready(Ok(filled.len()))
+        })
+    }
+
+    pub(crate) async fn fill(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// Writes all of `bufs` (gathered), then flushes.
+pub(crate) async fn write_all(w: &mut BoxWrite, bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    let mut bufs = bufs;
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = w.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    w.flush().await
+}
+
+/// A client connection handed over after `101 Switching Protocols`: the
+/// bytes the client sent after its request first, then the socket. It keeps
+/// the connection's slot and gauge while the tunnel runs.
+pub struct Upgraded {
+    prefix: Bytes,
+    read: BoxRead,
+    write: BoxWrite,
+    _ticket: Option<ConnTicket>,
+}
+
+impl Upgraded {
+    pub(crate) fn new(read: ReadSide, write: BoxWrite, ticket: Option<ConnTicket>) -> Upgraded {
+        Upgraded {
+            prefix: read.buf.freeze(),
+            read: read.io,
+            write,
+            _ticket: ticket,
+        }
+    }
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.write).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.write).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.write.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.write).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.write).poll_shutdown(cx)
+    }
+}

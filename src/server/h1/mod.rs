@@ -1,0 +1,486 @@
+//! The HTTP/1.1 server side of client connections.
+//!
+//! Written for what a gateway holds most of: keep-alive connections waiting
+//! for their next request. Between requests a connection owns its socket
+//! halves and a few words of state, no buffers: reads go through a
+//! per-thread scratch buffer and are copied out in the size that arrived,
+//! responses are encoded into a buffer that lives while they are written.
+//! Its timeouts (idle, request head, client not reading) are timers of its
+//! own task, so no second task watches it.
+//!
+//! Per request: the head is parsed with httparse (strict framing, see
+//! [`parse`]), the body is streamed to the handler as it polls it
+//! ([`body`]), and the response is written with `Content-Length` when its
+//! size is known, else chunked (HTTP/1.1) or until close (HTTP/1.0). A small
+//! response goes out in one write together with its head. A body the
+//! handler did not read to its end is drained when it is small and quick,
+//! otherwise the connection closes after the response.
+
+mod body;
+mod decode;
+mod encode;
+mod io;
+mod parse;
+
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::FutureExt as _;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::{oneshot, watch};
+
+use super::conn::ConnTicket;
+use super::Shared;
+use crate::body::{json_error, Body, RequestBody};
+
+pub(crate) use self::body::Streamed;
+pub use self::io::Upgraded;
+pub(crate) use self::io::{BoxRead, BoxWrite};
+
+use self::body::BodyShared;
+use self::decode::{Decoder, Step};
+use self::encode::{Exchange, Framing};
+use self::io::{write_all, ReadSide};
+use self::parse::HeadError;
+
+/// A body frame up to this size is copied into the pending write instead of
+/// being written on its own.
+const COALESCE: usize = 16 * 1024;
+/// A body the handler left unread is drained, so the connection can stay
+/// open, when this little of it is left.
+const DRAIN_LIMIT: u64 = 64 * 1024;
+/// How long, and for how many bytes, a connection closed with unread input
+/// keeps reading (see [`linger`]).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// The client side of an upgrade requested on an HTTP/1 connection: resolves
+/// to the connection once the `101` response has been written. (Request
+/// extensions must be `Clone`; the first to take the receiver has it.)
+#[derive(Clone)]
+pub struct PendingUpgrade(Arc<std::sync::Mutex<Option<oneshot::Receiver<Upgraded>>>>);
+
+impl PendingUpgrade {
+    /// Resolves to the upgraded connection; `None` when the response was not
+    /// a `101` or the connection is gone.
+    pub(crate) async fn connection(self) -> Option<Upgraded> {
+        let rx = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()?;
+        rx.await.ok()
+    }
+}
+
+/// Per-connection settings, fixed at start.
+pub(crate) struct Limits {
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_header_size: usize,
+}
+
+/// Serves HTTP/1 requests on one client connection until it closes, times
+/// out, is upgraded, or the server shuts down.
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    read: BoxRead,
+    write: BoxWrite,
+    peer: SocketAddr,
+    tls: bool,
+    ticket: Option<ConnTicket>,
+) {
+    let mut conn = Conn {
+        limits: Limits {
+            header_read_timeout: shared.header_read_timeout,
+            idle_timeout: shared.idle_timeout,
+            max_header_size: shared.max_header_size,
+        },
+        drain: shared.drain.subscribe(),
+        hard_stop: shared.hard_stop.subscribe(),
+        shared,
+        peer,
+        tls,
+        read: Some(ReadSide::new(read)),
+        write,
+        ticket,
+        linger: false,
+    };
+    let reason = conn.run().await;
+    tracing::debug!(%peer, reason, "closing connection");
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.write.shutdown()).await;
+    if conn.linger {
+        if let Some(read) = conn.read.as_mut() {
+            linger(read).await;
+        }
+    }
+}
+
+/// After the response and our FIN, reads and discards what the client is
+/// still sending (the rest of a body it was told it need not send) for a
+/// moment. Closing a socket with unread input resets it, and a reset can
+/// destroy the response before the client has read it.
+async fn linger(read: &mut ReadSide) {
+    let discard = async {
+        let mut total = 0usize;
+        loop {
+            read.buf.clear();
+            match read.fill().await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+            if total > LINGER_BYTES {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, discard).await;
+    read.buf = BytesMut::new();
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    limits: Limits,
+    drain: watch::Receiver<bool>,
+    hard_stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+    tls: bool,
+    /// `None` while a request body holds it.
+    read: Option<ReadSide>,
+    write: BoxWrite,
+    /// The connection's slot, unless its stream holds it; handed on to an
+    /// upgraded connection.
+    ticket: Option<ConnTicket>,
+    /// Closing with client input unread: read it away first.
+    linger: bool,
+}
+
+impl Conn {
+    /// Serves requests until the connection should close; says why.
+    async fn run(&mut self) -> &'static str {
+        loop {
+            let Some(mut read) = self.read.take() else {
+                return "request body not recovered";
+            };
+            if read.buf.is_empty() {
+                // Idle: give the buffer back and wait for the next request.
+                read.buf = BytesMut::new();
+                if *self.drain.borrow() {
+                    return "shutting down";
+                }
+                let idle = self.limits.idle_timeout;
+                let got = tokio::select! {
+                    biased;
+                    _ = self.drain.wait_for(|d| *d) => return "shutting down",
+                    got = tokio::time::timeout(idle, read.fill()) => got,
+                };
+                match got {
+                    Ok(Ok(0)) => return "closed by client",
+                    Ok(Err(_)) => return "read error",
+                    Err(_) => return "idle",
+                    Ok(Ok(_)) => {}
+                }
+            }
+            let head = tokio::time::timeout(
+                self.limits.header_read_timeout,
+                read_head(&mut read, self.limits.max_header_size),
+            )
+            .await;
+            let head = match head {
+                Err(_) => return "request head not received in time",
+                Ok(Err(None)) => return "closed during a request head",
+                Ok(Err(Some(e))) => {
+                    self.linger_on(read);
+                    let mut res = json_error(e.status(), &e.to_string());
+                    res.headers_mut()
+                        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                    let exchange = Exchange {
+                        version: http::Version::HTTP_11,
+                        head_request: false,
+                    };
+                    let _ = self.respond(res, exchange, false).await;
+                    return "malformed request head";
+                }
+                Ok(Ok(head)) => head,
+            };
+            // Boxed: an exchange's state (request head, response writing) is
+            // large, and only needed while it runs, not while the connection
+            // waits for its next request.
+            match Box::pin(self.exchange(head, read)).await {
+                Next::Continue => {}
+                Next::Close(reason) => return reason,
+            }
+        }
+    }
+
+    /// One request and its response.
+    async fn exchange(&mut self, head: parse::Head, read: ReadSide) -> Next {
+        let exchange = Exchange {
+            version: head.version,
+            head_request: head.method == Method::HEAD,
+        };
+        if head.expect_continue
+            && tokio::time::timeout(
+                self.limits.idle_timeout,
+                write_all(
+                    &mut self.write,
+                    &mut [IoSlice::new(b"HTTP/1.1 100 Continue\r\n\r\n")],
+                ),
+            )
+            .await
+            .is_err()
+        {
+            return Next::Close("client stopped reading");
+        }
+        let (body, shared_body) = match head.framing {
+            parse::Framing::Empty => {
+                self.read = Some(read);
+                (RequestBody::empty(), None)
+            }
+            parse::Framing::Length(n) => {
+                let shared = BodyShared::new(read, Decoder::length(n));
+                (RequestBody::h1(Streamed::new(shared.clone())), Some(shared))
+            }
+            parse::Framing::Chunked => {
+                let shared = BodyShared::new(read, Decoder::chunked(self.limits.max_header_size));
+                (RequestBody::h1(Streamed::new(shared.clone())), Some(shared))
+            }
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method;
+        *req.uri_mut() = head.uri;
+        *req.version_mut() = head.version;
+        *req.headers_mut() = head.headers;
+        let upgrade = head.upgrade.then(|| {
+            let (tx, rx) = oneshot::channel();
+            req.extensions_mut()
+                .insert(PendingUpgrade(Arc::new(std::sync::Mutex::new(Some(rx)))));
+            tx
+        });
+
+        // Boxed, so the connection's own future stays small while idle.
+        let handling = Box::pin(super::public_request(
+            &self.shared,
+            req,
+            self.peer,
+            self.tls,
+        ));
+        let res = tokio::select! {
+            res = handling => res,
+            _ = self.hard_stop.wait_for(|s| *s) => return Next::Close("server stopped"),
+        };
+        let upgrading = upgrade.is_some() && res.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let keep_alive = head.keep_alive
+            && !*self.drain.borrow()
+            && !shared_body
+                .as_ref()
+                .is_some_and(|b| b.beyond_drain(DRAIN_LIMIT));
+        let mut hard_stop = self.hard_stop.clone();
+        let written = tokio::select! {
+            w = self.respond(res, exchange, keep_alive) => w,
+            _ = hard_stop.wait_for(|s| *s) => return Next::Close("server stopped"),
+        };
+        let keep_alive = match written {
+            Ok(keep_alive) => keep_alive,
+            Err(reason) => return Next::Close(reason),
+        };
+
+        if let Some(shared) = shared_body {
+            let Some((mut read, mut decoder, failed)) = shared.reclaim() else {
+                return Next::Close("request body not recovered");
+            };
+            if failed {
+                self.linger_on(read);
+                return Next::Close("malformed request body");
+            }
+            let finished = decoder.is_done()
+                || (keep_alive
+                    && drain_body(&mut read, &mut decoder, self.limits.header_read_timeout).await);
+            if !finished {
+                self.linger_on(read);
+                return Next::Close("request body not read");
+            }
+            self.read = Some(read);
+        }
+        if upgrading {
+            if let (Some(tx), Some(read)) = (upgrade, self.read.take()) {
+                let ticket = self.ticket.take();
+                let write: BoxWrite =
+                    std::mem::replace(&mut self.write, Box::new(tokio::io::sink()));
+                let _ = tx.send(Upgraded::new(read, write, ticket));
+            }
+            return Next::Close("upgraded");
+        }
+        if keep_alive {
+            Next::Continue
+        } else {
+            Next::Close("not keep-alive")
+        }
+    }
+
+    /// Keeps the read side for [`linger`] when the connection closes.
+    fn linger_on(&mut self, read: ReadSide) {
+        self.read = Some(read);
+        self.linger = true;
+    }
+
+    /// Writes a response; `Ok(keep_alive)` when it went out whole.
+    async fn respond(
+        &mut self,
+        res: Response<Body>,
+        exchange: Exchange,
+        mut keep_alive: bool,
+    ) -> Result<bool, &'static str> {
+        let (mut parts, mut body) = res.into_parts();
+        let mut out = Vec::with_capacity(512);
+        let framing = encode::head(
+            parts.status,
+            &mut parts.headers,
+            &http_body::Body::size_hint(&body),
+            exchange,
+            &mut keep_alive,
+            &mut out,
+        );
+        let idle = self.limits.idle_timeout;
+        if framing == Framing::None {
+            drop(body);
+            self.flush(&mut out, None, idle).await?;
+            return Ok(keep_alive);
+        }
+        let mut sent: u64 = 0;
+        loop {
+            // Frames ready now join the pending write; otherwise write what
+            // is pending before waiting for the next one.
+            let frame = match body.frame().now_or_never() {
+                Some(frame) => frame,
+                None => {
+                    self.flush(&mut out, None, idle).await?;
+                    body.frame().await
+                }
+            };
+            let data = match frame {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "response body failed");
+                    // Whatever was sent, the client must not take it as whole.
+                    let _ = self.flush(&mut out, None, idle).await;
+                    return Err("response body failed");
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => data,
+                    _ => continue,
+                },
+            };
+            let len = data.len() as u64;
+            if let Framing::Length(n) = framing {
+                if sent + len > n {
+                    tracing::debug!(peer = %self.peer, "response body longer than its length");
+                    return Err("response body longer than declared");
+                }
+            }
+            sent += len;
+            if framing == Framing::Chunked {
+                encode::chunk_size_line(data.len(), &mut out);
+            }
+            if data.len() <= COALESCE {
+                out.extend_from_slice(&data);
+                if framing == Framing::Chunked {
+                    out.extend_from_slice(b"\r\n");
+                }
+            } else {
+                let tail: &[u8] = if framing == Framing::Chunked {
+                    b"\r\n"
+                } else {
+                    b""
+                };
+                self.flush(&mut out, Some((&data, tail)), idle).await?;
+            }
+        }
+        if let Framing::Length(n) = framing {
+            if sent != n {
+                let _ = self.flush(&mut out, None, idle).await;
+                return Err("response body shorter than declared");
+            }
+        }
+        if framing == Framing::Chunked {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.flush(&mut out, None, idle).await?;
+        Ok(keep_alive)
+    }
+
+    /// Writes `pending` (then `extra`, when given) and clears `pending`. A
+    /// client that takes none of it for `idle` is cut off.
+    async fn flush(
+        &mut self,
+        pending: &mut Vec<u8>,
+        extra: Option<(&[u8], &[u8])>,
+        idle: Duration,
+    ) -> Result<(), &'static str> {
+        if pending.is_empty() && extra.is_none() {
+            return Ok(());
+        }
+        let (a, b) = extra.unwrap_or((b"", b""));
+        let mut bufs = [IoSlice::new(pending), IoSlice::new(a), IoSlice::new(b)];
+        let result = tokio::time::timeout(idle, write_all(&mut self.write, &mut bufs)).await;
+        pending.clear();
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("write error"),
+            Err(_) => Err("client stopped reading"),
+        }
+    }
+}
+
+enum Next {
+    Continue,
+    Close(&'static str),
+}
+
+/// Reads until a whole request head is in `read.buf`. `Err(None)`: the
+/// connection ended first.
+async fn read_head(read: &mut ReadSide, max: usize) -> Result<parse::Head, Option<HeadError>> {
+    loop {
+        if let Some(head) = parse::parse(&mut read.buf, max).map_err(Some)? {
+            return Ok(head);
+        }
+        match read.fill().await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Reads and discards the rest of a request body the handler did not read,
+/// when at most [`DRAIN_LIMIT`] bytes of it arrive within `deadline`. True
+/// when the body ended and the connection can go on.
+async fn drain_body(read: &mut ReadSide, decoder: &mut Decoder, deadline: Duration) -> bool {
+    if decoder.remaining().is_some_and(|n| n > DRAIN_LIMIT) {
+        return false;
+    }
+    let drain = async {
+        let mut seen = 0u64;
+        loop {
+            match decoder.decode(&mut read.buf) {
+                Ok(Step::Done) => return true,
+                Ok(Step::Data(d)) => {
+                    seen += d.len() as u64;
+                    if seen > DRAIN_LIMIT {
+                        return false;
+                    }
+                }
+                Ok(Step::NeedMore) => match read.fill().await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(_) => {}
+                },
+                Err(_) => return false,
+            }
+        }
+    };
+    tokio::time::timeout(deadline, drain).await.unwrap_or(false)
+}

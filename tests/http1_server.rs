@@ -1,0 +1,290 @@
+//! The gateway's HTTP/1.1 server on the wire: pipelining, chunked request
+//! bodies, bodies left unread, HEAD, HTTP/1.0 keep-alive, `Expect:
+//! 100-continue`, refused framing, and an upgrade whose first bytes arrive
+//! with its request. Raw TCP clients against a real upstream.
+
+mod common;
+
+use std::time::Duration;
+
+use common::gateway::{parse_raw, raw, RawResponse, TestGateway};
+use common::upstream::TestUpstream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn config(upstream: &str) -> String {
+    format!(
+        r#"
+[server]
+upstream_timeout = "2s"
+[cookies]
+refresh_path = "/"
+[[routes]]
+path_prefix = "/"
+upstream = "{upstream}"
+"#
+    )
+}
+
+/// A kept-alive raw connection that reads one response at a time.
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr) -> Client {
+        Client {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16384];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// Reads one response (Content-Length, chunked, or no body for HEAD
+    /// and 1xx/204/304) and leaves what follows it.
+    async fn response(&mut self, head_request: bool) -> RawResponse {
+        let end = loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            assert!(self.fill().await, "closed before a response head");
+        };
+        let mut res = parse_raw(&self.buf[..end]);
+        let no_body = head_request || matches!(res.status, 100..=199 | 204 | 304);
+        let chunked = res.header("transfer-encoding") == Some("chunked");
+        let length = res
+            .header("content-length")
+            .map(|v| v.parse::<usize>().unwrap());
+        self.buf.drain(..end);
+        if no_body {
+            return res;
+        }
+        if let Some(len) = length {
+            while self.buf.len() < len {
+                assert!(self.fill().await, "closed inside a body");
+            }
+            res.body = self.buf.drain(..len).collect();
+        } else if chunked {
+            let mut body = Vec::new();
+            loop {
+                let line_end = loop {
+                    if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    assert!(self.fill().await, "closed inside a chunk size");
+                };
+                let size =
+                    usize::from_str_radix(std::str::from_utf8(&self.buf[..line_end]).unwrap(), 16)
+                        .unwrap();
+                while self.buf.len() < line_end + 2 + size + 2 {
+                    assert!(self.fill().await, "closed inside a chunk");
+                }
+                body.extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
+                self.buf.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+            res.body = body;
+        }
+        res
+    }
+
+    /// True when the server closed the connection (after what was read).
+    async fn closed(&mut self) -> bool {
+        self.buf.clear();
+        !self.fill().await
+    }
+}
+
+#[tokio::test]
+async fn pipelined_requests_answer_in_order() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(config(&upstream.url));
+    let mut c = Client::connect(gw.addr).await;
+    c.send(
+        b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /status?code=404 HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /third HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    let first = c.response(false).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.json()["uri"], "/first");
+    assert_eq!(c.response(false).await.status, 404);
+    let third = c.response(false).await;
+    assert_eq!(third.json()["uri"], "/third");
+    assert_eq!(upstream.count(), 3);
+}
+
+#[tokio::test]
+async fn chunked_request_body_reaches_the_upstream_whole() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(config(&upstream.url));
+    let mut c = Client::connect(gw.addr).await;
+    let mut req =
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    req.extend_from_slice(b"5;ext=1\r\nhello\r\n");
+    req.extend_from_slice(b"6\r\n world\r\n");
+    req.extend_from_slice(b"0\r\nX-Trailer: t\r\n\r\n");
+    // Byte by byte: the decoder must cope with any split.
+    for b in req {
+        c.send(&[b]).await;
+    }
+    let res = c.response(false).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json()["len"], 11);
+    assert_eq!(
+        res.json()["sha256"],
+        "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+    );
+    // The connection goes on.
+    c.send(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(c.response(false).await.json()["uri"], "/after");
+}
+
+#[tokio::test]
+async fn a_small_unread_body_is_drained_and_the_connection_kept() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(config(&upstream.url));
+    let mut c = Client::connect(gw.addr).await;
+    // No Host: answered 400 by the gateway without reading the body.
+    c.send(b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789")
+        .await;
+    assert_eq!(c.response(false).await.status, 400);
+    c.send(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let res = c.response(false).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json()["uri"], "/next");
+    assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn a_large_unread_body_closes_the_connection() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(config(&upstream.url));
+    let mut c = Client::connect(gw.addr).await;
+    c.send(b"POST /x HTTP/1.1\r\nContent-Length: 10000000\r\n\r\nstart")
+        .await;
+    let res = c.response(false).await;
+    assert_eq!(res.status, 400);
+    assert_eq!(res.header("connection"), Some("close"));
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn head_http10_and_expect_continue() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(config(&upstream.url));
+
+    // HEAD: the length of the GET, no body, and the connection goes on.
+    let mut c = Client::connect(gw.addr).await;
+    c.send(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let head = c.response(true).await;
+    assert_eq!(head.status, 200);
+    assert!(
+        head.header("content-length")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+    c.send(b"GET /g HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(c.response(false).await.json()["uri"], "/g");
+
+    // HTTP/1.0 with keep-alive: answered in 1.0, kept open.
+    let mut c = Client::connect(gw.addr).await;
+    c.send(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await;
+    let res = c.response(false).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.header("connection"), Some("keep-alive"));
+    c.send(b"GET /b HTTP/1.0\r\n\r\n").await;
+    let res = c.response(false).await;
+    assert_eq!(res.json()["uri"], "/b");
+    assert_eq!(res.header("connection"), Some("close"));
+    assert!(c.closed().await);
+
+    // Expect: 100-continue: the interim answer, then the real one.
+    let mut c = Client::connect(gw.addr).await;
+    c.send(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    assert_eq!(c.response(false).await.status, 100);
+    c.send(b"hello").await;
+    let res = c.response(false).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json()["len"], 5);
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused_before_the_upstream() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(config(&upstream.url));
+    for req in [
+        &b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: -3\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let res = raw(gw.addr, req).await;
+        assert_eq!(res.status, 400, "{:?}", String::from_utf8_lossy(req));
+        assert_eq!(res.header("connection"), Some("close"));
+        assert!(res.json()["errors"].is_string());
+    }
+    // A broken chunk: the upstream sees a failed body, the client no 5xx
+    // from the framing, and the connection closes.
+    let mut c = Client::connect(gw.addr).await;
+    c.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        .await;
+    let res = c.response(false).await;
+    eprintln!(
+        "broken chunk: {} {:?}",
+        res.status,
+        String::from_utf8_lossy(&res.body)
+    );
+    assert_eq!(res.status, 400);
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn websocket_bytes_sent_with_the_upgrade_request_are_relayed() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(config(&upstream.url));
+    let mut c = Client::connect(gw.addr).await;
+    let mut req = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    // A masked text frame "hi", in the same write as the request.
+    let mask = [1u8, 2, 3, 4];
+    req.extend_from_slice(&[0x81, 0x82]);
+    req.extend_from_slice(&mask);
+    req.extend(b"hi".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    c.send(&req).await;
+    let res = c.response(false).await;
+    assert_eq!(res.status, 101);
+    assert_eq!(
+        res.header("sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+    while c.buf.len() < 4 {
+        assert!(c.fill().await, "tunnel closed");
+    }
+    assert_eq!(&c.buf[..4], &[0x81, 0x02, b'h', b'i']);
+}
