@@ -84,7 +84,18 @@ http {
 EOF
     nginx -p "$dir" -c "$dir/nginx.conf" &
     pids+=($!)
+    last_nginx=$!
 }
+
+# utime + stime, in clock ticks, of a process and its children (nginx workers).
+cpu_ticks() { # pid
+    local total=0 p
+    for p in "$1" $(pgrep -P "$1" || true); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
 
 need
 echo "building the gateway (release)…" >&2
@@ -112,6 +123,7 @@ start_nginx proxy "
             proxy_buffering off;
         }
     }"
+nginx_pid=$last_nginx
 
 # The gateway under test.
 cat >"$work/gateway.toml" <<EOF
@@ -128,15 +140,19 @@ if [[ $ACCESS_LOG == 1 ]]; then gw_log=info; else gw_log=warn; fi
 TOKIO_WORKER_THREADS=$WORKERS RUST_LOG=$gw_log "$root/target/release/sis-gateway" run --config "$work/gateway.toml" \
     >"$work/gateway.log" 2>&1 &
 pids+=($!)
+gateway_pid=$!
 
 wait_for "http://127.0.0.1:$UPSTREAM_PORT/"
 wait_for "http://127.0.0.1:$NGINX_PORT/"
 wait_for "http://127.0.0.1:$GATEWAY_PORT/"
 
-# One wrk run; prints "requests_per_second p99_ms".
-measure() { # url
-    local out rps p99
+# One wrk run; prints "requests_per_second p99_ms cpu_us_per_request", the
+# last being the proxy's own CPU time (user + system) per request.
+measure() { # url pid
+    local out rps p99 before after requests
+    before=$(cpu_ticks "$2")
     out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1")
+    after=$(cpu_ticks "$2")
     if grep -q "Non-2xx" <<<"$out"; then
         echo "non-2xx responses from $1:" >&2
         echo "$out" >&2
@@ -144,30 +160,32 @@ measure() { # url
     fi
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}' <<<"$out")
-    echo "$rps $p99"
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    awk -v r="$rps" -v p="$p99" -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
+        'BEGIN { printf "%s %s %.1f\n", r, p, t * 1e6 / hz / n }'
 }
 
 echo "warming up…" >&2
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$GATEWAY_PORT/" >/dev/null
 
-printf '%-7s %-8s %12s %10s\n' round proxy req/s p99_ms
-nginx_rps=() nginx_p99=() gw_rps=() gw_p99=()
+printf '%-7s %-8s %12s %10s %14s\n' round proxy req/s p99_ms cpu_us/req
+nginx_rps=() nginx_p99=() gw_rps=() gw_p99=() nginx_cpu=() gw_cpu=()
 for round in $(seq 1 "$ROUNDS"); do
-    read -r rps p99 < <(measure "http://127.0.0.1:$NGINX_PORT/")
-    nginx_rps+=("$rps") nginx_p99+=("$p99")
-    printf '%-7s %-8s %12.0f %10.2f\n' "$round" nginx "$rps" "$p99"
-    read -r rps p99 < <(measure "http://127.0.0.1:$GATEWAY_PORT/")
-    gw_rps+=("$rps") gw_p99+=("$p99")
-    printf '%-7s %-8s %12.0f %10.2f\n' "$round" gateway "$rps" "$p99"
+    read -r rps p99 cpu < <(measure "http://127.0.0.1:$NGINX_PORT/" "$nginx_pid")
+    nginx_rps+=("$rps") nginx_p99+=("$p99") nginx_cpu+=("$cpu")
+    printf '%-7s %-8s %12.0f %10.2f %14.1f\n' "$round" nginx "$rps" "$p99" "$cpu"
+    read -r rps p99 cpu < <(measure "http://127.0.0.1:$GATEWAY_PORT/" "$gateway_pid")
+    gw_rps+=("$rps") gw_p99+=("$p99") gw_cpu+=("$cpu")
+    printf '%-7s %-8s %12.0f %10.2f %14.1f\n' "$round" gateway "$rps" "$p99" "$cpu"
 done
 
 mean() { printf '%s\n' "$@" | awk '{s+=$1} END {printf "%.2f", s/NR}'; }
-n_rps=$(mean "${nginx_rps[@]}") n_p99=$(mean "${nginx_p99[@]}")
-g_rps=$(mean "${gw_rps[@]}") g_p99=$(mean "${gw_p99[@]}")
+n_rps=$(mean "${nginx_rps[@]}") n_p99=$(mean "${nginx_p99[@]}") n_cpu=$(mean "${nginx_cpu[@]}")
+g_rps=$(mean "${gw_rps[@]}") g_p99=$(mean "${gw_p99[@]}") g_cpu=$(mean "${gw_cpu[@]}")
 echo
-printf 'nginx    %10.0f req/s   p99 %6.2f ms\n' "$n_rps" "$n_p99"
-printf 'gateway  %10.0f req/s   p99 %6.2f ms\n' "$g_rps" "$g_p99"
+printf 'nginx    %10.0f req/s   p99 %6.2f ms   %6.1f µs CPU/request\n' "$n_rps" "$n_p99" "$n_cpu"
+printf 'gateway  %10.0f req/s   p99 %6.2f ms   %6.1f µs CPU/request\n' "$g_rps" "$g_p99" "$g_cpu"
 awk -v g="$g_rps" -v n="$n_rps" -v gp="$g_p99" -v np="$n_p99" 'BEGIN {
     printf "ratio gateway/nginx: throughput %.2f, p99 %.2f\n", g/n, gp/np
 }'

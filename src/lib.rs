@@ -39,6 +39,7 @@ pub mod server;
 pub mod session;
 pub mod sign_in;
 pub mod tokens;
+pub(crate) mod wire;
 
 pub use app::App;
 pub use config::Config;

@@ -6,7 +6,6 @@ use std::io;
 
 use http::{Response, StatusCode};
 
-use super::body::{BodyTooLarge, ClientBodyFailed};
 use crate::body::{json_error, Body};
 use crate::metrics::UpstreamErrorKind;
 
@@ -77,15 +76,6 @@ impl ProxyError {
     }
 }
 
-/// What went wrong with one attempt to reach an upstream.
-pub(super) struct Failure {
-    pub(super) kind: UpstreamErrorKind,
-    /// Our own body limit tripped while streaming.
-    pub(super) body_too_large: bool,
-    /// The client's body failed while streaming.
-    pub(super) client_body: bool,
-}
-
 fn sources<'a>(
     err: &'a (dyn StdError + 'static),
 ) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
@@ -98,30 +88,6 @@ pub(super) fn classify_connect(err: &io::Error) -> UpstreamErrorKind {
         io::ErrorKind::ConnectionRefused => UpstreamErrorKind::refused,
         io::ErrorKind::TimedOut => UpstreamErrorKind::connect_timeout,
         _ => UpstreamErrorKind::connect,
-    }
-}
-
-/// An exchange that failed once the request was on its way.
-pub(super) fn classify_exchange(err: &hyper::Error) -> Failure {
-    let body_too_large = sources(err).any(|e| e.is::<BodyTooLarge>());
-    let client_body = sources(err).any(|e| e.is::<ClientBodyFailed>());
-    let io_kind = sources(err).find_map(|e| e.downcast_ref::<io::Error>().map(io::Error::kind));
-    let kind = match io_kind {
-        Some(
-            io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::UnexpectedEof,
-        ) => UpstreamErrorKind::reset,
-        _ if err.is_incomplete_message() || err.is_canceled() || err.is_closed() => {
-            UpstreamErrorKind::reset
-        }
-        _ => UpstreamErrorKind::other,
-    };
-    Failure {
-        kind,
-        body_too_large,
-        client_body,
     }
 }
 

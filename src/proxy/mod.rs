@@ -38,7 +38,7 @@ use crate::metrics::{Metrics, RouteStats, UpstreamErrorKind};
 use self::body::ForwardBody;
 pub use self::error::ProxyError;
 use self::headers::ForwardedFor;
-use self::pool::{Connector, SendError, UpstreamBody};
+use self::pool::{Connector, SendError};
 pub use self::tunnel::{ClientUpgrade, Tunnels};
 use self::upstream::{UpstreamSet, UpstreamTarget};
 
@@ -396,19 +396,7 @@ impl Proxy {
                 .send(&target.endpoint, target.pools.current(), req)
                 .await
             {
-                Ok((res, sender)) => {
-                    let res = if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        // The connection now belongs to the tunnel.
-                        res.map(|b| b.map_err(BoxError::from).boxed_unsync())
-                    } else {
-                        res.map(|b| {
-                            UpstreamBody::new(b, target.pools.current().clone(), sender)
-                                .map_err(BoxError::from)
-                                .boxed_unsync()
-                        })
-                    };
-                    return Ok((res, target, upgrade));
-                }
+                Ok(res) => return Ok((res, target, upgrade)),
                 Err(SendError::Connect { error, req: back }) => {
                     // Nothing was sent: skip this upstream for a while and
                     // try the next.
@@ -427,17 +415,16 @@ impl Proxy {
                     ));
                 }
                 Err(SendError::Exchange(e)) => {
-                    let failure = error::classify_exchange(&e);
-                    if failure.body_too_large {
+                    if e.body_too_large {
                         return Err((ProxyError::BodyTooLarge, Some(target)));
                     }
-                    if failure.client_body {
+                    if e.client_body {
                         return Err((ProxyError::BadRequestBody, Some(target)));
                     }
-                    self.metrics.upstream_error(&route.name, failure.kind);
+                    self.metrics.upstream_error(&route.name, e.kind);
                     let err = ProxyError::Upstream {
-                        kind: failure.kind,
-                        detail: error::describe(&e),
+                        kind: e.kind,
+                        detail: e.detail,
                     };
                     return Err((err, Some(target)));
                 }
@@ -462,7 +449,11 @@ impl Proxy {
                 .cloned()
                 .filter(|p| offered(&asked, p))
                 .ok_or(ProxyError::BadUpgrade)?;
-            let upstream_side = hyper::upgrade::on(&mut res);
+            let upstream_side = res
+                .extensions()
+                .get::<pool::UpstreamUpgrade>()
+                .and_then(pool::UpstreamUpgrade::take)
+                .ok_or(ProxyError::BadUpgrade)?;
             self.tunnels.spawn(
                 client_side,
                 upstream_side,

@@ -1,33 +1,45 @@
-//! HTTP/1.1 connections to upstreams, pooled per upstream.
+//! HTTP/1.1 connections to upstreams, pooled per upstream, and the client
+//! that runs an exchange on one.
+//!
+//! The exchange runs in the request's own task: the request head is encoded
+//! and written together with the start of its body, the response head is
+//! parsed with httparse, and the response body is read from the connection
+//! as the client side polls it. There is no connection task and no channel
+//! between the request and its connection.
 //!
 //! A connection is taken from its upstream's idle stack (most recently used
 //! first), used for one exchange, and given back as soon as the response
-//! body has been read to its end. Nothing is spawned per request: only the
-//! connection itself runs as a task. A pooled connection the upstream closed
-//! in the meantime is noticed before the request is written, and the request
-//! goes out on a fresh connection instead.
+//! body has been read to its end and the upstream allows reuse. A pooled
+//! connection the upstream closed in the meantime is noticed before the
+//! request is written (a read that is not pending), and a request whose
+//! pooled connection died before any of its body was sent is sent again on
+//! a fresh connection.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::coarse::now_ms;
 
-use bytes::Bytes;
-use http::{Request, Response};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt as _;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt as _;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::body::ForwardBody;
+use super::body::{BodyTooLarge, ForwardBody};
+use crate::body::{Body, BoxError};
+use crate::metrics::UpstreamErrorKind;
+use crate::wire::decode::{Decoder, Step};
+use crate::wire::{poll_fill, write_all};
 
 /// Idle connections kept per upstream and worker at most.
 pub const MAX_IDLE_PER_UPSTREAM: usize = 1024;
@@ -35,6 +47,13 @@ pub const MAX_IDLE_PER_UPSTREAM: usize = 1024;
 /// Pools per upstream: one per worker thread, so a connection is only ever
 /// used by the thread whose runtime drives it.
 pub const WORKER_SLOTS: usize = 64;
+
+/// The largest response head accepted from an upstream.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Header fields a response head may carry.
+const MAX_RESPONSE_HEADERS: usize = 256;
+/// A request body frame up to this size joins the pending write.
+const COALESCE: usize = 16 * 1024;
 
 thread_local! {
     static WORKER_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -72,7 +91,7 @@ pub struct Pool {
 }
 
 struct Idle {
-    sender: SendRequest<ForwardBody>,
+    conn: UpstreamConn,
     /// [`now_ms`] when it was given back.
     since: u64,
 }
@@ -85,37 +104,41 @@ impl Pool {
         })
     }
 
-    fn checkout(&self) -> Option<SendRequest<ForwardBody>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn checkout(&self) -> Option<UpstreamConn> {
         let now = now_ms();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() && now - conn.since < self.idle_timeout_ms {
-                return Some(conn.sender);
+        let mut idle = self.lock();
+        while let Some(c) = idle.pop() {
+            if now - c.since < self.idle_timeout_ms {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn give_back(&self, sender: SendRequest<ForwardBody>) {
-        if sender.is_closed() {
+    fn give_back(&self, conn: UpstreamConn) {
+        if !conn.buf.is_empty() {
+            // Bytes after the response: not a connection to trust again.
             return;
         }
         let since = now_ms();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.lock();
         if idle.len() < MAX_IDLE_PER_UPSTREAM {
-            idle.push(Idle { sender, since });
+            idle.push(Idle { conn, since });
         }
     }
 
     /// Drops idle connections older than the idle timeout (closing them).
     pub fn reap(&self) {
         let now = now_ms();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|c| !c.sender.is_closed() && now - c.since < self.idle_timeout_ms);
+        self.lock().retain(|c| now - c.since < self.idle_timeout_ms);
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.lock().len()
     }
 }
 
@@ -139,7 +162,65 @@ pub enum SendError {
         req: Request<ForwardBody>,
     },
     /// The exchange failed after the request (or part of it) went out.
-    Exchange(hyper::Error),
+    Exchange(ExchangeError),
+}
+
+/// An exchange that failed once the request was on its way.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct ExchangeError {
+    pub kind: UpstreamErrorKind,
+    /// The route's `max_body` tripped while the body streamed.
+    pub body_too_large: bool,
+    /// The client's body failed while it streamed.
+    pub client_body: bool,
+    pub detail: String,
+}
+
+impl ExchangeError {
+    fn io(e: &io::Error, what: &str) -> ExchangeError {
+        let kind = match e.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::WriteZero => UpstreamErrorKind::reset,
+            _ => UpstreamErrorKind::other,
+        };
+        ExchangeError {
+            kind,
+            body_too_large: false,
+            client_body: false,
+            detail: format!("{what}: {e}"),
+        }
+    }
+
+    fn other(kind: UpstreamErrorKind, detail: impl Into<String>) -> ExchangeError {
+        ExchangeError {
+            kind,
+            body_too_large: false,
+            client_body: false,
+            detail: detail.into(),
+        }
+    }
+
+    fn body(e: BoxError) -> ExchangeError {
+        let too_large = e.is::<BodyTooLarge>();
+        ExchangeError {
+            kind: UpstreamErrorKind::other,
+            body_too_large: too_large,
+            client_body: !too_large,
+            detail: format!("request body: {}", super::error::describe(&*e)),
+        }
+    }
+}
+
+/// How the request body goes on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReqFraming {
+    None,
+    Length,
+    Chunked,
 }
 
 /// Makes connections and runs exchanges.
@@ -150,38 +231,78 @@ pub struct Connector {
 }
 
 impl Connector {
-    /// Sends `req` on a pooled or new connection. Returns the response and
-    /// the connection, to be given back once the body has been read.
+    /// Sends `req` on a pooled or new connection and reads the response head.
+    /// The response body reads from the connection and gives it back to
+    /// `pool` at its end; a `101` response carries the connection as an
+    /// [`UpstreamUpgrade`] extension.
     pub async fn send(
         &self,
         endpoint: &Endpoint,
         pool: &Arc<Pool>,
-        mut req: Request<ForwardBody>,
-    ) -> Result<(Response<Incoming>, SendRequest<ForwardBody>), SendError> {
+        req: Request<ForwardBody>,
+    ) -> Result<Response<Body>, SendError> {
+        let (parts, mut body) = req.into_parts();
+        let mut head = Vec::with_capacity(256);
+        let framing = encode_request_head(&parts, &HttpBody::size_hint(&body), &mut head);
+        let retry_after_eof = framing == ReqFraming::None
+            && matches!(
+                parts.method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+            );
         loop {
-            let (mut sender, reused) = match pool.checkout() {
-                Some(sender) => (sender, true),
+            let (mut conn, reused) = match pool.checkout() {
+                Some(conn) => (conn, true),
                 None => match self.connect(endpoint).await {
-                    Ok(sender) => (sender, false),
-                    Err(error) => return Err(SendError::Connect { error, req }),
+                    Ok(conn) => (conn, false),
+                    Err(error) => {
+                        return Err(SendError::Connect {
+                            error,
+                            req: Request::from_parts(parts, body),
+                        })
+                    }
                 },
             };
-            if reused && sender.ready().await.is_err() {
+            if reused && !conn.still_open() {
                 continue;
             }
-            match sender.try_send_request(req).await {
-                Ok(res) => return Ok((res, sender)),
-                Err(mut e) => match e.take_message() {
-                    // The pooled connection died before the request was
-                    // written: send it on another.
-                    Some(back) if reused => req = back,
-                    _ => return Err(SendError::Exchange(e.into_error())),
-                },
-            }
+            let mut body_started = false;
+            let written =
+                write_request(&mut conn, &head, &mut body, framing, &mut body_started).await;
+            let write_error = match written {
+                Ok(()) => None,
+                Err(Written::Body(e)) => return Err(SendError::Exchange(ExchangeError::body(e))),
+                Err(Written::Io(_)) if reused && !body_started => continue,
+                // The upstream may have answered early and closed; its
+                // answer, if any, is read below.
+                Err(Written::Io(e)) => Some(e),
+            };
+            let fully_written = write_error.is_none();
+            let failed = match (read_response_head(&mut conn).await, write_error) {
+                (Ok(res), _) => {
+                    return into_response(res, conn, pool, &parts.method, fully_written)
+                        .map_err(SendError::Exchange)
+                }
+                (Err(ReadHead::Eof { nothing_read: true }), _)
+                    if reused && !body_started && (retry_after_eof || !fully_written) =>
+                {
+                    continue
+                }
+                (Err(_), Some(e)) => ExchangeError::io(&e, "writing the request"),
+                (Err(ReadHead::Eof { .. }), None) => ExchangeError::other(
+                    UpstreamErrorKind::reset,
+                    "upstream closed the connection before a complete response head",
+                ),
+                (Err(ReadHead::Io(e)), None) => ExchangeError::io(&e, "reading the response"),
+                (Err(ReadHead::Invalid(what)), None) => ExchangeError::other(
+                    UpstreamErrorKind::other,
+                    format!("invalid response from the upstream: {what}"),
+                ),
+            };
+            return Err(SendError::Exchange(failed));
         }
     }
 
-    async fn connect(&self, endpoint: &Endpoint) -> io::Result<SendRequest<ForwardBody>> {
+    async fn connect(&self, endpoint: &Endpoint) -> io::Result<UpstreamConn> {
         let connecting = async {
             let tcp = TcpStream::connect(endpoint.addr.as_str()).await?;
             tcp.set_nodelay(true)?;
@@ -194,21 +315,387 @@ impl Connector {
                 }
                 (None, _) => UpstreamIo::Plain(tcp),
             };
-            let (sender, conn) = http1::Builder::new()
-                .handshake::<_, ForwardBody>(TokioIo::new(io))
-                .await
-                .map_err(io::Error::other)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "upstream connection closed with error");
-                }
-            });
-            Ok(sender)
+            Ok(UpstreamConn {
+                io,
+                buf: BytesMut::new(),
+            })
         };
         match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(res) => res,
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
         }
+    }
+}
+
+/// `METHOD path HTTP/1.1`, the headers, and the body framing: the exact
+/// length when known, else chunked. The caller's own framing headers are
+/// replaced.
+fn encode_request_head(
+    parts: &http::request::Parts,
+    hint: &SizeHint,
+    dst: &mut Vec<u8>,
+) -> ReqFraming {
+    dst.extend_from_slice(parts.method.as_str().as_bytes());
+    dst.push(b' ');
+    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    dst.extend_from_slice(pq.as_bytes());
+    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    let framing = match hint.exact() {
+        Some(0) => {
+            // A method that usually carries a body says it has none.
+            if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+                dst.extend_from_slice(b"content-length: 0\r\n");
+            }
+            ReqFraming::None
+        }
+        Some(n) => {
+            dst.extend_from_slice(b"content-length: ");
+            dst.extend_from_slice(n.to_string().as_bytes());
+            dst.extend_from_slice(b"\r\n");
+            ReqFraming::Length
+        }
+        None => {
+            dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            ReqFraming::Chunked
+        }
+    };
+    dst.extend_from_slice(b"\r\n");
+    framing
+}
+
+enum Written {
+    /// The client's body failed (or passed `max_body`).
+    Body(BoxError),
+    Io(io::Error),
+}
+
+/// Writes the head and streams the body: frames that are ready join the
+/// pending write, so a small request goes out in one write.
+async fn write_request(
+    conn: &mut UpstreamConn,
+    head: &[u8],
+    body: &mut ForwardBody,
+    framing: ReqFraming,
+    body_started: &mut bool,
+) -> Result<(), Written> {
+    let mut out = Vec::with_capacity(head.len() + 64);
+    out.extend_from_slice(head);
+    if framing == ReqFraming::None {
+        return conn.write(&mut out, b"").await.map_err(Written::Io);
+    }
+    loop {
+        let frame = match body.frame().now_or_never() {
+            Some(frame) => frame,
+            None => {
+                conn.write(&mut out, b"").await.map_err(Written::Io)?;
+                body.frame().await
+            }
+        };
+        *body_started = true;
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => return Err(Written::Body(e)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) if !d.is_empty() => d,
+                _ => continue,
+            },
+        };
+        if framing == ReqFraming::Chunked {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if data.len() <= COALESCE {
+            out.extend_from_slice(&data);
+            if framing == ReqFraming::Chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+        } else {
+            conn.write(&mut out, &data).await.map_err(Written::Io)?;
+            if framing == ReqFraming::Chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    if framing == ReqFraming::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    conn.write(&mut out, b"").await.map_err(Written::Io)
+}
+
+/// A parsed response head.
+struct ResponseHead {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+}
+
+enum ReadHead {
+    /// The connection ended; `nothing_read`: not a byte of a response came.
+    Eof {
+        nothing_read: bool,
+    },
+    Io(io::Error),
+    Invalid(&'static str),
+}
+
+/// Reads the final response head, skipping interim (1xx other than 101)
+/// responses.
+async fn read_response_head(conn: &mut UpstreamConn) -> Result<ResponseHead, ReadHead> {
+    let mut nothing_read = conn.buf.is_empty();
+    loop {
+        match parse_response_head(&mut conn.buf)? {
+            Some(head)
+                if head.status.is_informational()
+                    && head.status != StatusCode::SWITCHING_PROTOCOLS =>
+            {
+                continue
+            }
+            Some(head) => return Ok(head),
+            None => {}
+        }
+        match std::future::poll_fn(|cx| poll_fill(&mut conn.io, &mut conn.buf, cx)).await {
+            Ok(0) => return Err(ReadHead::Eof { nothing_read }),
+            Ok(_) => nothing_read = false,
+            Err(e) => return Err(ReadHead::Io(e)),
+        }
+    }
+}
+
+fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ReadHead> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut res = httparse::Response::new(&mut fields);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
+            return Err(ReadHead::Invalid("response head too large"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(ReadHead::Invalid("malformed response head")),
+    };
+    let version = match res.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let status = res
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(ReadHead::Invalid("bad status code"))?;
+    let base = buf.as_ptr() as usize;
+    let mut ranges = Vec::with_capacity(res.headers.len());
+    for field in res.headers.iter() {
+        ranges.push((
+            field.name.as_ptr() as usize - base,
+            field.name.len(),
+            field.value.as_ptr() as usize - base,
+            field.value.len(),
+        ));
+    }
+    let bytes: Bytes = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(ranges.len());
+    for (name_at, name_len, value_at, value_len) in ranges {
+        let name = HeaderName::from_bytes(&bytes[name_at..name_at + name_len])
+            .map_err(|_| ReadHead::Invalid("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_at + value_len))
+            .map_err(|_| ReadHead::Invalid("bad header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// The response with its body reading from `conn` (RFC 9112 §6.3 decides
+/// how long it is), or the connection as an upgrade for a `101`.
+fn into_response(
+    head: ResponseHead,
+    conn: UpstreamConn,
+    pool: &Arc<Pool>,
+    method: &Method,
+    request_written: bool,
+) -> Result<Response<Body>, ExchangeError> {
+    let ResponseHead {
+        status,
+        version,
+        mut headers,
+    } = head;
+    let mut reusable = request_written && keeps_alive(version, &headers);
+    let decoder = if status == StatusCode::SWITCHING_PROTOCOLS {
+        let mut res = Response::new(crate::body::empty());
+        *res.status_mut() = status;
+        *res.headers_mut() = headers;
+        res.extensions_mut()
+            .insert(UpstreamUpgrade(Arc::new(Mutex::new(Some(conn)))));
+        return Ok(res);
+    } else if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Decoder::Done
+    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        let chunked_last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .rfind(|c| !c.trim_ascii().is_empty())
+            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        if headers.remove(header::CONTENT_LENGTH).is_some() {
+            reusable = false;
+        }
+        if chunked_last {
+            Decoder::chunked(MAX_RESPONSE_HEAD)
+        } else {
+            reusable = false;
+            Decoder::UntilClose
+        }
+    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        let mut length = None;
+        for v in headers.get_all(header::CONTENT_LENGTH) {
+            for part in v.as_bytes().split(|b| *b == b',') {
+                let n = crate::wire::parse_length(part.trim_ascii()).ok_or_else(|| {
+                    ExchangeError::other(
+                        UpstreamErrorKind::other,
+                        "invalid upstream Content-Length",
+                    )
+                })?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(ExchangeError::other(
+                        UpstreamErrorKind::other,
+                        "conflicting upstream Content-Length",
+                    ));
+                }
+                length = Some(n);
+            }
+        }
+        Decoder::length(length.unwrap_or(0))
+    } else {
+        reusable = false;
+        Decoder::UntilClose
+    };
+    let body = UpstreamBody {
+        conn: Some(conn),
+        decoder,
+        pool: pool.clone(),
+        reusable,
+    };
+    let mut res = Response::new(if body.decoder.is_done() {
+        drop(body);
+        crate::body::empty()
+    } else {
+        body.boxed_unsync()
+    });
+    *res.status_mut() = status;
+    *res.version_mut() = version;
+    *res.headers_mut() = headers;
+    Ok(res)
+}
+
+/// Whether the upstream lets the connection be used again.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let mut close = false;
+    let mut keep_alive = false;
+    for v in headers.get_all(header::CONNECTION) {
+        for token in v.as_bytes().split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    !close && (version == Version::HTTP_11 || keep_alive)
+}
+
+/// A connection to an upstream, and what was read from it but not yet used.
+pub struct UpstreamConn {
+    io: UpstreamIo,
+    buf: BytesMut,
+}
+
+impl UpstreamConn {
+    /// False when a pooled connection has been closed (or has sent
+    /// something unasked) while it waited: a read that does not wait.
+    fn still_open(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        matches!(
+            poll_fill(&mut self.io, &mut self.buf, &mut cx),
+            Poll::Pending
+        )
+    }
+
+    /// Writes `pending` then `extra`, and clears `pending`.
+    async fn write(&mut self, pending: &mut Vec<u8>, extra: &[u8]) -> io::Result<()> {
+        let mut bufs = [IoSlice::new(pending), IoSlice::new(extra)];
+        let res = write_all(&mut self.io, &mut bufs).await;
+        pending.clear();
+        res
+    }
+}
+
+/// The upstream side of an upgrade, in the `101` response's extensions.
+/// (Extensions must be `Clone`; the first to take the connection has it.)
+#[derive(Clone)]
+pub struct UpstreamUpgrade(Arc<Mutex<Option<UpstreamConn>>>);
+
+impl UpstreamUpgrade {
+    pub fn take(&self) -> Option<UpstreamConn> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+impl AsyncRead for UpstreamConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.buf.is_empty() {
+            let n = self.buf.len().min(buf.remaining());
+            buf.put_slice(&self.buf[..n]);
+            self.buf.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UpstreamConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -276,58 +763,96 @@ impl AsyncWrite for UpstreamIo {
     }
 }
 
-/// An upstream response body that gives its connection back to the pool
-/// once read to the end (or, when it had no body, once dropped).
+/// An upstream response body read from its connection, which goes back to
+/// the pool once the body has been read to its end (and the upstream allows
+/// reuse). A body dropped before its end closes the connection: the rest of
+/// the response is still on the wire.
 pub struct UpstreamBody {
-    inner: Incoming,
-    conn: Option<(Arc<Pool>, SendRequest<ForwardBody>)>,
+    conn: Option<UpstreamConn>,
+    decoder: Decoder,
+    pool: Arc<Pool>,
+    reusable: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum UpstreamBodyError {
+    #[error("upstream response body: {0}")]
+    Decode(#[from] crate::wire::decode::DecodeError),
+    #[error("upstream closed the connection before the response body ended")]
+    Incomplete,
+    #[error("upstream response body: {0}")]
+    Io(#[from] io::Error),
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, pool: Arc<Pool>, sender: SendRequest<ForwardBody>) -> Self {
-        UpstreamBody {
-            inner,
-            conn: Some((pool, sender)),
-        }
-    }
-
-    fn release(&mut self) {
-        if let Some((pool, sender)) = self.conn.take() {
-            pool.give_back(sender);
-        }
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // Unfinished bodies close their connection: the rest of the
-        // response is still on the wire.
-        if self.inner.is_end_stream() {
-            self.release();
+    fn finish(&mut self) {
+        self.decoder = Decoder::Done;
+        if let Some(conn) = self.conn.take() {
+            if self.reusable {
+                self.pool.give_back(conn);
+            }
         }
     }
 }
 
 impl HttpBody for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let res = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = res {
-            self.release();
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            match this.decoder.decode(&mut conn.buf) {
+                Ok(Step::Data(data)) => {
+                    if this.decoder.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Step::Done) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::NeedMore) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(UpstreamBodyError::from(e).into())));
+                }
+            }
+            match poll_fill(&mut conn.io, &mut conn.buf, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if this.decoder == Decoder::UntilClose => {
+                    this.reusable = false;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(UpstreamBodyError::Incomplete.into())));
+                }
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(UpstreamBodyError::from(e).into())));
+                }
+                Poll::Ready(Ok(_)) => {}
+            }
         }
-        res
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }

@@ -88,7 +88,7 @@ impl Tunnels {
     pub(super) fn spawn(
         &self,
         client: ClientUpgrade,
-        upstream: OnUpgrade,
+        upstream: super::pool::UpstreamConn,
         metrics: Arc<Metrics>,
         route: Arc<str>,
     ) {
@@ -98,15 +98,14 @@ impl Tunnels {
         metrics.tunnels_active.inc();
         tokio::spawn(async move {
             let relay = async {
-                let upstream = async { upstream.await.map_err(|e| e.to_string()) };
-                let (mut client, upstream) = match tokio::try_join!(client.connection(), upstream) {
-                    Ok(pair) => pair,
+                let mut upstream = upstream;
+                let mut client = match client.connection().await {
+                    Ok(client) => client,
                     Err(e) => {
                         tracing::debug!(%route, error = %e, "upgrade failed");
                         return;
                     }
                 };
-                let mut upstream = TokioIo::new(upstream);
                 match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                     Ok((up, down)) => tracing::debug!(%route, up, down, "tunnel closed"),
                     Err(e) => tracing::debug!(%route, error = %e, "tunnel closed with error"),

@@ -1,28 +1,18 @@
 //! The connection's two halves, reading without a resident buffer, and the
 //! connection after an upgrade.
 
-use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::server::conn::ConnTicket;
 
 pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
-
-/// Bytes taken from the socket per read.
-const READ_SIZE: usize = 16 * 1024;
-
-thread_local! {
-    /// Reads land here first and are copied out in exactly the size that
-    /// arrived, so an idle connection holds no read buffer at all.
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
-}
 
 /// The read half of a client connection and the bytes read but not yet used.
 pub(crate) struct ReadSide {
@@ -40,33 +30,12 @@ impl ReadSide {
 
     /// Reads what the socket has into `buf`; `Ok(0)` at end of stream.
     pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            let mut rb = ReadBuf::new(&mut scratch[..]);
-            ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
-            let filled = rb.filled();
-            self.buf.extend_from_slice(filled);
-            Poll::Ready(Ok(filled.len()))
-        })
+        crate::wire::poll_fill(&mut self.io, &mut self.buf, cx)
     }
 
     pub(crate) async fn fill(&mut self) -> io::Result<usize> {
         poll_fn(|cx| self.poll_fill(cx)).await
     }
-}
-
-/// Writes all of `bufs` (gathered), then flushes.
-pub(crate) async fn write_all(w: &mut BoxWrite, bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
-    let mut bufs = bufs;
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        let n = w.write_vectored(bufs).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut bufs, n);
-    }
-    w.flush().await
 }
 
 /// A client connection handed over after `101 Switching Protocols`: the

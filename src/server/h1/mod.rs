@@ -17,7 +17,6 @@
 //! otherwise the connection closes after the response.
 
 mod body;
-mod decode;
 mod encode;
 mod io;
 mod parse;
@@ -43,10 +42,11 @@ pub use self::io::Upgraded;
 pub(crate) use self::io::{BoxRead, BoxWrite};
 
 use self::body::BodyShared;
-use self::decode::{Decoder, Step};
 use self::encode::{Exchange, Framing};
-use self::io::{write_all, ReadSide};
+use self::io::ReadSide;
 use self::parse::HeadError;
+use crate::wire::decode::{Decoder, Step};
+use crate::wire::write_all;
 
 /// A body frame up to this size is copied into the pending write instead of
 /// being written on its own.

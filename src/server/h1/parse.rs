@@ -10,6 +10,8 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
+use crate::wire::parse_length;
+
 /// Header fields a request head may carry.
 pub(crate) const MAX_HEADERS: usize = 128;
 
@@ -202,14 +204,6 @@ fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> 
         None | Some(0) => Framing::Empty,
         Some(n) => Framing::Length(n),
     })
-}
-
-/// 1*DIGIT, without sign or whitespace, that fits a u64.
-pub(crate) fn parse_length(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(s).ok()?.parse().ok()
 }
 
 /// (`close`, `keep-alive`, `upgrade`) among the `Connection` header's tokens.

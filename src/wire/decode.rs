@@ -1,4 +1,5 @@
-//! Request body decoding: `Content-Length` and `chunked` (RFC 9112 §7.1).
+//! HTTP/1 body decoding: `Content-Length`, `chunked` (RFC 9112 §7.1), and
+//! (responses only) until the connection closes.
 //!
 //! The chunked decoder is strict: a chunk size is 1–16 hex digits, every
 //! line ends in CRLF, chunk extensions and trailer fields are read and
@@ -66,6 +67,9 @@ pub(crate) enum Decoder {
     Length {
         left: u64,
     },
+    /// Everything until the peer closes the connection (a response without
+    /// length or chunking, RFC 9112 §6.3 rule 8).
+    UntilClose,
     Chunked {
         state: Chunk,
         trailer_bytes: usize,
@@ -100,7 +104,7 @@ impl Decoder {
         match self {
             Decoder::Length { left } => Some(*left),
             Decoder::Done => Some(0),
-            Decoder::Chunked { .. } => None,
+            Decoder::Chunked { .. } | Decoder::UntilClose => None,
         }
     }
 
@@ -108,6 +112,13 @@ impl Decoder {
     pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Step, DecodeError> {
         match self {
             Decoder::Done => Ok(Step::Done),
+            Decoder::UntilClose => {
+                if buf.is_empty() {
+                    Ok(Step::NeedMore)
+                } else {
+                    Ok(Step::Data(buf.split().freeze()))
+                }
+            }
             Decoder::Length { left } => {
                 if buf.is_empty() {
                     return Ok(Step::NeedMore);

@@ -1,0 +1,63 @@
+//! HTTP/1 on the wire, shared by the server side (`server::h1`) and the
+//! upstream client (`proxy::pool`): body decoding and socket reads without a
+//! resident buffer.
+
+pub(crate) mod decode;
+
+use std::cell::RefCell;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// Bytes taken from a socket per read.
+const READ_SIZE: usize = 16 * 1024;
+
+thread_local! {
+    /// Reads land here first and are copied out in exactly the size that
+    /// arrived, so a connection between messages holds no read buffer.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
+}
+
+/// Reads what `io` has into `buf`; `Ok(0)` at end of stream.
+pub(crate) fn poll_fill<R: AsyncRead + Unpin + ?Sized>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let mut rb = ReadBuf::new(&mut scratch[..]);
+        ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+        let filled = rb.filled();
+        buf.extend_from_slice(filled);
+        Poll::Ready(Ok(filled.len()))
+    })
+}
+
+/// Writes all of `bufs` (gathered), then flushes.
+pub(crate) async fn write_all<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    bufs: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    let mut bufs = bufs;
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = w.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    w.flush().await
+}
+
+/// 1*DIGIT, without sign or whitespace, that fits a u64.
+pub(crate) fn parse_length(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
