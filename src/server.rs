@@ -102,6 +102,54 @@ struct Shared {
     open: Arc<watch::Sender<usize>>,
 }
 
+/// The shutdown signals a connection watches.
+#[derive(Clone)]
+struct Signals {
+    drain: watch::Receiver<bool>,
+    hard_stop: watch::Receiver<bool>,
+}
+
+thread_local! {
+    /// A worker thread's own copy of the shutdown signals: waiting on a
+    /// channel registers the waiter under the channel's lock, and one
+    /// channel per worker keeps that lock to a single thread.
+    static WORKER_SIGNALS: std::cell::RefCell<Option<Signals>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+impl Shared {
+    fn signals(&self) -> Signals {
+        WORKER_SIGNALS
+            .with(|s| s.borrow().clone())
+            .unwrap_or_else(|| Signals {
+                drain: self.drain.subscribe(),
+                hard_stop: self.hard_stop.subscribe(),
+            })
+    }
+}
+
+/// Relays the server's shutdown signals to channels of the current worker
+/// thread (see [`WORKER_SIGNALS`]).
+fn relay_signals_to_worker(shared: &Shared) {
+    let relay = |global: &watch::Sender<bool>| {
+        let (tx, rx) = watch::channel(false);
+        let mut global = global.subscribe();
+        tokio::spawn(async move {
+            if global.wait_for(|on| *on).await.is_ok() {
+                tx.send_replace(true);
+            }
+            // Kept until the worker stops, so receivers never see it closed.
+            std::future::pending::<()>().await;
+        });
+        rx
+    };
+    let signals = Signals {
+        drain: relay(&shared.drain),
+        hard_stop: relay(&shared.hard_stop),
+    };
+    WORKER_SIGNALS.with(|s| *s.borrow_mut() = Some(signals));
+}
+
 /// Builds the [`App`] for `config` and serves it until `shutdown` resolves,
 /// then drains connections for up to `server.shutdown_grace`.
 pub async fn run(
@@ -247,6 +295,7 @@ impl Workers {
                 .spawn(move || {
                     proxy::pool::set_worker_slot(id);
                     runtime.block_on(async move {
+                        relay_signals_to_worker(&shared);
                         while let Some(h) = rx.recv().await {
                             match TcpStream::from_std(h.stream) {
                                 Ok(stream) if shared.tls.is_none() => {
@@ -472,7 +521,7 @@ async fn serve_plain(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, t
 /// timeout, or the server is shutting down.
 async fn starts_with_h2_preface(stream: &TcpStream, shared: &Shared) -> Option<bool> {
     const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let mut drain = shared.drain.subscribe();
+    let mut drain = shared.signals().drain;
     let ready = tokio::select! {
         biased;
         _ = drain.wait_for(|d| *d) => return None,
@@ -545,8 +594,8 @@ async fn serve_http<I>(
         state.clone(),
         shared.header_read_timeout,
         shared.idle_timeout,
-        shared.drain.subscribe(),
-        shared.hard_stop.subscribe(),
+        shared.signals().drain,
+        shared.signals().hard_stop,
         peer,
     );
     let conn = shared.builder.serve_connection_with_upgrades(io, service);

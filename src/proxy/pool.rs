@@ -470,9 +470,16 @@ async fn read_response_head(conn: &mut UpstreamConn) -> Result<ResponseHead, Rea
 }
 
 fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ReadHead> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut res = httparse::Response::new(&mut fields);
-    let len = match res.parse(buf) {
+    // Uninitialised: initialising every field on each parse costs more
+    // than the parse of a typical head.
+    let mut fields =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut fields,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
             return Err(ReadHead::Invalid("response head too large"))
@@ -489,18 +496,24 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ReadH
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(ReadHead::Invalid("bad status code"))?;
     let base = buf.as_ptr() as usize;
-    let mut ranges = Vec::with_capacity(res.headers.len());
-    for field in res.headers.iter() {
-        ranges.push((
-            field.name.as_ptr() as usize - base,
-            field.name.len(),
-            field.value.as_ptr() as usize - base,
-            field.value.len(),
-        ));
-    }
+    // Where each field lies in `buf`, so the fields can share the head's
+    // bytes once they are split off.
+    let ranges: Vec<_> = res
+        .headers
+        .iter()
+        .map(|f| {
+            let (name, value) = (f.name.as_bytes(), f.value);
+            (
+                name.as_ptr() as usize - base,
+                name.len(),
+                value.as_ptr() as usize - base,
+                value.len(),
+            )
+        })
+        .collect();
     let bytes: Bytes = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(ranges.len());
-    for (name_at, name_len, value_at, value_len) in ranges {
+    for &(name_at, name_len, value_at, value_len) in &ranges {
         let name = HeaderName::from_bytes(&bytes[name_at..name_at + name_len])
             .map_err(|_| ReadHead::Invalid("bad header name"))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_at + value_len))

@@ -95,14 +95,15 @@ pub(super) async fn serve(
     tls: bool,
     ticket: Option<ConnTicket>,
 ) {
+    let signals = shared.signals();
     let mut conn = Conn {
         limits: Limits {
             header_read_timeout: shared.header_read_timeout,
             idle_timeout: shared.idle_timeout,
             max_header_size: shared.max_header_size,
         },
-        drain: shared.drain.subscribe(),
-        hard_stop: shared.hard_stop.subscribe(),
+        drain: signals.drain,
+        hard_stop: signals.hard_stop,
         shared,
         peer,
         tls,
