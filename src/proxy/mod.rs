@@ -27,10 +27,9 @@ use anyhow::Context as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
 use ipnet::IpNet;
 
-use crate::body::{Body, BoxError, RequestBody};
+use crate::body::{Body, RequestBody};
 use crate::config::{Config, RouteConfig};
 use crate::ctx::RequestCtx;
 use crate::metrics::{Metrics, RouteStats, UpstreamErrorKind};
@@ -480,7 +479,7 @@ impl Proxy {
         res.extensions_mut().clear();
         res.extensions_mut()
             .insert(UpstreamName(target.name.clone()));
-        Ok(res.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+        Ok(res)
     }
 }
 

@@ -103,7 +103,6 @@ pub(super) async fn serve(
             max_header_size: shared.max_header_size,
         },
         drain: signals.drain,
-        hard_stop: signals.hard_stop,
         shared,
         peer,
         tls,
@@ -148,7 +147,6 @@ struct Conn {
     shared: Arc<Shared>,
     limits: Limits,
     drain: watch::Receiver<bool>,
-    hard_stop: watch::Receiver<bool>,
     peer: SocketAddr,
     tls: bool,
     /// `None` while a request body holds it.
@@ -265,28 +263,16 @@ impl Conn {
         });
 
         // Boxed, so the connection's own future stays small while idle.
-        let handling = Box::pin(super::public_request(
-            &self.shared,
-            req,
-            self.peer,
-            self.tls,
-        ));
-        let res = tokio::select! {
-            res = handling => res,
-            _ = self.hard_stop.wait_for(|s| *s) => return Next::Close("server stopped"),
-        };
+        // No wait on the stop signal here: when the drain deadline passes,
+        // the worker's runtime is dropped, and every connection with it.
+        let res = super::public_request(&self.shared, req, self.peer, self.tls).await;
         let upgrading = upgrade.is_some() && res.status() == StatusCode::SWITCHING_PROTOCOLS;
         let keep_alive = head.keep_alive
             && !*self.drain.borrow()
             && !shared_body
                 .as_ref()
                 .is_some_and(|b| b.beyond_drain(DRAIN_LIMIT));
-        let mut hard_stop = self.hard_stop.clone();
-        let written = tokio::select! {
-            w = self.respond(res, exchange, keep_alive) => w,
-            _ = hard_stop.wait_for(|s| *s) => return Next::Close("server stopped"),
-        };
-        let keep_alive = match written {
+        let keep_alive = match self.respond(res, exchange, keep_alive).await {
             Ok(keep_alive) => keep_alive,
             Err(reason) => return Next::Close(reason),
         };
