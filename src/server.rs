@@ -107,6 +107,8 @@ struct Shared {
 struct Signals {
     drain: watch::Receiver<bool>,
     hard_stop: watch::Receiver<bool>,
+    /// A worker thread's own (see [`relay_signals_to_worker`]).
+    worker: bool,
 }
 
 thread_local! {
@@ -124,6 +126,7 @@ impl Shared {
             .unwrap_or_else(|| Signals {
                 drain: self.drain.subscribe(),
                 hard_stop: self.hard_stop.subscribe(),
+                worker: false,
             })
     }
 }
@@ -131,12 +134,15 @@ impl Shared {
 /// Relays the server's shutdown signals to channels of the current worker
 /// thread (see [`WORKER_SIGNALS`]).
 fn relay_signals_to_worker(shared: &Shared) {
-    let relay = |global: &watch::Sender<bool>| {
+    let relay = |global: &watch::Sender<bool>, idle_too: bool| {
         let (tx, rx) = watch::channel(false);
         let mut global = global.subscribe();
         tokio::spawn(async move {
             if global.wait_for(|on| *on).await.is_ok() {
                 tx.send_replace(true);
+                if idle_too {
+                    h1::idle::start_draining();
+                }
             }
             // Kept until the worker stops, so receivers never see it closed.
             std::future::pending::<()>().await;
@@ -144,8 +150,9 @@ fn relay_signals_to_worker(shared: &Shared) {
         rx
     };
     let signals = Signals {
-        drain: relay(&shared.drain),
-        hard_stop: relay(&shared.hard_stop),
+        drain: relay(&shared.drain, true),
+        hard_stop: relay(&shared.hard_stop, false),
+        worker: true,
     };
     WORKER_SIGNALS.with(|s| *s.borrow_mut() = Some(signals));
 }

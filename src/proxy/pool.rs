@@ -512,7 +512,9 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ReadH
         })
         .collect();
     let bytes: Bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(ranges.len());
+    // Room for what the gateway adds (request id, Date, cookies): growing
+    // the map later rehashes every field.
+    let mut headers = HeaderMap::with_capacity(ranges.len() + 8);
     for &(name_at, name_len, value_at, value_len) in &ranges {
         let name = HeaderName::from_bytes(&bytes[name_at..name_at + name_len])
             .map_err(|_| ReadHead::Invalid("bad header name"))?;

@@ -18,6 +18,7 @@
 
 mod body;
 mod encode;
+pub(crate) mod idle;
 mod io;
 mod parse;
 
@@ -97,6 +98,7 @@ pub(super) async fn serve(
 ) {
     let signals = shared.signals();
     let mut conn = Conn {
+        on_worker: signals.worker,
         limits: Limits {
             header_read_timeout: shared.header_read_timeout,
             idle_timeout: shared.idle_timeout,
@@ -147,6 +149,8 @@ struct Conn {
     shared: Arc<Shared>,
     limits: Limits,
     drain: watch::Receiver<bool>,
+    /// On a worker thread, whose drain wakes [`idle::DrainWait`]s.
+    on_worker: bool,
     peer: SocketAddr,
     tls: bool,
     /// `None` while a request body holds it.
@@ -173,10 +177,18 @@ impl Conn {
                     return "shutting down";
                 }
                 let idle = self.limits.idle_timeout;
-                let got = tokio::select! {
-                    biased;
-                    _ = self.drain.wait_for(|d| *d) => return "shutting down",
-                    got = tokio::time::timeout(idle, read.fill()) => got,
+                let got = if self.on_worker {
+                    tokio::select! {
+                        biased;
+                        _ = idle::DrainWait::default() => return "shutting down",
+                        got = tokio::time::timeout(idle, read.fill()) => got,
+                    }
+                } else {
+                    tokio::select! {
+                        biased;
+                        _ = self.drain.wait_for(|d| *d) => return "shutting down",
+                        got = tokio::time::timeout(idle, read.fill()) => got,
+                    }
                 };
                 match got {
                     Ok(Ok(0)) => return "closed by client",

@@ -12,6 +12,9 @@ use http::{Method, StatusCode, Uri, Version};
 
 use crate::wire::parse_length;
 
+/// Fields the gateway may add to a request before it goes upstream.
+const ADDED_HEADERS: usize = 8;
+
 /// Header fields a request head may carry.
 pub(crate) const MAX_HEADERS: usize = 128;
 
@@ -124,7 +127,9 @@ pub(crate) fn parse(buf: &mut BytesMut, max_size: usize) -> Result<Option<Head>,
     let bytes: Bytes = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(bytes.slice(path_range.0..path_range.0 + path_range.1))
         .map_err(|_| HeadError::Malformed)?;
-    let mut headers = HeaderMap::with_capacity(ranges.len());
+    // Room for what the gateway adds (request id, X-Forwarded-*, Host):
+    // growing the map later rehashes every field.
+    let mut headers = HeaderMap::with_capacity(ranges.len() + ADDED_HEADERS);
     for &(name_at, name_len, value_at, value_len) in &ranges {
         let name = HeaderName::from_bytes(&bytes[name_at..name_at + name_len])
             .map_err(|_| HeadError::Malformed)?;
