@@ -202,7 +202,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .collect();
     println!(
         "result label={} rotations_per_s={:.0} p50_ms={:.2} p99_ms={:.2} ok={} errors={} \
-         workers={} sessions={} duration_s={}{}{}",
+         workers={} sessions={} duration_s={} cpu_window_s={:.3}{}{}",
         args.label,
         rate,
         pct(0.50),
@@ -212,6 +212,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.workers,
         args.sessions,
         duration,
+        wall,
         cpu,
         if statuses.is_empty() {
             String::new()
