@@ -16,7 +16,8 @@
 #
 # Usage: bench/refresh.sh
 # Knobs (environment): SESSIONS=2000 WORKERS=64 WARMUP=2 DURATION=10
-#   SIGN_SECONDS=5 SCRIPT_CALLS=200000 ALGORITHMS="ES256 RS256" KEEP_WORK=1
+#   PACE_US=1000 SIGN_SECONDS=5 SCRIPT_CALLS=200000 ALGORITHMS="ES256 RS256"
+#   KEEP_WORK=1
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -24,6 +25,7 @@ SESSIONS=${SESSIONS:-2000}
 WORKERS=${WORKERS:-64}
 WARMUP=${WARMUP:-2}
 DURATION=${DURATION:-10}
+PACE_US=${PACE_US:-1000}
 SIGN_SECONDS=${SIGN_SECONDS:-5}
 SCRIPT_CALLS=${SCRIPT_CALLS:-200000}
 ALGORITHMS=${ALGORITHMS:-ES256 RS256}
@@ -106,7 +108,7 @@ for alg in $ALGORITHMS; do
         --gateway "127.0.0.1:$port" --admin "127.0.0.1:$admin_port" \
         --admin-token "$ADMIN_TOKEN" --client bench \
         --sessions "$SESSIONS" --workers "$WORKERS" \
-        --warmup "$WARMUP" --duration "$DURATION" --label "$alg" \
+        --warmup "$WARMUP" --duration "$DURATION" --pace-us "$PACE_US" --label "$alg" \
         --pid "gateway=$gw_pid" --pid "redis=$REDIS_PID" --clk-tck "$(getconf CLK_TCK)" \
         2>>"$WORK/refresh_load-$alg.log") || die "refresh_load failed ($alg), see $WORK"
     echo "$out" >&2
@@ -195,12 +197,31 @@ if [[ -n ${ROT[ES256]:-} ]]; then
     printf '%-52s %6s\n' "ES256 rotations / raw ES256 signs" "$(ratio "${ROT[ES256]}" "${SIGN[ES256]}")"
     printf '%-52s %6s\n' "ES256 rotations / redis script calls" "$(ratio "${ROT[ES256]}" "$SCRIPT_RATE")"
 fi
+echo
+echo "CPU us per rotation (gateway + redis + driver = total; all three share the cores):"
+for alg in $ALGORITHMS; do
+    g=$(us_per "${CPU_GW[$alg]}" "${ROT[$alg]}")
+    rd=$(us_per "${CPU_REDIS[$alg]}" "${ROT[$alg]}")
+    d=$(us_per "${CPU_DRV[$alg]}" "${ROT[$alg]}")
+    t=$(awk -v a="$g" -v b="$rd" -v c="$d" 'BEGIN { printf "%.1f", a + b + c }')
+    extra=""
+    if [[ -n ${SIGN_US[$alg]:-} ]]; then
+        extra=$(awk -v t="$t" -v s="${SIGN_US[$alg]}" \
+            'BEGIN { printf "; minus one raw signature (%.1f): %.1f", s, t - s }')
+    fi
+    printf '  %-6s %s + %s + %s = %s%s\n' "$alg" "$g" "$rd" "$d" "$t" "$extra"
+done
+echo
 if [[ -n ${ROT[RS256]:-} ]]; then
     r=$(ratio "${ROT[RS256]}" "${SIGN[RS256]}")
     printf '%-52s %6s  (target >= %s: %s)\n' "RS256 rotations / raw RS256 signs" "$r" \
         "$TARGET_RS256_RATIO" "$(verdict "$r" "$TARGET_RS256_RATIO")"
     printf '%-52s %6s\n' "RS256 sign CPU / gateway CPU per rotation" \
         "$(ratio "${SIGN_US[RS256]}" "$(us_per "${CPU_GW[RS256]}" "${ROT[RS256]}")")"
+    all=$(awk -v g="${CPU_GW[RS256]%\%}" -v r="${CPU_REDIS[RS256]%\%}" -v d="${CPU_DRV[RS256]%\%}" \
+        -v n="${ROT[RS256]}" 'BEGIN { if (n > 0) printf "%.1f", (g + r + d) / 100 * 1e6 / n }')
+    printf '%-52s %6s\n' "RS256 sign CPU / gw+redis+driver CPU per rotation" \
+        "$(ratio "${SIGN_US[RS256]}" "$all")"
 fi
 echo "(CPU us/op: gateway CPU time per rotation, signing CPU time per signature; unlike"
 echo " the rates, these hardly move when other processes compete for the cores)"

@@ -10,6 +10,12 @@
 //! Only calls that complete inside the measurement window (after the warm-up)
 //! count. Every loop is bounded both in time and in count.
 //!
+//! The driver runs on the same cores as the gateway and Redis, so it is kept
+//! lean: one thread, raw keep-alive TCP, each request written in one piece
+//! from a preformatted head, and just enough response parsing to check the
+//! status, find the end of a `Content-Length` body and take
+//! `data.refresh_token` out of it.
+//!
 //! `cargo run --release --example refresh_load -- --gateway 127.0.0.1:8080 \
 //!     --admin 127.0.0.1:9901 --admin-token T --client bench`
 
@@ -19,12 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use bytes::Bytes;
 use clap::Parser;
-use http::{header, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 #[derive(Parser)]
@@ -55,6 +57,11 @@ struct Args {
     /// Seconds of the measurement window
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Microseconds the driver lets answers gather before it handles them
+    /// (0: wake for every answer). With many connections the gateway keeps
+    /// requests queued meanwhile; the pause is part of the latencies.
+    #[arg(long, default_value_t = 1000)]
+    pace_us: u64,
     /// Upper bound on refresh calls over the whole run
     #[arg(long, default_value_t = 2_000_000)]
     max_requests: u64,
@@ -90,7 +97,9 @@ fn main() -> anyhow::Result<()> {
     if args.workers == 0 || args.sessions < args.workers {
         bail!("need at least one session per worker (--sessions >= --workers > 0)");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // One thread: the driver shares the cores with the gateway and Redis,
+    // so it should cost as little as it can per call.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(run(args))
@@ -119,6 +128,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let window_end = window_start + Duration::from_secs_f64(args.duration);
     let issued = Arc::new(AtomicU64::new(0));
     let args = Arc::new(args);
+
+    // Pacing: the one driver thread sleeps a fixed short while, then handles
+    // every answer that arrived meanwhile in one pass (yield_now lets the
+    // runtime poll its sockets), instead of being woken once per answer.
+    if args.pace_us > 0 {
+        let pause = Duration::from_micros(args.pace_us);
+        tokio::spawn(async move {
+            while Instant::now() < window_end {
+                std::thread::sleep(pause);
+                tokio::task::yield_now().await;
+            }
+        });
+    }
 
     let mut tasks = Vec::with_capacity(args.workers);
     for share in shares {
@@ -167,11 +189,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     for (i, (name, _)) in watched.iter().enumerate() {
         if let Some(p) = pct_of(cpu_before[i], cpu_after[i]) {
-            cpu.push_str(&format!(" cpu_{name}={p:.0}%"));
+            cpu.push_str(&format!(" cpu_{name}={p:.1}%"));
         }
     }
     if let Some(p) = pct_of(self_before, self_after) {
-        cpu.push_str(&format!(" cpu_driver={p:.0}%"));
+        cpu.push_str(&format!(" cpu_driver={p:.1}%"));
     }
     let statuses: Vec<String> = total
         .statuses
@@ -180,7 +202,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .collect();
     println!(
         "result label={} rotations_per_s={:.0} p50_ms={:.2} p99_ms={:.2} ok={} errors={} \
-         workers={} sessions={} duration_s={}{}{}",
+         workers={} sessions={} duration_s={} cpu_window_s={:.3}{}{}",
         args.label,
         rate,
         pct(0.50),
@@ -190,6 +212,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.workers,
         args.sessions,
         duration,
+        wall,
         cpu,
         if statuses.is_empty() {
             String::new()
@@ -246,16 +269,123 @@ async fn open_sessions(args: &Args) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+async fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
         .await
         .context("connect timed out")??;
     stream.set_nodelay(true)?;
-    let (send, conn) = http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
+    Ok(stream)
+}
+
+/// The request line and headers of every refresh call, up to the
+/// `Content-Length` value.
+fn request_head(args: &Args) -> Vec<u8> {
+    format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: ",
+        args.path, args.gateway
+    )
+    .into_bytes()
+}
+
+/// A complete HTTP/1.1 refresh request presenting `token` as a form body
+/// (`refresh_token=v1%3A…`), written into `out`.
+fn build_request(out: &mut Vec<u8>, head: &[u8], token: &str) {
+    use std::io::Write as _;
+    const KEY: &[u8] = b"refresh_token=";
+    out.clear();
+    out.extend_from_slice(head);
+    // Tokens are `v1:` + base64url: only the colon needs encoding.
+    let plain = token.strip_prefix("v1:").filter(|rest| {
+        rest.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     });
-    Ok(send)
+    match plain {
+        Some(rest) => {
+            let _ = write!(out, "{}\r\n\r\n", KEY.len() + 5 + rest.len());
+            out.extend_from_slice(KEY);
+            out.extend_from_slice(b"v1%3A");
+            out.extend_from_slice(rest.as_bytes());
+        }
+        None => {
+            let value: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
+            let _ = write!(out, "{}\r\n\r\n", KEY.len() + value.len());
+            out.extend_from_slice(KEY);
+            out.extend_from_slice(value.as_bytes());
+        }
+    }
+}
+
+/// One response read off a keep-alive connection.
+struct Answer {
+    status: u16,
+    /// The body, as a range of the read buffer.
+    body: std::ops::Range<usize>,
+    /// The server will close the connection after this response.
+    close: bool,
+}
+
+/// Status, `Content-Length` and `Connection: close` of a response head
+/// (status line and header lines, ending with the empty line).
+fn parse_head(head: &[u8]) -> anyhow::Result<(u16, Option<usize>, bool)> {
+    let head = std::str::from_utf8(head).context("response head is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok())
+        .with_context(|| format!("bad status line {status_line:?}"))?;
+    let mut length = None;
+    let mut close = false;
+    for line in lines.take_while(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':').context("bad header line")?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.parse::<usize>().context("bad Content-Length")?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            bail!("unexpected Transfer-Encoding in a sign-in answer");
+        } else if name.eq_ignore_ascii_case("connection") {
+            close = value.eq_ignore_ascii_case("close");
+        }
+    }
+    Ok((status, length, close))
+}
+
+/// Reads one response with a `Content-Length` body (what the gateway sends
+/// for every sign-in answer) into `buf`.
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<Answer> {
+    let mut filled = 0;
+    loop {
+        if buf.len() < filled + 4096 {
+            buf.resize(filled + 4096, 0);
+        }
+        let n = stream.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            bail!("connection closed before a complete response");
+        }
+        filled += n;
+        let Some(head_len) = buf[..filled]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + 4)
+        else {
+            continue;
+        };
+        let (status, length, close) = parse_head(&buf[..head_len])?;
+        let length = length.context("no Content-Length")?;
+        if filled < head_len + length {
+            continue;
+        }
+        if filled > head_len + length {
+            bail!("bytes past the end of the response");
+        }
+        return Ok(Answer {
+            status,
+            body: head_len..head_len + length,
+            close,
+        });
+    }
 }
 
 async fn worker(
@@ -266,8 +396,10 @@ async fn worker(
     issued: &AtomicU64,
 ) -> WorkerStats {
     let mut stats = WorkerStats::default();
-    let mut conn: Option<SendRequest<Full<Bytes>>> = None;
-    let host = args.gateway.to_string();
+    let mut conn: Option<TcpStream> = None;
+    let head = request_head(args);
+    let mut request = Vec::with_capacity(1024);
+    let mut buf = Vec::with_capacity(8192);
     let mut next = 0usize;
     loop {
         if Instant::now() >= window_end
@@ -283,9 +415,9 @@ async fn worker(
         };
         next = i + 1;
 
-        let send = match &mut conn {
-            Some(c) if !c.is_closed() => c,
-            _ => match connect(args.gateway).await {
+        let stream = match &mut conn {
+            Some(c) => c,
+            None => match connect(args.gateway).await {
                 Ok(c) => conn.insert(c),
                 Err(_) => {
                     if Instant::now() >= window_start {
@@ -297,54 +429,48 @@ async fn worker(
             },
         };
 
-        let body: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair("refresh_token", &sessions[i].refresh_token)
-            .finish();
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(args.path.as_str())
-            .header(header::HOST, host.as_str())
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Full::new(Bytes::from(body)))
-            .expect("a valid request");
-
+        build_request(&mut request, &head, &sessions[i].refresh_token);
         let sent = Instant::now();
         let outcome = tokio::time::timeout(Duration::from_secs(5), async {
-            let res = send.send_request(req).await?;
-            let status = res.status();
-            let body = res.into_body().collect().await?.to_bytes();
-            anyhow::Ok((status, body))
+            stream.write_all(&request).await?;
+            read_response(stream, &mut buf).await
         })
         .await;
         let done = Instant::now();
         let in_window = done >= window_start && done < window_end;
 
         match outcome {
-            Ok(Ok((StatusCode::OK, body))) => match next_token(&body) {
-                Some(t) => {
-                    sessions[i].refresh_token = t;
-                    if in_window {
-                        stats.ok += 1;
-                        let us = (done - sent).as_micros().min(u128::from(u32::MAX)) as u32;
-                        stats.latencies_us.push(us);
-                    }
+            Ok(Ok(answer)) => {
+                if answer.close {
+                    conn = None;
                 }
-                None => {
-                    sessions[i].alive = false;
+                if answer.status == 200 {
+                    match next_token(&buf[answer.body]) {
+                        Some(t) => {
+                            sessions[i].refresh_token = t;
+                            if in_window {
+                                stats.ok += 1;
+                                let us = (done - sent).as_micros().min(u128::from(u32::MAX)) as u32;
+                                stats.latencies_us.push(us);
+                            }
+                        }
+                        None => {
+                            sessions[i].alive = false;
+                            if in_window {
+                                stats.errors += 1;
+                                add_status(&mut stats.statuses, 200, 1);
+                            }
+                        }
+                    }
+                } else {
+                    // 503 leaves the token valid; anything else ends the chain.
+                    if answer.status != 503 {
+                        sessions[i].alive = false;
+                    }
                     if in_window {
                         stats.errors += 1;
-                        add_status(&mut stats.statuses, 200, 1);
+                        add_status(&mut stats.statuses, answer.status, 1);
                     }
-                }
-            },
-            Ok(Ok((status, _))) => {
-                // 503 leaves the token valid; anything else ends the chain.
-                if status != StatusCode::SERVICE_UNAVAILABLE {
-                    sessions[i].alive = false;
-                }
-                if in_window {
-                    stats.errors += 1;
-                    add_status(&mut stats.statuses, status.as_u16(), 1);
                 }
             }
             Ok(Err(e)) => {
@@ -372,9 +498,35 @@ async fn worker(
     stats
 }
 
+/// `data.refresh_token` of a refresh answer
+/// (`{"data":{"access_token":"…","refresh_token":"…"}}`). Tokens are
+/// base64url after `v1:`, so they hold no JSON escapes; anything else is
+/// rejected rather than guessed at.
 fn next_token(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    v["data"]["refresh_token"].as_str().map(str::to_owned)
+    const KEY: &[u8] = b"\"refresh_token\":\"";
+    let body = body.strip_prefix(b"{\"data\":{")?;
+    // The keys come out sorted, so the token is normally the last value:
+    // look there first, then anywhere.
+    let last = body
+        .strip_suffix(b"\"}}")
+        .and_then(|b| b.iter().rposition(|&c| c == b'"'))
+        .filter(|&q| body[..=q].ends_with(KEY))
+        .map(|q| q + 1);
+    let at = match last {
+        Some(at) => at,
+        // Quotes are rare in the body: test the key only where one starts.
+        None => {
+            (0..body.len()).find(|&i| body[i] == b'"' && body[i..].starts_with(KEY))? + KEY.len()
+        }
+    };
+    let rest = &body[at..];
+    let len = rest.iter().position(|&b| b == b'"')?;
+    let token = &rest[..len];
+    let plain = token.starts_with(b"v1:")
+        && token[3..]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    plain.then(|| String::from_utf8_lossy(token).into_owned())
 }
 
 fn add_status(statuses: &mut Vec<(u16, u64)>, code: u16, n: u64) {

@@ -102,6 +102,19 @@ impl std::fmt::Debug for Bundle {
     }
 }
 
+/// A refresh token with its [`token_hash`], computed once.
+struct HashedToken {
+    token: String,
+    hash: String,
+}
+
+impl HashedToken {
+    fn new(token: String) -> HashedToken {
+        let hash = token_hash(&token);
+        HashedToken { token, hash }
+    }
+}
+
 type Flight = Arc<OnceCell<Result<Bundle, RefreshError>>>;
 
 /// Results of recent inline refreshes, reused for the replay window so a burst
@@ -220,8 +233,15 @@ impl Sessions {
             })
             .await
             .map_err(CreateError::Store)?;
-        self.bundle(record, client, &payload, refresh_token, None, false)
-            .map_err(|_| CreateError::Internal)
+        self.bundle(
+            record,
+            client,
+            &payload,
+            HashedToken::new(refresh_token),
+            None,
+            false,
+        )
+        .map_err(|_| CreateError::Internal)
     }
 
     /// Opens a presented refresh token and checks its anti-CSRF token; no
@@ -359,13 +379,14 @@ impl Sessions {
             payload.client_id.clone(),
         );
         let next_token = self.sealer.seal(&next);
+        let next_hash = token_hash(&next_token);
         let started = std::time::Instant::now();
         let outcome = self
             .store
             .rotate(RotateRequest {
                 handle: payload.session_handle.clone(),
                 presented_hash: presented_hash.to_owned(),
-                new_hash: token_hash(&next_token),
+                new_hash: next_hash.clone(),
                 sealed_successor: seal_successor(presented, &next_token),
                 now_ms: self.clock.now_ms(),
                 grace_ms: self.grace.as_millis() as u64,
@@ -388,7 +409,10 @@ impl Sessions {
                     record,
                     client,
                     &next,
-                    next_token,
+                    HashedToken {
+                        token: next_token,
+                        hash: next_hash,
+                    },
                     Some(presented_hash),
                     false,
                 )
@@ -405,7 +429,14 @@ impl Sessions {
                     tracing::error!("stored successor is not a token of this gateway");
                     RefreshError::Internal
                 })?;
-                self.bundle(record, client, &next, successor, Some(presented_hash), true)
+                self.bundle(
+                    record,
+                    client,
+                    &next,
+                    HashedToken::new(successor),
+                    Some(presented_hash),
+                    true,
+                )
             }
             RotateOutcome::Theft => {
                 self.forget_predecessor(presented_hash);
@@ -424,10 +455,14 @@ impl Sessions {
         record: SessionRecord,
         client: Arc<ClientConfig>,
         payload: &RefreshPayload,
-        refresh_token: String,
+        refresh: HashedToken,
         parent_hash: Option<&str>,
         replayed: bool,
     ) -> Result<Bundle, RefreshError> {
+        let HashedToken {
+            token: refresh_token,
+            hash: refresh_token_hash,
+        } = refresh;
         let now = self.clock.now_ms();
         let access_exp_ms = now + client.access_token_ttl.as_millis() as u64;
         let claims = AccessClaims {
@@ -439,7 +474,7 @@ impl Sessions {
             iat: now / 1000,
             exp: access_exp_ms / 1000,
             session_handle: record.handle.clone(),
-            refresh_token_hash: token_hash(&refresh_token),
+            refresh_token_hash,
             parent_refresh_token_hash: parent_hash.map(str::to_owned),
             anti_csrf_token: payload.anti_csrf_token.clone(),
             last_regeneration_time: now / 1000,

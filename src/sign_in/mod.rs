@@ -379,14 +379,36 @@ impl SignIn {
     fn issued(&self, b: &Bundle, status: StatusCode) -> Response<Body> {
         match b.client.authentication {
             Authentication::Api => {
-                let mut data = serde_json::json!({
-                    "access_token": b.access_token,
-                    "refresh_token": b.refresh_token,
-                });
-                if b.client.anti_csrf {
-                    data["anti_csrf_token"] = b.anti_csrf_token.clone().into();
+                // Written straight from the bundle: no copy of the tokens into
+                // a JSON value first. Same bytes as a `serde_json::Value`
+                // (keys in sorted order); the head comes from `json`.
+                #[derive(serde::Serialize)]
+                struct Data<'a> {
+                    access_token: &'a str,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    anti_csrf_token: Option<&'a str>,
+                    refresh_token: &'a str,
                 }
-                json(status, &serde_json::json!({ "data": data }))
+                #[derive(serde::Serialize)]
+                struct Answer<'a> {
+                    data: Data<'a>,
+                }
+                let answer = Answer {
+                    data: Data {
+                        access_token: &b.access_token,
+                        anti_csrf_token: b.client.anti_csrf.then_some(b.anti_csrf_token.as_str()),
+                        refresh_token: &b.refresh_token,
+                    },
+                };
+                let mut bytes = Vec::with_capacity(
+                    b.access_token.len() + b.refresh_token.len() + b.anti_csrf_token.len() + 96,
+                );
+                if serde_json::to_writer(&mut bytes, &answer).is_err() {
+                    return json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error");
+                }
+                let mut res = json(status, &serde_json::Value::Null);
+                *res.body_mut() = crate::body::full(bytes);
+                res
             }
             Authentication::Cookie => {
                 let mut res = json(status, &serde_json::json!({}));

@@ -24,7 +24,7 @@ use aws_lc_rs::{digest, hkdf};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
-use super::{fill_random, random_hex};
+use super::{fill_random, hex};
 
 const PREFIX: &str = "v1:";
 /// Additional data: the outer format version, then the key id.
@@ -60,12 +60,16 @@ impl RefreshPayload {
         user_uuid: impl Into<String>,
         client_id: impl Into<String>,
     ) -> Self {
+        // One draw from the generator for both random fields.
+        let mut random = [0u8; 32];
+        fill_random(&mut random);
+        let (anti_csrf, nonce) = random.split_at(16);
         RefreshPayload {
             session_handle: session_handle.into(),
             user_uuid: user_uuid.into(),
             client_id: client_id.into(),
-            anti_csrf_token: random_hex(16),
-            nonce: random_hex(16),
+            anti_csrf_token: hex(anti_csrf),
+            nonce: hex(nonce),
         }
     }
 }

@@ -55,7 +55,7 @@ struct Inner {
 
 enum Backend {
     /// Reconnects by itself; lazy, so it exists before Redis answers.
-    Single(ConnectionManager),
+    Single(Box<Single>),
     /// The cluster connection is made on first use, and again after a failed
     /// attempt; once made it follows the topology by itself.
     Cluster {
@@ -84,6 +84,43 @@ impl fmt::Debug for RedisStore {
             .field("prefix", &self.inner.prefix)
             .field("timeout", &self.inner.timeout)
             .finish()
+    }
+}
+
+/// One Redis node. Each single-threaded runtime (the gateway's worker
+/// threads) gets a connection of its own, made on that runtime: its reads and
+/// writes then happen on the thread that handles the request, with no
+/// cross-thread wakeup per command. Other runtimes share `shared`.
+struct Single {
+    client: Client,
+    timeout: Duration,
+    shared: ConnectionManager,
+    per_runtime: std::sync::Mutex<Vec<(tokio::runtime::Id, ConnectionManager)>>,
+}
+
+/// Past this many runtimes (tests make one per test), new ones use the
+/// shared connection.
+const MAX_RUNTIME_CONNECTIONS: usize = 16;
+
+impl Single {
+    fn manager(&self) -> RedisResult<ConnectionManager> {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return Ok(self.shared.clone());
+        };
+        if rt.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+            return Ok(self.shared.clone());
+        }
+        let id = rt.id();
+        let mut local = lock(&self.per_runtime);
+        if let Some((_, m)) = local.iter().find(|(i, _)| *i == id) {
+            return Ok(m.clone());
+        }
+        if local.len() >= MAX_RUNTIME_CONNECTIONS {
+            return Ok(self.shared.clone());
+        }
+        let m = lazy_manager(self.client.clone(), self.timeout)?;
+        local.push((id, m.clone()));
+        Ok(m)
     }
 }
 
@@ -155,8 +192,14 @@ impl RedisStore {
             None => Client::open(info),
         }
         .map_err(config_error)?;
-        let manager = lazy_manager(client, cfg.timeout).map_err(config_error)?;
-        Ok(Self::with_backend(Backend::Single(manager), cfg))
+        let shared = lazy_manager(client.clone(), cfg.timeout).map_err(config_error)?;
+        let single = Single {
+            client,
+            timeout: cfg.timeout,
+            shared,
+            per_runtime: std::sync::Mutex::new(Vec::new()),
+        };
+        Ok(Self::with_backend(Backend::Single(Box::new(single)), cfg))
     }
 
     /// A store on the master that the sentinels name `master`; `sentinels`
@@ -231,7 +274,7 @@ impl RedisStore {
 
     async fn conn(&self) -> RedisResult<Conn> {
         match &self.inner.backend {
-            Backend::Single(m) => Ok(Conn::Single(m.clone())),
+            Backend::Single(s) => s.manager().map(Conn::Single),
             Backend::Cluster { client, conn } => conn
                 .get_or_try_init(|| client.get_async_connection())
                 .await

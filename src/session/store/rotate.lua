@@ -15,7 +15,7 @@
 -- 'theft' (that key lives in another cluster slot).
 --
 -- Times are integers below 2^53, exact as Lua doubles; they are formatted with
--- %.0f so a value never turns into exponent notation.
+-- %d (a C long here) so a value never turns into exponent notation.
 
 local key = KEYS[1]
 local presented = ARGV[1]
@@ -24,8 +24,9 @@ local grace = tonumber(ARGV[5])
 local ttl = tonumber(ARGV[6])
 local max_age = tonumber(ARGV[7])
 
+-- 'succ' is read only for a replay.
 local f = redis.call('HMGET', key, 'user', 'client', 'attrs', 'created', 'exp',
-  'cur', 'prev', 'prev_until', 'succ')
+  'cur', 'prev', 'prev_until')
 local user, client, attrs = f[1], f[2], f[3]
 if not user then
   return {'missing'}
@@ -43,20 +44,21 @@ end
 
 if presented == f[6] then
   local new_exp = math.min(now + ttl, max_exp)
-  local new_exp_s = string.format('%.0f', new_exp)
+  local new_exp_s = string.format('%d', new_exp)
   redis.call('HSET', key,
     'prev', f[6],
-    'prev_until', string.format('%.0f', now + grace),
+    'prev_until', string.format('%d', now + grace),
     'succ', ARGV[3],
     'cur', ARGV[2],
     'exp', new_exp_s)
-  redis.call('PEXPIRE', key, string.format('%.0f', math.max(new_exp - now, 1)))
+  redis.call('PEXPIRE', key, string.format('%d', math.max(new_exp - now, 1)))
   return {'rotated', user, client, attrs, f[4], new_exp_s}
 end
 
 local prev_until = tonumber(f[8])
 if f[7] and presented == f[7] and grace > 0 and prev_until and now < prev_until then
-  return {'replay', user, client, attrs, f[4], f[5], f[9] or ''}
+  local succ = redis.call('HGET', key, 'succ')
+  return {'replay', user, client, attrs, f[4], f[5], succ or ''}
 end
 
 redis.call('DEL', key)
