@@ -472,19 +472,7 @@ async fn serve_connection(
             }
         }
         (None, Kind::Public) => serve_plain(shared, stream, peer, ticket).await,
-        (_, Kind::Admin) => {
-            let state = ConnState::new();
-            let io = TrackedStream::new(stream, state.clone(), ticket);
-            Box::pin(serve_http(
-                &shared,
-                TokioIo::new(io),
-                peer,
-                kind,
-                false,
-                state,
-            ))
-            .await
-        }
+        (_, Kind::Admin) => serve_plain_with_hyper(&shared, stream, peer, kind, ticket).await,
     }
 }
 
@@ -493,19 +481,7 @@ async fn serve_connection(
 /// of a waiting HTTP/1 connection is no larger than HTTP/1 needs.
 async fn serve_plain(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, ticket: ConnTicket) {
     match starts_with_h2_preface(&stream, &shared).await {
-        Some(true) => {
-            let state = ConnState::new();
-            let io = TrackedStream::new(stream, state.clone(), ticket);
-            Box::pin(serve_http(
-                &shared,
-                TokioIo::new(io),
-                peer,
-                Kind::Public,
-                false,
-                state,
-            ))
-            .await
-        }
+        Some(true) => serve_plain_with_hyper(&shared, stream, peer, Kind::Public, ticket).await,
         Some(false) => {
             let (read, write) = stream.into_split();
             h1::serve(
@@ -520,6 +496,28 @@ async fn serve_plain(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, t
         }
         None => tracing::debug!(%peer, "closed before a request"),
     }
+}
+
+/// A plain connection served by hyper (h2c, or the admin listener), boxed
+/// so that its state does not size the caller's.
+async fn serve_plain_with_hyper(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    ticket: ConnTicket,
+) {
+    let state = ConnState::new();
+    let io = TrackedStream::new(stream, state.clone(), ticket);
+    Box::pin(serve_http(
+        shared,
+        TokioIo::new(io),
+        peer,
+        kind,
+        false,
+        state,
+    ))
+    .await
 }
 
 /// Whether a plain connection opens with the HTTP/2 connection preface

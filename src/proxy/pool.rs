@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use super::coarse::now_ms;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -39,7 +39,7 @@ use super::body::{BodyTooLarge, ForwardBody};
 use crate::body::{Body, BoxError};
 use crate::metrics::UpstreamErrorKind;
 use crate::wire::decode::{Decoder, Step};
-use crate::wire::{poll_fill, write_all};
+use crate::wire::{poll_fill, write_all, Rewind};
 
 /// Idle connections kept per upstream and worker at most.
 pub const MAX_IDLE_PER_UPSTREAM: usize = 1024;
@@ -648,6 +648,12 @@ impl UpstreamConn {
         )
     }
 
+    /// The connection as a stream for a tunnel, with what was read past the
+    /// response head read first.
+    pub(crate) fn into_stream(self) -> Rewind<UpstreamIo> {
+        Rewind::new(self.buf.freeze(), self.io)
+    }
+
     /// Writes `pending` then `extra`, and clears `pending`.
     async fn write(&mut self, pending: &mut Vec<u8>, extra: &[u8]) -> io::Result<()> {
         let mut bufs = [IoSlice::new(pending), IoSlice::new(extra)];
@@ -668,54 +674,8 @@ impl UpstreamUpgrade {
     }
 }
 
-impl AsyncRead for UpstreamConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.buf.is_empty() {
-            let n = self.buf.len().min(buf.remaining());
-            buf.put_slice(&self.buf[..n]);
-            self.buf.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for UpstreamConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 /// A plain or TLS connection to an upstream.
-enum UpstreamIo {
+pub enum UpstreamIo {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }

@@ -98,7 +98,7 @@ impl Tunnels {
         metrics.tunnels_active.inc();
         tokio::spawn(async move {
             let relay = async {
-                let mut upstream = upstream;
+                let mut upstream = upstream.into_stream();
                 let mut client = match client.connection().await {
                     Ok(client) => client,
                     Err(e) => {

@@ -6,10 +6,11 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::server::conn::ConnTicket;
+use crate::wire::Rewind;
 
 pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
@@ -39,43 +40,39 @@ impl ReadSide {
 }
 
 /// A client connection handed over after `101 Switching Protocols`: the
-/// bytes the client sent after its request first, then the socket. It keeps
-/// the connection's slot and gauge while the tunnel runs.
-pub struct Upgraded {
-    prefix: Bytes,
+/// bytes the client sent after its request first, then the socket.
+pub(crate) type Upgraded = Rewind<Joined>;
+
+pub(crate) fn upgraded(read: ReadSide, write: BoxWrite, ticket: Option<ConnTicket>) -> Upgraded {
+    Rewind::new(
+        read.buf.freeze(),
+        Joined {
+            read: read.io,
+            write,
+            _ticket: ticket,
+        },
+    )
+}
+
+/// The two halves of a client connection as one stream. It keeps the
+/// connection's slot and gauge while a tunnel runs on it.
+pub(crate) struct Joined {
     read: BoxRead,
     write: BoxWrite,
     _ticket: Option<ConnTicket>,
 }
 
-impl Upgraded {
-    pub(crate) fn new(read: ReadSide, write: BoxWrite, ticket: Option<ConnTicket>) -> Upgraded {
-        Upgraded {
-            prefix: read.buf.freeze(),
-            read: read.io,
-            write,
-            _ticket: ticket,
-        }
-    }
-}
-
-impl AsyncRead for Upgraded {
+impl AsyncRead for Joined {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
         Pin::new(&mut self.read).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for Upgraded {
+impl AsyncWrite for Joined {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

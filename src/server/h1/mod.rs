@@ -39,7 +39,7 @@ use super::Shared;
 use crate::body::{json_error, Body, RequestBody};
 
 pub(crate) use self::body::Streamed;
-pub use self::io::Upgraded;
+pub(crate) use self::io::Upgraded;
 pub(crate) use self::io::{BoxRead, BoxWrite};
 
 use self::body::BodyShared;
@@ -311,7 +311,7 @@ impl Conn {
                 let ticket = self.ticket.take();
                 let write: BoxWrite =
                     std::mem::replace(&mut self.write, Box::new(tokio::io::sink()));
-                let _ = tx.send(Upgraded::new(read, write, ticket));
+                let _ = tx.send(io::upgraded(read, write, ticket));
             }
             return Next::Close("upgraded");
         }
