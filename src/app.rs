@@ -99,9 +99,12 @@ impl App {
                 route: &self.labels.no_route,
             };
         }
+        // The sign-in endpoints and the session routes are boxed: their
+        // state (store calls, signing) is far larger than a pass-through's,
+        // and every request's future would otherwise be as large as theirs.
         if self.sign_in.matches(req.uri().path()) {
             return Handled {
-                response: self.sign_in.handle(req, ctx).await,
+                response: Box::pin(self.sign_in.handle(req, ctx)).await,
                 route: &self.labels.sign_in,
             };
         }
@@ -118,7 +121,7 @@ impl App {
                 route: &route.stats,
             };
         }
-        let response = self.authenticated(route, req, ctx).await;
+        let response = Box::pin(self.authenticated(route, req, ctx)).await;
         Handled {
             response,
             route: &route.stats,

@@ -252,7 +252,9 @@ impl Connector {
         loop {
             let (mut conn, reused) = match pool.checkout() {
                 Some(conn) => (conn, true),
-                None => match self.connect(endpoint).await {
+                // Boxed: connecting (TLS included) needs far more state than an
+                // exchange on a pooled connection, and is rare.
+                None => match Box::pin(self.connect(endpoint)).await {
                     Ok(conn) => (conn, false),
                     Err(error) => {
                         return Err(SendError::Connect {
