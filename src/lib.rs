@@ -9,12 +9,14 @@
 //! - [`session`]: sessions, the rotation rules and the store trait, with memory and Redis backends.
 //! - [`sign_in`]: the SiS endpoints (refresh, revoke, logout, certs), their errors, cookies and CORS.
 //! - [`auth`]: route auth modes and single-flight inline refresh on pass-through routes.
-//! - [`proxy`]: route table, pooled upstream client, header operations, upgrades.
-//! - [`server`]: listeners, TLS, connection limits, request dispatch, access log, graceful shutdown.
+//! - [`proxy`]: route table, the pooled HTTP/1.1 upstream client, header operations, upgrades.
+//! - [`server`]: listeners, TLS, connection limits, the HTTP/1.1 connection loop ([`server::h1`];
+//!   HTTP/2 and the admin listener are hyper's), request dispatch, access log, graceful shutdown.
+//! - `wire`: HTTP/1 body decoding and buffer-less socket reads, shared by both sides.
 //! - [`admin`]: the admin listener: health, readiness, metrics; `/admin/*` goes to [`sign_in`].
 //! - [`demo`]: the built-in demo upstream behind `sis-gateway demo`.
 //! - [`metrics`]: the Prometheus registry and the gateway's metric families.
-//! - [`body`], [`ctx`]: the response body type with JSON errors, and per-request facts.
+//! - [`body`], [`ctx`]: the request and response body types with JSON errors, and per-request facts.
 //!
 //! A request enters [`server`], goes to [`app`], and is either a sign-in
 //! endpoint ([`sign_in`] → [`session`] → store) or a routed request ([`proxy`]

@@ -833,3 +833,16 @@ impl HttpBody for UpstreamBody {
         }
     }
 }
+
+/// Parses `data` as the response heads an upstream sends on one connection;
+/// returns how many were read. What the `http1_responses` fuzz target drives.
+#[doc(hidden)]
+pub fn parse_response_heads(data: &[u8]) -> usize {
+    let mut buf = BytesMut::from(data);
+    let mut heads = 0;
+    while let Ok(Some(head)) = parse_response_head(&mut buf) {
+        assert!(head.status.as_u16() >= 100);
+        heads += 1;
+    }
+    heads
+}
