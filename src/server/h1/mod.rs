@@ -9,8 +9,8 @@
 //! own task, so no second task watches it.
 //!
 //! Per request: the head is parsed with httparse (strict framing, see
-//! [`parse`]), the body is streamed to the handler as it polls it
-//! ([`body`]), and the response is written with `Content-Length` when its
+//! `parse`), the body is streamed to the handler as it polls it
+//! (`body`), and the response is written with `Content-Length` when its
 //! size is known, else chunked (HTTP/1.1) or until close (HTTP/1.0). A small
 //! response goes out in one write together with its head. A body the
 //! handler did not read to its end is drained when it is small and quick,
