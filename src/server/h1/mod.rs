@@ -177,7 +177,12 @@ impl Conn {
                     return "shutting down";
                 }
                 let idle = self.limits.idle_timeout;
-                let got = if self.on_worker {
+                // Under load the next request is often there already: a
+                // read that does not wait needs no timer.
+                let ready = std::future::poll_fn(|cx| read.poll_fill(cx)).now_or_never();
+                let got = if let Some(got) = ready {
+                    Ok(got)
+                } else if self.on_worker {
                     tokio::select! {
                         biased;
                         _ = idle::DrainWait::default() => return "shutting down",
@@ -197,11 +202,18 @@ impl Conn {
                     Ok(Ok(_)) => {}
                 }
             }
-            let head = tokio::time::timeout(
-                self.limits.header_read_timeout,
-                read_head(&mut read, self.limits.max_header_size),
-            )
-            .await;
+            // A head that arrived whole (the usual case) needs no timer.
+            let head = match parse::parse(&mut read.buf, self.limits.max_header_size) {
+                Ok(Some(head)) => Ok(Ok(head)),
+                Err(e) => Ok(Err(Some(e))),
+                Ok(None) => {
+                    tokio::time::timeout(
+                        self.limits.header_read_timeout,
+                        read_head(&mut read, self.limits.max_header_size),
+                    )
+                    .await
+                }
+            };
             let head = match head {
                 Err(_) => return "request head not received in time",
                 Ok(Err(None)) => return "closed during a request head",
@@ -426,7 +438,14 @@ impl Conn {
         }
         let (a, b) = extra.unwrap_or((b"", b""));
         let mut bufs = [IoSlice::new(pending), IoSlice::new(a), IoSlice::new(b)];
-        let result = tokio::time::timeout(idle, write_all(&mut self.write, &mut bufs)).await;
+        // A write the socket takes at once (the usual case) needs no timer.
+        let result = {
+            let mut write = std::pin::pin!(write_all(&mut self.write, &mut bufs));
+            match write.as_mut().now_or_never() {
+                Some(done) => Ok(done),
+                None => tokio::time::timeout(idle, write).await,
+            }
+        };
         pending.clear();
         match result {
             Ok(Ok(())) => Ok(()),
