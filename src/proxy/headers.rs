@@ -8,6 +8,8 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::wire::{list_elements, lists};
+
 /// Headers that are hop-by-hop whether or not `Connection` names them
 /// (RFC 9110 §7.6.1, plus the obsolete `Keep-Alive` and `Proxy-Connection`
 /// that clients still send).
@@ -23,25 +25,10 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// Splits a comma-separated list header (RFC 9110 §5.6.1) into trimmed,
-/// non-empty elements, across every instance of the header.
-fn list_elements<'a>(
-    headers: &'a HeaderMap,
-    name: &HeaderName,
-) -> impl Iterator<Item = &'a [u8]> + 'a {
-    headers
-        .get_all(name)
-        .into_iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(|e| e.trim_ascii())
-        .filter(|e| !e.is_empty())
-}
-
 /// True when the request asks to switch protocols: `Connection` lists
 /// `upgrade` and an `Upgrade` header is present (RFC 9110 §7.8).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && list_elements(headers, &header::CONNECTION).any(|e| e.eq_ignore_ascii_case(b"upgrade"))
+    headers.contains_key(header::UPGRADE) && lists(headers, &header::CONNECTION, b"upgrade")
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): every header named in

@@ -39,7 +39,7 @@ use super::body::{BodyTooLarge, ForwardBody};
 use crate::body::{Body, BoxError};
 use crate::metrics::UpstreamErrorKind;
 use crate::wire::decode::{Decoder, Step};
-use crate::wire::{poll_fill, write_all, Rewind};
+use crate::wire::{content_length, list_elements, lists, poll_fill, write_all, Rewind};
 
 /// Idle connections kept per upstream and worker at most.
 pub const MAX_IDLE_PER_UPSTREAM: usize = 1024;
@@ -559,12 +559,9 @@ fn into_response(
     {
         Decoder::Done
     } else if headers.contains_key(header::TRANSFER_ENCODING) {
-        let chunked_last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .rfind(|c| !c.trim_ascii().is_empty())
-            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        let chunked_last = list_elements(&headers, &header::TRANSFER_ENCODING)
+            .last()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
         if headers.remove(header::CONTENT_LENGTH).is_some() {
             reusable = false;
         }
@@ -574,26 +571,13 @@ fn into_response(
             reusable = false;
             Decoder::UntilClose
         }
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
-        let mut length = None;
-        for v in headers.get_all(header::CONTENT_LENGTH) {
-            for part in v.as_bytes().split(|b| *b == b',') {
-                let n = crate::wire::parse_length(part.trim_ascii()).ok_or_else(|| {
-                    ExchangeError::other(
-                        UpstreamErrorKind::other,
-                        "invalid upstream Content-Length",
-                    )
-                })?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(ExchangeError::other(
-                        UpstreamErrorKind::other,
-                        "conflicting upstream Content-Length",
-                    ));
-                }
-                length = Some(n);
-            }
-        }
-        Decoder::length(length.unwrap_or(0))
+    } else if let Some(length) = content_length(&headers).map_err(|()| {
+        ExchangeError::other(
+            UpstreamErrorKind::other,
+            "invalid or conflicting upstream Content-Length",
+        )
+    })? {
+        Decoder::length(length)
     } else {
         reusable = false;
         Decoder::UntilClose
@@ -618,16 +602,8 @@ fn into_response(
 
 /// Whether the upstream lets the connection be used again.
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep_alive = false;
-    for v in headers.get_all(header::CONNECTION) {
-        for token in v.as_bytes().split(|b| *b == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
-    }
-    !close && (version == Version::HTTP_11 || keep_alive)
+    !lists(headers, &header::CONNECTION, b"close")
+        && (version == Version::HTTP_11 || lists(headers, &header::CONNECTION, b"keep-alive"))
 }
 
 /// A connection to an upstream, and what was read from it but not yet used.

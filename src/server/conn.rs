@@ -1,5 +1,7 @@
-//! Per-connection bookkeeping: the open-connection gauge and permit, and the
-//! header-read and idle timeouts.
+//! Per-connection bookkeeping: the open-connection gauge and permit (every
+//! connection), and for connections hyper serves (HTTP/2, the admin
+//! listener) the header-read and idle timeouts. The HTTP/1 connection loop
+//! (`h1`) keeps its own timers.
 //!
 //! hyper's own `header_read_timeout` also runs while a keep-alive connection
 //! waits for its next request, so it would close idle connections after the

@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Bytes taken from a socket per read.
@@ -119,4 +120,41 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// Splits a comma-separated list header (RFC 9110 §5.6.1) into trimmed,
+/// non-empty elements, across every instance of the header.
+pub(crate) fn list_elements<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|e| e.trim_ascii())
+        .filter(|e| !e.is_empty())
+}
+
+/// True when the list header `name` has the element `token` (any case).
+pub(crate) fn lists(headers: &HeaderMap, name: &HeaderName, token: &[u8]) -> bool {
+    list_elements(headers, name).any(|e| e.eq_ignore_ascii_case(token))
+}
+
+/// The message's `Content-Length`: `Ok(None)` without one, `Err` when a
+/// value is not a number or the values disagree (RFC 9112 §6.3).
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
+    if !headers.contains_key(header::CONTENT_LENGTH) {
+        return Ok(None);
+    }
+    let mut length = None;
+    for element in list_elements(headers, &header::CONTENT_LENGTH) {
+        let n = parse_length(element).ok_or(())?;
+        if length.is_some_and(|l| l != n) {
+            return Err(());
+        }
+        length = Some(n);
+    }
+    // Present, but empty.
+    length.map(Some).ok_or(())
 }

@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{StatusCode, Version};
 use http_body::SizeHint;
 
-use crate::wire::parse_length;
+use crate::wire::{content_length, lists};
 
 /// How the response body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,11 +44,7 @@ pub(crate) fn head(
         *keep_alive = false;
     }
     if status != StatusCode::SWITCHING_PROTOCOLS {
-        let asked_close = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v, b"close"));
-        if asked_close {
+        if lists(headers, &header::CONNECTION, b"close") {
             *keep_alive = false;
         }
         headers.remove(header::CONNECTION);
@@ -105,10 +101,7 @@ fn framing(
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         return Framing::Length(n);
     }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| parse_length(v.as_bytes()));
-    match declared {
+    match content_length(headers).ok().flatten() {
         Some(n) => Framing::Length(n),
         None => {
             headers.remove(header::CONTENT_LENGTH);
@@ -123,13 +116,6 @@ fn framing(
             }
         }
     }
-}
-
-fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
-    value
-        .as_bytes()
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// The `Date` header value, formatted once per second per thread.

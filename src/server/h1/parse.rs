@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::wire::parse_length;
+use crate::wire::{content_length, list_elements};
 
 /// Fields the gateway may add to a request before it goes upstream.
 const ADDED_HEADERS: usize = 8;
@@ -139,11 +139,14 @@ pub(crate) fn parse(buf: &mut BytesMut, max_size: usize) -> Result<Option<Head>,
     }
 
     let framing = framing(&headers, version)?;
-    let (close, keep_alive_token, upgrade_token) = connection_tokens(&headers);
-    let keep_alive = match version {
-        Version::HTTP_10 => keep_alive_token && !close,
-        _ => !close,
-    };
+    // One pass over `Connection` (usually absent) for its three tokens.
+    let (mut close, mut keep_alive_token, mut upgrade_token) = (false, false, false);
+    for token in list_elements(&headers, &header::CONNECTION) {
+        close |= token.eq_ignore_ascii_case(b"close");
+        keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+        upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
+    }
+    let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
     let upgrade =
         version == Version::HTTP_11 && upgrade_token && headers.contains_key(header::UPGRADE);
     let expect_continue = version == Version::HTTP_11
@@ -165,22 +168,13 @@ pub(crate) fn parse(buf: &mut BytesMut, max_size: usize) -> Result<Option<Head>,
 
 /// RFC 9112 §6.3, strictly: see the module docs.
 fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> {
-    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    if te.peek().is_some() {
-        if version == Version::HTTP_10 {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 || headers.contains_key(header::CONTENT_LENGTH) {
             return Err(HeadError::Conflict);
         }
-        if headers.contains_key(header::CONTENT_LENGTH) {
-            return Err(HeadError::Conflict);
-        }
-        let mut codings = te.flat_map(|v| v.as_bytes().split(|b| *b == b','));
         let mut last_chunked = false;
         let mut any = false;
-        for coding in codings.by_ref() {
-            let coding = coding.trim_ascii();
-            if coding.is_empty() {
-                continue;
-            }
+        for coding in list_elements(headers, &header::TRANSFER_ENCODING) {
             if last_chunked {
                 // `chunked` must be the final coding, applied once.
                 return Err(HeadError::Conflict);
@@ -198,38 +192,12 @@ fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> 
             Err(HeadError::Malformed)
         };
     }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let n = parse_length(part.trim_ascii()).ok_or(HeadError::BadLength)?;
-            match length {
-                Some(seen) if seen != n => return Err(HeadError::BadLength),
-                _ => length = Some(n),
-            }
-        }
-    }
-    Ok(match length {
-        None | Some(0) => Framing::Empty,
-        Some(n) => Framing::Length(n),
-    })
-}
-
-/// (`close`, `keep-alive`, `upgrade`) among the `Connection` header's tokens.
-fn connection_tokens(headers: &HeaderMap) -> (bool, bool, bool) {
-    let mut out = (false, false, false);
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|b| *b == b',') {
-            let token = token.trim_ascii();
-            if token.eq_ignore_ascii_case(b"close") {
-                out.0 = true;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                out.1 = true;
-            } else if token.eq_ignore_ascii_case(b"upgrade") {
-                out.2 = true;
-            }
-        }
-    }
-    out
+    Ok(
+        match content_length(headers).map_err(|()| HeadError::BadLength)? {
+            None | Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+        },
+    )
 }
 
 #[cfg(test)]
