@@ -166,6 +166,3 @@ impl App {
         response
     }
 }
-
-/// Re-exported so dispatch code can name the upstream in logs.
-pub use proxy::UpstreamName;

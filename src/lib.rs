@@ -13,6 +13,7 @@
 //! - [`server`]: listeners, TLS, connection limits, the HTTP/1.1 connection loop ([`server::h1`];
 //!   HTTP/2 and the admin listener are hyper's), request dispatch, access log, graceful shutdown.
 //! - `wire`: HTTP/1 body decoding and buffer-less socket reads, shared by both sides.
+//! - `timer`: request-path timeouts that reuse their timers on worker threads.
 //! - [`admin`]: the admin listener: health, readiness, metrics; `/admin/*` goes to [`sign_in`].
 //! - [`demo`]: the built-in demo upstream behind `sis-gateway demo`.
 //! - [`metrics`]: the Prometheus registry and the gateway's metric families.
@@ -40,6 +41,7 @@ pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod sign_in;
+pub(crate) mod timer;
 pub mod tokens;
 pub(crate) mod wire;
 

@@ -18,6 +18,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 
+mod sharded;
+pub use self::sharded::{ShardedCounter, ShardedHistogram};
+
 /// `route` label: a route's name, `sign_in`, or `none` (no route matched).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -75,8 +78,8 @@ fn store_histogram() -> Histogram {
     ])
 }
 
-fn duration_histogram() -> Histogram {
-    Histogram::new([
+fn duration_histogram() -> ShardedHistogram {
+    ShardedHistogram::new(&[
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     ])
 }
@@ -87,10 +90,10 @@ const STATUS_SLOTS: usize = 500;
 pub struct RouteStats {
     /// The `route` label value.
     pub name: Arc<str>,
-    duration: Histogram,
+    duration: ShardedHistogram,
     /// Counters for statuses 100–599, created on first use.
-    by_status: Box<[OnceLock<Counter>]>,
-    requests: Family<RouteStatusLabels, Counter>,
+    by_status: Box<[OnceLock<ShardedCounter>]>,
+    requests: Family<RouteStatusLabels, ShardedCounter>,
 }
 
 impl RouteStats {
@@ -115,9 +118,9 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     extra: Mutex<HashMap<String, Box<dyn Any + Send + Sync>>>,
     /// `sis_requests_total{route,status}`
-    pub requests: Family<RouteStatusLabels, Counter>,
+    pub requests: Family<RouteStatusLabels, ShardedCounter>,
     /// `sis_request_duration_seconds{route}`: until the response head.
-    pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub request_duration: Family<RouteLabels, ShardedHistogram, fn() -> ShardedHistogram>,
     /// `sis_upstream_errors_total{route,kind}`
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     /// `sis_open_connections`: client connections (public and admin), including tunnels.
@@ -148,15 +151,15 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("sis");
-        let requests = Family::<RouteStatusLabels, Counter>::default();
+        let requests = Family::<RouteStatusLabels, ShardedCounter>::default();
         registry.register(
             "requests",
             "Requests answered, by route and status",
             requests.clone(),
         );
         let request_duration =
-            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                duration_histogram as fn() -> Histogram,
+            Family::<RouteLabels, ShardedHistogram, fn() -> ShardedHistogram>::new_with_constructor(
+                duration_histogram as fn() -> ShardedHistogram,
             );
         registry.register_with_unit(
             "request_duration",

@@ -21,11 +21,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
@@ -40,9 +41,9 @@ use tracing::Level;
 use crate::app::App;
 use crate::body::{Body, RequestBody};
 use crate::config::{Config, ServerConfig};
-use crate::ctx::RequestCtx;
+use crate::ctx::{RequestCtx, RequestId};
 use crate::metrics::Metrics;
-use crate::proxy::{self, headers, UpstreamName};
+use crate::proxy::{self, headers};
 
 use self::conn::{ActiveGuard, ConnState, ConnTicket, TrackedBody, TrackedStream, UntilClosed};
 
@@ -119,7 +120,46 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+thread_local! {
+    /// A worker thread's handle on the live [`App`]: its own reference
+    /// count, so requests on different workers do not contend for the
+    /// `App`'s. Replaced when a reload swaps the `App`; the one it holds
+    /// stays alive until then, so its address cannot be reused by another.
+    static WORKER_APP: std::cell::RefCell<Option<Arc<LiveApp>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The live [`App`] as one request holds it.
+struct LiveApp(Arc<App>);
+
+impl std::ops::Deref for LiveApp {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
 impl Shared {
+    /// The live `App`, for one request.
+    fn app(&self) -> Arc<LiveApp> {
+        let on_worker = WORKER_SIGNALS.with(|s| s.borrow().is_some());
+        if !on_worker {
+            return Arc::new(LiveApp(self.app.load_full()));
+        }
+        let live = self.app.load();
+        WORKER_APP.with(|cached| {
+            let mut cached = cached.borrow_mut();
+            match &*cached {
+                Some(app) if Arc::ptr_eq(&app.0, &*live) => app.clone(),
+                _ => {
+                    let app = Arc::new(LiveApp(arc_swap::Guard::into_inner(live)));
+                    *cached = Some(app.clone());
+                    app
+                }
+            }
+        })
+    }
+
     fn signals(&self) -> Signals {
         WORKER_SIGNALS
             .with(|s| s.borrow().clone())
@@ -301,6 +341,7 @@ impl Workers {
                 .name(format!("sis-worker-{id}"))
                 .spawn(move || {
                     proxy::pool::set_worker_slot(id);
+                    crate::timer::start_worker();
                     runtime.block_on(async move {
                         relay_signals_to_worker(&shared);
                         while let Some(h) = rx.recv().await {
@@ -328,6 +369,10 @@ impl Workers {
                             }
                         }
                     });
+                    // What this thread kept for its requests goes while the
+                    // runtime it belongs to is still there.
+                    crate::timer::end_worker();
+                    WORKER_APP.with(|app| app.borrow_mut().take());
                     // Dropping the runtime ends what is left: pooled upstream
                     // connections, connections past the drain deadline.
                     drop(runtime);
@@ -619,7 +664,7 @@ async fn public_request(
     tls: bool,
 ) -> Response<Body> {
     let start = Instant::now();
-    let app = shared.app.load_full();
+    let app = shared.app();
     let trusted_proxies = &app.config.server.trusted_proxies;
     let trusted = proxy::is_trusted(trusted_proxies, peer.ip());
 
@@ -638,8 +683,9 @@ async fn public_request(
     let ctx = RequestCtx {
         peer,
         client_ip,
-        request_id: request_id.to_str().unwrap_or_default().to_owned(),
+        request_id: RequestId(request_id.clone()),
         tls,
+        upstream: OnceLock::new(),
     };
     // Only pay for copying what the log line needs when it is written.
     let log = tracing::enabled!(target: "access", Level::INFO).then(|| {
@@ -657,7 +703,7 @@ async fn public_request(
     let status = res.status().as_u16();
     handled.route.record(status, elapsed);
     if let Some((method, version, path)) = log {
-        let upstream = res.extensions().get::<UpstreamName>().map(|u| &*u.0);
+        let upstream = ctx.upstream.get().map(|u| &**u);
         tracing::info!(
             target: "access",
             method = %method,
@@ -707,8 +753,10 @@ fn new_request_id() -> HeaderValue {
     });
     let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    HeaderValue::from_str(uuid.hyphenated().encode_lower(&mut buf))
-        .expect("a UUID is a valid header value")
+    uuid.hyphenated().encode_lower(&mut buf);
+    // Owned by one allocation that also holds the count of its clones: the
+    // id goes upstream, back to the client and into the log line.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(buf)).expect("a UUID is a valid header value")
 }
 
 /// What asked for a reload.

@@ -44,10 +44,6 @@ use self::upstream::{UpstreamSet, UpstreamTarget};
 /// How long an idle pooled upstream connection is kept.
 pub const UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A response extension naming the upstream that answered, for the access log.
-#[derive(Clone, Debug)]
-pub struct UpstreamName(pub Arc<str>);
-
 /// One `[[routes]]` entry, ready to forward to.
 pub struct Route {
     pub config: RouteConfig,
@@ -326,9 +322,10 @@ impl Proxy {
         ctx: &RequestCtx,
     ) -> Response<Body> {
         let route = out.route;
-        match tokio::time::timeout(self.upstream_timeout, self.exchange(out, ctx)).await {
+        match crate::timer::timeout(self.upstream_timeout, self.exchange(out, ctx)).await {
             Ok(Ok((res, target, upgrade))) => {
-                match self.respond(route, target, res, upgrade, extra_response_headers) {
+                let _ = ctx.upstream.set(target.name.clone());
+                match self.respond(route, res, upgrade, extra_response_headers) {
                     Ok(res) => res,
                     Err(e) => self.fail(route, Some(target), e, ctx),
                 }
@@ -355,11 +352,10 @@ impl Proxy {
         } else {
             tracing::warn!(route = %route.name, upstream, request_id = %ctx.request_id, error = %e, "upstream failure");
         }
-        let mut res = e.to_response();
         if let Some(t) = target {
-            res.extensions_mut().insert(UpstreamName(t.name.clone()));
+            let _ = ctx.upstream.set(t.name.clone());
         }
-        res
+        e.to_response()
     }
 
     #[allow(clippy::type_complexity)]
@@ -435,7 +431,6 @@ impl Proxy {
     fn respond(
         &self,
         route: &Route,
-        target: &UpstreamTarget,
         mut res: Response<Body>,
         upgrade: Option<(ClientUpgrade, HeaderValue)>,
         extra_response_headers: HeaderMap,
@@ -477,8 +472,6 @@ impl Proxy {
             }
         }
         res.extensions_mut().clear();
-        res.extensions_mut()
-            .insert(UpstreamName(target.name.clone()));
         Ok(res)
     }
 }

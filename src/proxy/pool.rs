@@ -241,9 +241,26 @@ impl Connector {
         pool: &Arc<Pool>,
         req: Request<ForwardBody>,
     ) -> Result<Response<Body>, SendError> {
-        let (parts, mut body) = req.into_parts();
-        let mut head = Vec::with_capacity(256);
+        let (parts, body) = req.into_parts();
+        let mut head = crate::wire::take_buf(256);
         let framing = encode_request_head(&parts, &HttpBody::size_hint(&body), &mut head);
+        let result = self
+            .exchange(endpoint, pool, parts, body, &head, framing)
+            .await;
+        crate::wire::give_buf(head);
+        result
+    }
+
+    /// [`send`](Self::send), with the request head encoded.
+    async fn exchange(
+        &self,
+        endpoint: &Endpoint,
+        pool: &Arc<Pool>,
+        parts: http::request::Parts,
+        mut body: ForwardBody,
+        head: &[u8],
+        framing: ReqFraming,
+    ) -> Result<Response<Body>, SendError> {
         let retry_after_eof = framing == ReqFraming::None
             && matches!(
                 parts.method,
@@ -269,7 +286,7 @@ impl Connector {
             }
             let mut body_started = false;
             let written =
-                write_request(&mut conn, &head, &mut body, framing, &mut body_started).await;
+                write_request(&mut conn, head, &mut body, framing, &mut body_started).await;
             let write_error = match written {
                 Ok(()) => None,
                 Err(Written::Body(e)) => return Err(SendError::Exchange(ExchangeError::body(e))),
@@ -281,8 +298,10 @@ impl Connector {
             let fully_written = write_error.is_none();
             let failed = match (read_response_head(&mut conn).await, write_error) {
                 (Ok(res), _) => {
-                    return into_response(res, conn, pool, &parts.method, fully_written)
-                        .map_err(SendError::Exchange)
+                    let res = into_response(res, conn, pool, &parts.method, fully_written)
+                        .map_err(SendError::Exchange);
+                    crate::wire::give_map(parts.headers);
+                    return res;
                 }
                 (Err(ReadHead::Eof { nothing_read: true }), _)
                     if reused && !body_started && (retry_after_eof || !fully_written) =>
@@ -389,16 +408,29 @@ async fn write_request(
     framing: ReqFraming,
     body_started: &mut bool,
 ) -> Result<(), Written> {
-    let mut out = Vec::with_capacity(head.len() + 64);
-    out.extend_from_slice(head);
     if framing == ReqFraming::None {
-        return conn.write(&mut out, b"").await.map_err(Written::Io);
+        return conn.write(&mut Vec::new(), head).await.map_err(Written::Io);
     }
+    let mut out = crate::wire::take_buf(head.len() + 64);
+    out.extend_from_slice(head);
+    let written = write_body(conn, &mut out, body, framing, body_started).await;
+    crate::wire::give_buf(out);
+    written
+}
+
+/// The body part of [`write_request`], after the head in `out`.
+async fn write_body(
+    conn: &mut UpstreamConn,
+    out: &mut Vec<u8>,
+    body: &mut ForwardBody,
+    framing: ReqFraming,
+    body_started: &mut bool,
+) -> Result<(), Written> {
     loop {
         let frame = match body.frame().now_or_never() {
             Some(frame) => frame,
             None => {
-                conn.write(&mut out, b"").await.map_err(Written::Io)?;
+                conn.write(out, b"").await.map_err(Written::Io)?;
                 body.frame().await
             }
         };
@@ -412,7 +444,7 @@ async fn write_request(
             },
         };
         if framing == ReqFraming::Chunked {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            let _ = std::io::Write::write_fmt(out, format_args!("{:x}\r\n", data.len()));
         }
         if data.len() <= COALESCE {
             out.extend_from_slice(&data);
@@ -420,7 +452,7 @@ async fn write_request(
                 out.extend_from_slice(b"\r\n");
             }
         } else {
-            conn.write(&mut out, &data).await.map_err(Written::Io)?;
+            conn.write(out, &data).await.map_err(Written::Io)?;
             if framing == ReqFraming::Chunked {
                 out.extend_from_slice(b"\r\n");
             }
@@ -429,7 +461,7 @@ async fn write_request(
     if framing == ReqFraming::Chunked {
         out.extend_from_slice(b"0\r\n\r\n");
     }
-    conn.write(&mut out, b"").await.map_err(Written::Io)
+    conn.write(out, b"").await.map_err(Written::Io)
 }
 
 /// A parsed response head.
@@ -500,7 +532,7 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ReadH
     let base = buf.as_ptr() as usize;
     // Where each field lies in `buf`, so the fields can share the head's
     // bytes once they are split off.
-    let ranges: Vec<_> = res
+    let ranges: crate::wire::FieldRanges = res
         .headers
         .iter()
         .map(|f| {
@@ -516,7 +548,7 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ReadH
     let bytes: Bytes = buf.split_to(len).freeze();
     // Room for what the gateway adds (request id, Date, cookies): growing
     // the map later rehashes every field.
-    let mut headers = HeaderMap::with_capacity(ranges.len() + 8);
+    let mut headers = crate::wire::take_map(ranges.len() + 8);
     for &(name_at, name_len, value_at, value_len) in &ranges {
         let name = HeaderName::from_bytes(&bytes[name_at..name_at + name_len])
             .map_err(|_| ReadHead::Invalid("bad header name"))?;

@@ -22,6 +22,70 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
 }
 
+/// Where a head's fields lie in its buffer (name offset, name length, value
+/// offset, value length), noted while the parser borrows the buffer so the
+/// fields can share its bytes once it is split off. Typical heads fit
+/// without an allocation.
+pub(crate) type FieldRanges = smallvec::SmallVec<[(usize, usize, usize, usize); 16]>;
+
+/// Reused buffers and header maps kept per thread, at most this many of each.
+const REUSE_COUNT: usize = 32;
+/// A write buffer that grew beyond this is freed rather than kept.
+const REUSE_BUF_CAPACITY: usize = 64 * 1024;
+/// A header map with room for more fields than this is freed rather than kept.
+const REUSE_MAP_CAPACITY: usize = 128;
+
+thread_local! {
+    static BUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty write buffer: one that an earlier message on this thread gave
+/// back, or a new one. Give it back with [`give_buf`] once written.
+pub(crate) fn take_buf(capacity: usize) -> Vec<u8> {
+    BUFS.with(|b| b.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(capacity))
+}
+
+/// Keeps `buf` for the next [`take_buf`] on this thread (or frees it).
+pub(crate) fn give_buf(mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > REUSE_BUF_CAPACITY {
+        return;
+    }
+    buf.clear();
+    BUFS.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < REUSE_COUNT {
+            b.push(buf);
+        }
+    });
+}
+
+/// An empty header map with room for `capacity` fields: one that an earlier
+/// message on this thread gave back, or a new one.
+pub(crate) fn take_map(capacity: usize) -> HeaderMap {
+    let mut map = MAPS
+        .with(|m| m.borrow_mut().pop())
+        .unwrap_or_else(|| HeaderMap::with_capacity(capacity));
+    map.reserve(capacity);
+    map
+}
+
+/// Keeps `map`, emptied, for the next [`take_map`] on this thread (or frees
+/// it).
+pub(crate) fn give_map(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > REUSE_MAP_CAPACITY {
+        return;
+    }
+    map.clear();
+    MAPS.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() < REUSE_COUNT {
+            m.push(map);
+        }
+    });
+}
+
 /// Reads what `io` has into `buf`; `Ok(0)` at end of stream.
 pub(crate) fn poll_fill<R: AsyncRead + Unpin + ?Sized>(
     io: &mut R,

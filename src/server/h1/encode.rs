@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::time::SystemTime;
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{StatusCode, Version};
 use http_body::SizeHint;
 
@@ -27,35 +27,34 @@ pub(crate) struct Exchange {
     pub(crate) head_request: bool,
 }
 
-/// Decides the framing of a response, fixes its framing and connection
-/// headers accordingly, and writes its head to `dst`. `keep_alive` comes in
-/// as what the request and the server allow and goes out as what the
-/// response allows.
+/// What happens to the response's own `Content-Length` fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Length {
+    /// Sent as they are.
+    Keep,
+    /// Left out.
+    Drop,
+    /// Left out; this length is sent instead.
+    Write(u64),
+}
+
+/// Decides the framing of a response and writes its head to `dst`, with the
+/// framing and connection fields that decision calls for (the response's
+/// own `Transfer-Encoding`, and its `Connection` unless it is a `101`, are
+/// never copied). `keep_alive` comes in as what the request and the server
+/// allow and goes out as what the response allows.
 pub(crate) fn head(
     status: StatusCode,
-    headers: &mut HeaderMap,
+    headers: &HeaderMap,
     hint: &SizeHint,
     exchange: Exchange,
     keep_alive: &mut bool,
     dst: &mut Vec<u8>,
 ) -> Framing {
-    let framing = framing(status, headers, hint, exchange);
-    if framing == Framing::Close {
+    let (framing, length) = framing(status, headers, hint, exchange);
+    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
+    if framing == Framing::Close || (!upgrade && lists(headers, &header::CONNECTION, b"close")) {
         *keep_alive = false;
-    }
-    if status != StatusCode::SWITCHING_PROTOCOLS {
-        if lists(headers, &header::CONNECTION, b"close") {
-            *keep_alive = false;
-        }
-        headers.remove(header::CONNECTION);
-        if !*keep_alive {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        } else if exchange.version == Version::HTTP_10 {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-        }
-    }
-    if !headers.contains_key(header::DATE) {
-        headers.insert(header::DATE, date());
     }
 
     dst.extend_from_slice(if exchange.version == Version::HTTP_10 {
@@ -67,62 +66,77 @@ pub(crate) fn head(
     dst.push(b' ');
     dst.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     dst.extend_from_slice(b"\r\n");
+    let mut has_date = false;
     for (name, value) in headers.iter() {
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
+        if name == header::TRANSFER_ENCODING
+            || (name == header::CONTENT_LENGTH && length != Length::Keep)
+            || (name == header::CONNECTION && !upgrade)
+        {
+            continue;
+        }
+        has_date |= name == header::DATE;
+        field(dst, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Length::Write(n) = length {
+        let mut digits = itoa::Buffer::new();
+        field(dst, b"content-length", digits.format(n).as_bytes());
+    }
+    if framing == Framing::Chunked {
+        field(dst, b"transfer-encoding", b"chunked");
+    }
+    if !upgrade {
+        if !*keep_alive {
+            field(dst, b"connection", b"close");
+        } else if exchange.version == Version::HTTP_10 {
+            field(dst, b"connection", b"keep-alive");
+        }
+    }
+    if !has_date {
+        write_date(dst);
     }
     dst.extend_from_slice(b"\r\n");
     framing
 }
 
+fn field(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    dst.extend_from_slice(name);
+    dst.extend_from_slice(b": ");
+    dst.extend_from_slice(value);
+    dst.extend_from_slice(b"\r\n");
+}
+
 fn framing(
     status: StatusCode,
-    headers: &mut HeaderMap,
+    headers: &HeaderMap,
     hint: &SizeHint,
     exchange: Exchange,
-) -> Framing {
-    headers.remove(header::TRANSFER_ENCODING);
+) -> (Framing, Length) {
     if status.is_informational() || status == StatusCode::NO_CONTENT {
-        headers.remove(header::CONTENT_LENGTH);
-        return Framing::None;
+        return (Framing::None, Length::Drop);
     }
     if exchange.head_request || status == StatusCode::NOT_MODIFIED {
         // The length of what a GET would have sent, when known, stays.
-        if !headers.contains_key(header::CONTENT_LENGTH) && status != StatusCode::NOT_MODIFIED {
+        if status != StatusCode::NOT_MODIFIED && !headers.contains_key(header::CONTENT_LENGTH) {
             if let Some(n) = hint.exact().filter(|n| *n > 0) {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                return (Framing::None, Length::Write(n));
             }
         }
-        return Framing::None;
+        return (Framing::None, Length::Keep);
     }
     if let Some(n) = hint.exact() {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        return Framing::Length(n);
+        return (Framing::Length(n), Length::Write(n));
     }
     match content_length(headers).ok().flatten() {
-        Some(n) => Framing::Length(n),
-        None => {
-            headers.remove(header::CONTENT_LENGTH);
-            if exchange.version == Version::HTTP_10 {
-                Framing::Close
-            } else {
-                headers.insert(
-                    header::TRANSFER_ENCODING,
-                    HeaderValue::from_static("chunked"),
-                );
-                Framing::Chunked
-            }
-        }
+        Some(n) => (Framing::Length(n), Length::Keep),
+        None if exchange.version == Version::HTTP_10 => (Framing::Close, Length::Drop),
+        None => (Framing::Chunked, Length::Drop),
     }
 }
 
-/// The `Date` header value, formatted once per second per thread.
-fn date() -> HeaderValue {
+/// A `Date` field, its value formatted once per second per thread.
+fn write_date(dst: &mut Vec<u8>) {
     thread_local! {
-        static CACHED: RefCell<(u64, HeaderValue)> =
-            const { RefCell::new((0, HeaderValue::from_static(""))) };
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
     }
     let now = SystemTime::now();
     let secs = now
@@ -130,12 +144,11 @@ fn date() -> HeaderValue {
         .map_or(0, |d| d.as_secs());
     CACHED.with(|cached| {
         let mut cached = cached.borrow_mut();
-        if cached.0 != secs {
-            let text = httpdate::fmt_http_date(now);
-            cached.1 = HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static(""));
+        if cached.0 != secs || cached.1.is_empty() {
+            cached.1 = httpdate::fmt_http_date(now);
             cached.0 = secs;
         }
-        cached.1.clone()
+        field(dst, b"date", cached.1.as_bytes());
     })
 }
 
@@ -148,6 +161,7 @@ pub(crate) fn chunk_size_line(len: usize, dst: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderValue;
 
     fn encode(
         status: u16,
@@ -167,7 +181,7 @@ mod tests {
         let mut out = Vec::new();
         let framing = head(
             StatusCode::from_u16(status).unwrap(),
-            &mut map,
+            &map,
             &hint,
             Exchange {
                 version,

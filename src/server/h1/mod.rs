@@ -47,7 +47,7 @@ use self::encode::{Exchange, Framing};
 use self::io::ReadSide;
 use self::parse::HeadError;
 use crate::wire::decode::{Decoder, Step};
-use crate::wire::write_all;
+use crate::wire::{self, write_all};
 
 /// A body frame up to this size is copied into the pending write instead of
 /// being written on its own.
@@ -345,22 +345,38 @@ impl Conn {
         &mut self,
         res: Response<Body>,
         exchange: Exchange,
-        mut keep_alive: bool,
+        keep_alive: bool,
     ) -> Result<bool, &'static str> {
-        let (mut parts, mut body) = res.into_parts();
-        let mut out = Vec::with_capacity(512);
+        let mut out = wire::take_buf(512);
+        let result = self
+            .write_response(res, exchange, keep_alive, &mut out)
+            .await;
+        wire::give_buf(out);
+        result
+    }
+
+    /// [`respond`](Self::respond), with `out` to gather writes in.
+    async fn write_response(
+        &mut self,
+        res: Response<Body>,
+        exchange: Exchange,
+        mut keep_alive: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, &'static str> {
+        let (parts, mut body) = res.into_parts();
         let framing = encode::head(
             parts.status,
-            &mut parts.headers,
+            &parts.headers,
             &http_body::Body::size_hint(&body),
             exchange,
             &mut keep_alive,
-            &mut out,
+            out,
         );
+        wire::give_map(parts.headers);
         let idle = self.limits.idle_timeout;
         if framing == Framing::None {
             drop(body);
-            self.flush(&mut out, None, idle).await?;
+            self.flush(out, None, idle).await?;
             return Ok(keep_alive);
         }
         let mut sent: u64 = 0;
@@ -370,7 +386,7 @@ impl Conn {
             let frame = match body.frame().now_or_never() {
                 Some(frame) => frame,
                 None => {
-                    self.flush(&mut out, None, idle).await?;
+                    self.flush(out, None, idle).await?;
                     body.frame().await
                 }
             };
@@ -379,7 +395,7 @@ impl Conn {
                 Some(Err(e)) => {
                     tracing::debug!(peer = %self.peer, error = %e, "response body failed");
                     // Whatever was sent, the client must not take it as whole.
-                    let _ = self.flush(&mut out, None, idle).await;
+                    let _ = self.flush(out, None, idle).await;
                     return Err("response body failed");
                 }
                 Some(Ok(frame)) => match frame.into_data() {
@@ -396,7 +412,7 @@ impl Conn {
             }
             sent += len;
             if framing == Framing::Chunked {
-                encode::chunk_size_line(data.len(), &mut out);
+                encode::chunk_size_line(data.len(), out);
             }
             if data.len() <= COALESCE {
                 out.extend_from_slice(&data);
@@ -409,19 +425,19 @@ impl Conn {
                 } else {
                     b""
                 };
-                self.flush(&mut out, Some((&data, tail)), idle).await?;
+                self.flush(out, Some((&data, tail)), idle).await?;
             }
         }
         if let Framing::Length(n) = framing {
             if sent != n {
-                let _ = self.flush(&mut out, None, idle).await;
+                let _ = self.flush(out, None, idle).await;
                 return Err("response body shorter than declared");
             }
         }
         if framing == Framing::Chunked {
             out.extend_from_slice(b"0\r\n\r\n");
         }
-        self.flush(&mut out, None, idle).await?;
+        self.flush(out, None, idle).await?;
         Ok(keep_alive)
     }
 

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::wire::{content_length, list_elements};
+use crate::wire::{content_length, list_elements, FieldRanges};
 
 /// Fields the gateway may add to a request before it goes upstream.
 const ADDED_HEADERS: usize = 8;
@@ -115,7 +115,7 @@ pub(crate) fn parse(buf: &mut BytesMut, max_size: usize) -> Result<Option<Head>,
     let path_range = (offset(path), path.len());
     // Where each field lies in `buf`, so the fields can share the head's
     // bytes once they are split off.
-    let ranges: Vec<_> = req
+    let ranges: FieldRanges = req
         .headers
         .iter()
         .map(|f| {
@@ -129,7 +129,7 @@ pub(crate) fn parse(buf: &mut BytesMut, max_size: usize) -> Result<Option<Head>,
         .map_err(|_| HeadError::Malformed)?;
     // Room for what the gateway adds (request id, X-Forwarded-*, Host):
     // growing the map later rehashes every field.
-    let mut headers = HeaderMap::with_capacity(ranges.len() + ADDED_HEADERS);
+    let mut headers = crate::wire::take_map(ranges.len() + ADDED_HEADERS);
     for &(name_at, name_len, value_at, value_len) in &ranges {
         let name = HeaderName::from_bytes(&bytes[name_at..name_at + name_len])
             .map_err(|_| HeadError::Malformed)?;

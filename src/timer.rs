@@ -1,0 +1,108 @@
+//! Timeouts on the request path without a timer allocation per request.
+//!
+//! A fresh `tokio::time::timeout` allocates its timer entry on first wait and
+//! frees it after. Worker threads run one runtime each for their whole life,
+//! so they keep finished sleeps and re-arm them for the next timeout instead.
+//! Elsewhere (tests, the caller's runtime) this is plain `tokio::time::timeout`.
+
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+/// Sleeps kept per worker thread.
+const KEPT: usize = 64;
+
+thread_local! {
+    static WORKER: Cell<bool> = const { Cell::new(false) };
+    static SLEEPS: RefCell<Vec<Pin<Box<Sleep>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The deadline passed before the future finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Elapsed;
+
+/// Marks this thread as a worker whose one runtime outlives every timeout
+/// started on it. Call [`end_worker`] before that runtime is dropped.
+pub(crate) fn start_worker() {
+    WORKER.with(|w| w.set(true));
+}
+
+/// Drops the kept sleeps while their runtime is still there.
+pub(crate) fn end_worker() {
+    WORKER.with(|w| w.set(false));
+    SLEEPS.with(|s| s.borrow_mut().clear());
+}
+
+/// Runs `fut` until it finishes or `after` passes.
+pub(crate) async fn timeout<F: Future>(after: Duration, fut: F) -> Result<F::Output, Elapsed> {
+    if !WORKER.with(Cell::get) {
+        return tokio::time::timeout(after, fut).await.map_err(|_| Elapsed);
+    }
+    let mut fut = pin!(fut);
+    // Most futures given a timeout here finish on their first poll or soon
+    // after; the sleep is only taken out when the first poll waits.
+    let mut sleep: Option<Pin<Box<Sleep>>> = None;
+    let deadline = Instant::now() + after;
+    let out = poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        let sleep = sleep.get_or_insert_with(|| match SLEEPS.with(|s| s.borrow_mut().pop()) {
+            Some(mut kept) => {
+                kept.as_mut().reset(deadline);
+                kept
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        });
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+    if let Some(sleep) = sleep {
+        SLEEPS.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < KEPT {
+                s.push(sleep);
+            }
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_sleeps_time_out_and_finish_like_fresh_ones() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            start_worker();
+            for _ in 0..3 {
+                let slow = timeout(
+                    Duration::from_millis(20),
+                    tokio::time::sleep(Duration::from_secs(10)),
+                );
+                assert_eq!(slow.await, Err(Elapsed));
+                let quick = timeout(Duration::from_secs(10), async {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    7
+                });
+                assert_eq!(quick.await, Ok(7));
+                assert_eq!(timeout(Duration::from_secs(10), async { 8 }).await, Ok(8));
+            }
+            // One sleep served every wait.
+            assert_eq!(SLEEPS.with(|s| s.borrow().len()), 1);
+            end_worker();
+        });
+    }
+}
