@@ -6,9 +6,9 @@
 //! Elsewhere (tests, the caller's runtime) this is plain `tokio::time::timeout`.
 
 use std::cell::{Cell, RefCell};
-use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
-use std::task::Poll;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -38,23 +38,47 @@ pub(crate) fn end_worker() {
 }
 
 /// Runs `fut` until it finishes or `after` passes.
-pub(crate) async fn timeout<F: Future>(after: Duration, fut: F) -> Result<F::Output, Elapsed> {
-    if !WORKER.with(Cell::get) {
-        return tokio::time::timeout(after, fut).await.map_err(|_| Elapsed);
+pub(crate) fn timeout<F: Future>(after: Duration, fut: F) -> Timeout<F> {
+    Timeout {
+        fut,
+        deadline: Instant::now() + after,
+        sleep: None,
     }
-    let mut fut = pin!(fut);
-    // Most futures given a timeout here finish on their first poll or soon
-    // after; the sleep is only taken out when the first poll waits.
-    let mut sleep: Option<Pin<Box<Sleep>>> = None;
-    let deadline = Instant::now() + after;
-    let out = poll_fn(|cx| {
-        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+}
+
+pin_project_lite::pin_project! {
+    /// See [`timeout`]. (A plain struct rather than an `async fn`: an async
+    /// wrapper would hold the wrapped future twice in its state.)
+    pub(crate) struct Timeout<F> {
+        #[pin]
+        fut: F,
+        deadline: Instant,
+        // Taken only when the first poll of `fut` waits.
+        sleep: Option<Pin<Box<Sleep>>>,
+    }
+
+    impl<F> PinnedDrop for Timeout<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(sleep) = this.project().sleep.take() {
+                keep(sleep);
+            }
+        }
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
             return Poll::Ready(Ok(v));
         }
-        let sleep = sleep.get_or_insert_with(|| match SLEEPS.with(|s| s.borrow_mut().pop()) {
-            Some(mut kept) => {
-                kept.as_mut().reset(deadline);
-                kept
+        let deadline = *this.deadline;
+        let sleep = this.sleep.get_or_insert_with(|| match kept() {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(deadline);
+                sleep
             }
             None => Box::pin(tokio::time::sleep_until(deadline)),
         });
@@ -62,17 +86,28 @@ pub(crate) async fn timeout<F: Future>(after: Duration, fut: F) -> Result<F::Out
             Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
             Poll::Pending => Poll::Pending,
         }
-    })
-    .await;
-    if let Some(sleep) = sleep {
-        SLEEPS.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < KEPT {
-                s.push(sleep);
-            }
-        });
     }
-    out
+}
+
+/// A kept sleep, on a worker thread that has one.
+fn kept() -> Option<Pin<Box<Sleep>>> {
+    if !WORKER.with(Cell::get) {
+        return None;
+    }
+    SLEEPS.try_with(|s| s.borrow_mut().pop()).ok().flatten()
+}
+
+/// Keeps `sleep` for a later timeout on this worker thread (or drops it).
+fn keep(sleep: Pin<Box<Sleep>>) {
+    if !WORKER.try_with(Cell::get).unwrap_or(false) {
+        return;
+    }
+    let _ = SLEEPS.try_with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < KEPT {
+            s.push(sleep);
+        }
+    });
 }
 
 #[cfg(test)]
