@@ -1,7 +1,8 @@
 //! The gateway's HTTP/1.1 server on the wire: pipelining, chunked request
 //! bodies, bodies left unread, HEAD, HTTP/1.0 keep-alive, `Expect:
-//! 100-continue`, refused framing, and an upgrade whose first bytes arrive
-//! with its request. Raw TCP clients against a real upstream.
+//! 100-continue`, refused framing, an upgrade whose first bytes arrive
+//! with its request, and exchanges that leave nothing behind for the next.
+//! Raw TCP clients against a real upstream.
 
 mod common;
 
@@ -287,4 +288,57 @@ async fn websocket_bytes_sent_with_the_upgrade_request_are_relayed() {
         assert!(c.fill().await, "tunnel closed");
     }
     assert_eq!(&c.buf[..4], &[0x81, 0x02, b'h', b'i']);
+}
+
+/// Header maps and write buffers are reused from one message to the next on
+/// a thread: nothing of one exchange may show up in the next.
+#[tokio::test]
+async fn nothing_carries_over_between_exchanges_on_a_connection() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(config(&upstream.url));
+    let mut c = Client::connect(gw.addr).await;
+    let count =
+        |res: &RawResponse, name: &str| res.headers.iter().filter(|(k, _)| k == name).count();
+    let sent_to_upstream = |res: &RawResponse, name: &str| {
+        res.json()["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h[0] == name)
+            .count()
+    };
+
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        c.send(b"GET /one?set_cookie=1 HTTP/1.1\r\nHost: x\r\nX-One: 1\r\nX-Extra: a\r\n\r\n")
+            .await;
+        let first = c.response(false).await;
+        assert_eq!(first.status, 200);
+        assert_eq!(sent_to_upstream(&first, "x-one"), 1, "round {round}");
+        assert_eq!(count(&first, "set-cookie"), 1);
+
+        c.send(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let second = c.response(false).await;
+        assert_eq!(second.status, 200);
+        assert_eq!(second.json()["uri"], "/two");
+        assert_eq!(sent_to_upstream(&second, "x-one"), 0, "round {round}");
+        assert_eq!(sent_to_upstream(&second, "x-extra"), 0);
+        assert_eq!(sent_to_upstream(&second, "x-request-id"), 1);
+        assert_eq!(count(&second, "set-cookie"), 0, "round {round}");
+        for res in [&first, &second] {
+            assert_eq!(count(res, "date"), 1);
+            assert_eq!(count(res, "content-length"), 1);
+            assert_eq!(count(res, "x-request-id"), 1);
+            assert_eq!(
+                res.header("content-length")
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap(),
+                res.body.len()
+            );
+            ids.push(res.header("x-request-id").unwrap().to_owned());
+        }
+    }
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "request ids repeat: {ids:?}");
 }

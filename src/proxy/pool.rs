@@ -546,7 +546,7 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ReadH
         })
         .collect();
     let bytes: Bytes = buf.split_to(len).freeze();
-    // Room for what the gateway adds (request id, Date, cookies): growing
+    // Room for what the gateway adds (request id, cookies): growing
     // the map later rehashes every field.
     let mut headers = crate::wire::take_map(ranges.len() + 8);
     for &(name_at, name_len, value_at, value_len) in &ranges {
