@@ -403,8 +403,10 @@ impl Sessions {
             RotateOutcome::NoSession => "expired",
         });
         match outcome {
-            RotateOutcome::Rotated(record) => {
+            RotateOutcome::Rotated(session) => {
                 self.forget_predecessor(presented_hash);
+                let record =
+                    session.into_record(&next.session_handle, &next.user_uuid, &next.client_id);
                 self.bundle(
                     record,
                     client,
@@ -418,7 +420,7 @@ impl Sessions {
                 )
             }
             RotateOutcome::Replay {
-                record,
+                session,
                 sealed_successor,
             } => {
                 let successor = open_successor(presented, &sealed_successor).ok_or_else(|| {
@@ -429,6 +431,8 @@ impl Sessions {
                     tracing::error!("stored successor is not a token of this gateway");
                     RefreshError::Internal
                 })?;
+                let record =
+                    session.into_record(&next.session_handle, &next.user_uuid, &next.client_id);
                 self.bundle(
                     record,
                     client,
