@@ -347,10 +347,9 @@ impl Sessions {
             let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(presented_hash.clone()).or_default().clone()
         };
-        let result = flight
+        flight
             .get_or_init(|| self.rotate(refresh_token, &presented_hash, payload, client))
-            .await
-            .clone();
+            .await;
         {
             let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             if map
@@ -360,7 +359,12 @@ impl Sessions {
                 map.remove(&presented_hash);
             }
         }
-        result
+        // The last caller of a flight takes its result; the others copy it.
+        match Arc::try_unwrap(flight) {
+            Ok(cell) => cell.into_inner(),
+            Err(shared) => shared.get().cloned(),
+        }
+        .unwrap_or(Err(RefreshError::Internal))
     }
 
     /// As [`Sessions::refresh`], but a token refreshed in this process within
