@@ -77,7 +77,9 @@ struct Args {
 }
 
 struct Session {
-    refresh_token: String,
+    /// The current refresh token without its `v1:` prefix: base64url only,
+    /// so it goes into a form body as it is.
+    token: Vec<u8>,
     alive: bool,
 }
 
@@ -117,8 +119,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut shares: Vec<Vec<Session>> = (0..args.workers).map(|_| Vec::new()).collect();
     for (i, t) in tokens.into_iter().enumerate() {
+        let token = plain_token(t.as_bytes()).with_context(|| {
+            "the admin API returned a refresh token that is not v1: + base64url"
+        })?;
         shares[i % args.workers].push(Session {
-            refresh_token: t,
+            token: token.to_vec(),
             alive: true,
         });
     }
@@ -288,32 +293,33 @@ fn request_head(args: &Args) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A complete HTTP/1.1 refresh request presenting `token` as a form body
-/// (`refresh_token=v1%3A…`), written into `out`.
-fn build_request(out: &mut Vec<u8>, head: &[u8], token: &str) {
-    use std::io::Write as _;
-    const KEY: &[u8] = b"refresh_token=";
+/// The form body's fixed start: the token's `v1:` prefix, percent-encoded.
+const FORM_PREFIX: &[u8] = b"refresh_token=v1%3A";
+
+/// A complete HTTP/1.1 refresh request presenting the token whose base64url
+/// part is `token` as a form body (`refresh_token=v1%3A…`), written into
+/// `out`. Base64url needs no encoding, so the token is copied as it is.
+fn build_request(out: &mut Vec<u8>, head: &[u8], token: &[u8]) {
     out.clear();
     out.extend_from_slice(head);
-    // Tokens are `v1:` + base64url: only the colon needs encoding.
-    let plain = token.strip_prefix("v1:").filter(|rest| {
-        rest.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    });
-    match plain {
-        Some(rest) => {
-            let _ = write!(out, "{}\r\n\r\n", KEY.len() + 5 + rest.len());
-            out.extend_from_slice(KEY);
-            out.extend_from_slice(b"v1%3A");
-            out.extend_from_slice(rest.as_bytes());
-        }
-        None => {
-            let value: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
-            let _ = write!(out, "{}\r\n\r\n", KEY.len() + value.len());
-            out.extend_from_slice(KEY);
-            out.extend_from_slice(value.as_bytes());
+    push_decimal(out, FORM_PREFIX.len() + token.len());
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(FORM_PREFIX);
+    out.extend_from_slice(token);
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// One response read off a keep-alive connection.
@@ -328,34 +334,60 @@ struct Answer {
 /// Status, `Content-Length` and `Connection: close` of a response head
 /// (status line and header lines, ending with the empty line).
 fn parse_head(head: &[u8]) -> anyhow::Result<(u16, Option<usize>, bool)> {
-    let head = std::str::from_utf8(head).context("response head is not UTF-8")?;
-    let mut lines = head.split("\r\n");
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let status_line = lines.next().unwrap_or_default();
     let status = status_line
-        .strip_prefix("HTTP/1.1 ")
+        .strip_prefix(b"HTTP/1.1 ")
         .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse::<u16>().ok())
-        .with_context(|| format!("bad status line {status_line:?}"))?;
+        .and_then(decimal)
+        .and_then(|code| u16::try_from(code).ok())
+        .with_context(|| format!("bad status line {:?}", String::from_utf8_lossy(status_line)))?;
     let mut length = None;
     let mut close = false;
     for line in lines.take_while(|l| !l.is_empty()) {
-        let (name, value) = line.split_once(':').context("bad header line")?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse::<usize>().context("bad Content-Length")?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .context("bad header line")?;
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"content-length") {
+            length = Some(decimal(value).context("bad Content-Length")?);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             bail!("unexpected Transfer-Encoding in a sign-in answer");
-        } else if name.eq_ignore_ascii_case("connection") {
-            close = value.eq_ignore_ascii_case("close");
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            close = value.eq_ignore_ascii_case(b"close");
         }
     }
     Ok((status, length, close))
+}
+
+/// A non-empty run of ASCII digits, as a number.
+fn decimal(digits: &[u8]) -> Option<usize> {
+    if digits.is_empty() || digits.len() > 12 {
+        return None;
+    }
+    digits.iter().try_fold(0usize, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + usize::from(d - b'0'))
+    })
+}
+
+/// Where the head in `buf` ends (just past its empty line), looking from
+/// `from` on.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    (from.max(3)..buf.len())
+        .find(|&i| {
+            buf[i] == b'\n' && buf[i - 1] == b'\r' && buf[i - 2] == b'\n' && buf[i - 3] == b'\r'
+        })
+        .map(|i| i + 1)
 }
 
 /// Reads one response with a `Content-Length` body (what the gateway sends
 /// for every sign-in answer) into `buf`.
 async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<Answer> {
     let mut filled = 0;
+    let mut head = None;
     loop {
         if buf.len() < filled + 4096 {
             buf.resize(filled + 4096, 0);
@@ -364,16 +396,19 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Res
         if n == 0 {
             bail!("connection closed before a complete response");
         }
+        let scanned = filled.saturating_sub(3);
         filled += n;
-        let Some(head_len) = buf[..filled]
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map(|p| p + 4)
-        else {
-            continue;
+        let (head_len, status, length, close) = match head {
+            Some(h) => h,
+            None => {
+                let Some(head_len) = head_end(&buf[..filled], scanned) else {
+                    continue;
+                };
+                let (status, length, close) = parse_head(&buf[..head_len])?;
+                let length = length.context("no Content-Length")?;
+                *head.insert((head_len, status, length, close))
+            }
         };
-        let (status, length, close) = parse_head(&buf[..head_len])?;
-        let length = length.context("no Content-Length")?;
         if filled < head_len + length {
             continue;
         }
@@ -429,7 +464,7 @@ async fn worker(
             },
         };
 
-        build_request(&mut request, &head, &sessions[i].refresh_token);
+        build_request(&mut request, &head, &sessions[i].token);
         let sent = Instant::now();
         let outcome = tokio::time::timeout(Duration::from_secs(5), async {
             stream.write_all(&request).await?;
@@ -447,7 +482,9 @@ async fn worker(
                 if answer.status == 200 {
                     match next_token(&buf[answer.body]) {
                         Some(t) => {
-                            sessions[i].refresh_token = t;
+                            let token = &mut sessions[i].token;
+                            token.clear();
+                            token.extend_from_slice(t);
                             if in_window {
                                 stats.ok += 1;
                                 let us = (done - sent).as_micros().min(u128::from(u32::MAX)) as u32;
@@ -498,11 +535,11 @@ async fn worker(
     stats
 }
 
-/// `data.refresh_token` of a refresh answer
-/// (`{"data":{"access_token":"…","refresh_token":"…"}}`). Tokens are
+/// The base64url part of `data.refresh_token` of a refresh answer
+/// (`{"data":{"access_token":"…","refresh_token":"v1:…"}}`). Tokens are
 /// base64url after `v1:`, so they hold no JSON escapes; anything else is
 /// rejected rather than guessed at.
-fn next_token(body: &[u8]) -> Option<String> {
+fn next_token(body: &[u8]) -> Option<&[u8]> {
     const KEY: &[u8] = b"\"refresh_token\":\"";
     let body = body.strip_prefix(b"{\"data\":{")?;
     // The keys come out sorted, so the token is normally the last value:
@@ -521,13 +558,30 @@ fn next_token(body: &[u8]) -> Option<String> {
     };
     let rest = &body[at..];
     let len = rest.iter().position(|&b| b == b'"')?;
-    let token = &rest[..len];
-    let plain = token.starts_with(b"v1:")
-        && token[3..]
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    plain.then(|| String::from_utf8_lossy(token).into_owned())
+    plain_token(&rest[..len])
 }
+
+/// The part after `v1:` of a token that is `v1:` + base64url (no padding).
+fn plain_token(token: &[u8]) -> Option<&[u8]> {
+    let rest = token.strip_prefix(b"v1:")?;
+    // Byte by byte without an early exit, so the loop needs no branch per byte.
+    let ok = rest
+        .iter()
+        .fold(!rest.is_empty(), |ok, &b| ok & BASE64URL[usize::from(b)]);
+    ok.then_some(rest)
+}
+
+/// The bytes of the base64url alphabet.
+const BASE64URL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
+        b += 1;
+    }
+    t
+};
 
 fn add_status(statuses: &mut Vec<(u16, u64)>, code: u16, n: u64) {
     match statuses.iter_mut().find(|(c, _)| *c == code) {

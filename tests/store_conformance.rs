@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use common::redis::{wait_replicated, RedisCluster, RedisSentinel, RedisServer};
 use sis_gateway::config::{StoreConfig, StoreUrl};
 use sis_gateway::session::{
-    NewSession, RotateOutcome, RotateRequest, SessionRecord, SessionStore, Store, StoreError,
+    NewSession, RotateOutcome, RotateRequest, RotatedSession, SessionRecord, SessionStore, Store,
+    StoreError,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -103,19 +104,19 @@ async fn create(store: &Store, handle: &str, user: &str, now: u64) {
     store.create(new_session(handle, user, now)).await.unwrap();
 }
 
-fn expect_rotated(o: RotateOutcome) -> SessionRecord {
+fn expect_rotated(o: RotateOutcome) -> RotatedSession {
     match o {
         RotateOutcome::Rotated(r) => r,
         other => panic!("expected Rotated, got {other:?}"),
     }
 }
 
-fn expect_replay(o: RotateOutcome) -> (SessionRecord, Vec<u8>) {
+fn expect_replay(o: RotateOutcome) -> (RotatedSession, Vec<u8>) {
     match o {
         RotateOutcome::Replay {
-            record,
+            session,
             sealed_successor,
-        } => (record, sealed_successor),
+        } => (session, sealed_successor),
         other => panic!("expected Replay, got {other:?}"),
     }
 }
@@ -144,11 +145,22 @@ async fn rotate_extends_expiry(h: Harness) {
     let s = &h.store;
     create(s, "h1", "u1", T0).await;
     let now = T0 + 20 * MIN;
-    let rec = expect_rotated(s.rotate(rotation("h1", "h1-0", "t1", now)).await.unwrap());
-    assert_eq!(rec.refresh_exp_ms, now + REFRESH_TTL);
-    assert_eq!(rec.created_at_ms, T0);
-    assert_eq!(rec.user_uuid, "u1");
-    // Alive past the first expiry now.
+    let rotated = expect_rotated(s.rotate(rotation("h1", "h1-0", "t1", now)).await.unwrap());
+    assert_eq!(rotated.refresh_exp_ms, now + REFRESH_TTL);
+    assert_eq!(rotated.created_at_ms, T0);
+    assert_eq!(
+        rotated.user_attributes,
+        record("h1", "u1", T0).user_attributes
+    );
+    // Alive past the first expiry now, and otherwise as it was created.
+    let rec = rotated.into_record("h1", "u1", "web");
+    assert_eq!(
+        rec,
+        SessionRecord {
+            refresh_exp_ms: now + REFRESH_TTL,
+            ..record("h1", "u1", T0)
+        }
+    );
     assert_eq!(get(s, "h1", T0 + REFRESH_TTL + MIN).await, Some(rec));
     // The new token rotates on.
     expect_rotated(
@@ -486,6 +498,74 @@ async fn redis_keys_have_ttls() {
     // No token-like value is stored: only hashes and the sealed blob.
     let dump = server.cli(&["HGETALL", "t:s:{h1}"]);
     assert!(dump.contains(&hash("t1")) && dump.contains("sealed(t1)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_rotation_loads_a_flushed_script() {
+    let h = redis().await;
+    let server = h.redis.as_ref().unwrap();
+    let s = &h.store;
+    create(s, "h1", "u1", T0).await;
+    expect_rotated(
+        s.rotate(rotation("h1", "h1-0", "t1", T0 + MIN))
+            .await
+            .unwrap(),
+    );
+    // As after a Redis restart or failover: the script cache is empty.
+    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]), "OK");
+    expect_rotated(
+        s.rotate(rotation("h1", "t1", "t2", T0 + 2 * MIN))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(server.cli(&["HGET", "t:s:{h1}", "cur"]), hash("t2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_rotation_of_a_damaged_session_is_an_error() {
+    let h = redis().await;
+    let server = h.redis.as_ref().unwrap();
+    let s = &h.store;
+    // A field the rotation reads is missing.
+    create(s, "h1", "u1", T0).await;
+    server.cli(&["HDEL", "t:s:{h1}", "created"]);
+    let err = s
+        .rotate(rotation("h1", "h1-0", "t1", T0 + MIN))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    // A hash holding none of the fields a rotation reads.
+    server.cli(&["HSET", "t:s:{h2}", "user", "u1"]);
+    let err = s
+        .rotate(rotation("h2", "h2-0", "t1", T0 + MIN))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    // Neither was changed or deleted.
+    assert_eq!(server.cli(&["HGET", "t:s:{h1}", "cur"]), hash("h1-0"));
+    assert_eq!(server.cli(&["EXISTS", "t:s:{h2}"]), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_theft_and_expiry_leave_the_user_index() {
+    let h = redis().await;
+    let server = h.redis.as_ref().unwrap();
+    let s = &h.store;
+    create(s, "h1", "u1", T0).await;
+    create(s, "h2", "u1", T0).await;
+    let theft = rotation("h1", "not-a-token-of-h1", "t1", T0 + MIN);
+    assert!(matches!(
+        s.rotate(theft).await.unwrap(),
+        RotateOutcome::Theft
+    ));
+    assert_eq!(server.cli(&["SMEMBERS", "t:u:{u1}"]), "h2");
+    let late = rotation("h2", "h2-0", "t1", T0 + REFRESH_TTL);
+    assert!(matches!(
+        s.rotate(late).await.unwrap(),
+        RotateOutcome::NoSession
+    ));
+    assert_eq!(server.cli(&["EXISTS", "t:s:{h2}"]), "0");
+    assert_eq!(server.cli(&["EXISTS", "t:u:{u1}"]), "0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,8 +18,11 @@ use crate::session::store::{
     NewSession, RotateOutcome, RotateRequest, SessionRecord, SessionStore, Store, StoreError,
 };
 use crate::tokens::jwt::{AccessClaims, AccessTokens, VerifyError};
-use crate::tokens::seal::{open_successor, seal_successor, OpenError, RefreshPayload, Sealer};
-use crate::tokens::{random_hex, token_hash};
+use crate::tokens::seal::{
+    open_successor, seal_successor_with_nonce, OpenError, RefreshPayload, Sealer,
+    PAYLOAD_RANDOM_LEN, SEAL_NONCE_LEN,
+};
+use crate::tokens::{fill_random, hex, random_hex, token_hash};
 
 /// Why a refresh (or revoke) failed; each maps to one row of SPEC §1.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,6 +115,57 @@ impl HashedToken {
     fn new(token: String) -> HashedToken {
         let hash = token_hash(&token);
         HashedToken { token, hash }
+    }
+}
+
+/// How the refresh token of a new bundle came about.
+enum Origin<'a> {
+    /// A new session.
+    Created,
+    /// The rotation of the token whose hash this is.
+    Rotated { presented_hash: &'a str },
+    /// A replay, inside the grace window, of the token whose hash this is.
+    Replayed { presented_hash: &'a str },
+}
+
+/// Random bytes behind an access token's `jti`.
+const JTI_LEN: usize = 16;
+
+/// Every random value one rotation uses, drawn from the system generator in
+/// one call: the successor's anti-CSRF token and nonce, the AES-GCM nonces
+/// of the successor token and of its sealed copy for the replay window, and
+/// the access token's `jti`. Each value has bytes of its own.
+struct RotationRandom([u8; RotationRandom::LEN]);
+
+impl RotationRandom {
+    const LEN: usize = PAYLOAD_RANDOM_LEN + 2 * SEAL_NONCE_LEN + JTI_LEN;
+
+    fn draw() -> RotationRandom {
+        let mut bytes = [0u8; Self::LEN];
+        fill_random(&mut bytes);
+        RotationRandom(bytes)
+    }
+
+    fn part<const N: usize>(&self, at: usize) -> [u8; N] {
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.0[at..at + N]);
+        out
+    }
+
+    fn payload(&self) -> [u8; PAYLOAD_RANDOM_LEN] {
+        self.part(0)
+    }
+
+    fn seal_nonce(&self) -> [u8; SEAL_NONCE_LEN] {
+        self.part(PAYLOAD_RANDOM_LEN)
+    }
+
+    fn successor_nonce(&self) -> [u8; SEAL_NONCE_LEN] {
+        self.part(PAYLOAD_RANDOM_LEN + SEAL_NONCE_LEN)
+    }
+
+    fn jti(&self) -> String {
+        hex(&self.0[Self::LEN - JTI_LEN..])
     }
 }
 
@@ -238,8 +292,8 @@ impl Sessions {
             client,
             &payload,
             HashedToken::new(refresh_token),
-            None,
-            false,
+            Origin::Created,
+            random_hex(JTI_LEN),
         )
         .map_err(|_| CreateError::Internal)
     }
@@ -293,10 +347,9 @@ impl Sessions {
             let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(presented_hash.clone()).or_default().clone()
         };
-        let result = flight
-            .get_or_init(|| self.rotate(refresh_token, &presented_hash, &payload, client))
-            .await
-            .clone();
+        flight
+            .get_or_init(|| self.rotate(refresh_token, &presented_hash, payload, client))
+            .await;
         {
             let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             if map
@@ -306,7 +359,12 @@ impl Sessions {
                 map.remove(&presented_hash);
             }
         }
-        result
+        // The last caller of a flight takes its result; the others copy it.
+        match Arc::try_unwrap(flight) {
+            Ok(cell) => cell.into_inner(),
+            Err(shared) => shared.get().cloned(),
+        }
+        .unwrap_or(Err(RefreshError::Internal))
     }
 
     /// As [`Sessions::refresh`], but a token refreshed in this process within
@@ -370,24 +428,31 @@ impl Sessions {
         &self,
         presented: &str,
         presented_hash: &str,
-        payload: &RefreshPayload,
+        payload: RefreshPayload,
         client: Arc<ClientConfig>,
     ) -> Result<Bundle, RefreshError> {
-        let next = RefreshPayload::new(
-            payload.session_handle.clone(),
-            payload.user_uuid.clone(),
-            payload.client_id.clone(),
+        let random = RotationRandom::draw();
+        let handle = payload.session_handle.clone();
+        let next = RefreshPayload::with_random(
+            payload.session_handle,
+            payload.user_uuid,
+            payload.client_id,
+            &random.payload(),
         );
-        let next_token = self.sealer.seal(&next);
+        let next_token = self.sealer.seal_with_nonce(&next, random.seal_nonce());
         let next_hash = token_hash(&next_token);
         let started = std::time::Instant::now();
         let outcome = self
             .store
             .rotate(RotateRequest {
-                handle: payload.session_handle.clone(),
+                handle,
                 presented_hash: presented_hash.to_owned(),
                 new_hash: next_hash.clone(),
-                sealed_successor: seal_successor(presented, &next_token),
+                sealed_successor: seal_successor_with_nonce(
+                    presented,
+                    &next_token,
+                    random.successor_nonce(),
+                ),
                 now_ms: self.clock.now_ms(),
                 grace_ms: self.grace.as_millis() as u64,
                 refresh_ttl_ms: client.refresh_token_ttl.as_millis() as u64,
@@ -403,8 +468,10 @@ impl Sessions {
             RotateOutcome::NoSession => "expired",
         });
         match outcome {
-            RotateOutcome::Rotated(record) => {
+            RotateOutcome::Rotated(session) => {
                 self.forget_predecessor(presented_hash);
+                let record =
+                    session.into_record(&next.session_handle, &next.user_uuid, &next.client_id);
                 self.bundle(
                     record,
                     client,
@@ -413,12 +480,12 @@ impl Sessions {
                         token: next_token,
                         hash: next_hash,
                     },
-                    Some(presented_hash),
-                    false,
+                    Origin::Rotated { presented_hash },
+                    random.jti(),
                 )
             }
             RotateOutcome::Replay {
-                record,
+                session,
                 sealed_successor,
             } => {
                 let successor = open_successor(presented, &sealed_successor).ok_or_else(|| {
@@ -429,19 +496,21 @@ impl Sessions {
                     tracing::error!("stored successor is not a token of this gateway");
                     RefreshError::Internal
                 })?;
+                let record =
+                    session.into_record(&next.session_handle, &next.user_uuid, &next.client_id);
                 self.bundle(
                     record,
                     client,
                     &next,
                     HashedToken::new(successor),
-                    Some(presented_hash),
-                    true,
+                    Origin::Replayed { presented_hash },
+                    random.jti(),
                 )
             }
             RotateOutcome::Theft => {
                 self.forget_predecessor(presented_hash);
                 tracing::warn!(
-                    session_handle = %payload.session_handle,
+                    session_handle = %next.session_handle,
                     "refresh token replayed outside the grace rules; session revoked"
                 );
                 Err(RefreshError::Theft)
@@ -456,9 +525,14 @@ impl Sessions {
         client: Arc<ClientConfig>,
         payload: &RefreshPayload,
         refresh: HashedToken,
-        parent_hash: Option<&str>,
-        replayed: bool,
+        origin: Origin<'_>,
+        jti: String,
     ) -> Result<Bundle, RefreshError> {
+        let (parent_hash, replayed) = match origin {
+            Origin::Created => (None, false),
+            Origin::Rotated { presented_hash } => (Some(presented_hash), false),
+            Origin::Replayed { presented_hash } => (Some(presented_hash), true),
+        };
         let HashedToken {
             token: refresh_token,
             hash: refresh_token_hash,
@@ -470,7 +544,7 @@ impl Sessions {
             aud: client.audience.clone(),
             client_id: client.client_id.clone(),
             sub: record.user_uuid.clone(),
-            jti: random_hex(16),
+            jti,
             iat: now / 1000,
             exp: access_exp_ms / 1000,
             session_handle: record.handle.clone(),
@@ -544,4 +618,39 @@ pub enum CreateError {
     Store(StoreError),
     #[error("internal error")]
     Internal,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_random_values_do_not_share_bytes() {
+        let mut bytes = [0u8; RotationRandom::LEN];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let r = RotationRandom(bytes);
+        let expect =
+            |from: usize, len: usize| (from..from + len).map(|i| i as u8).collect::<Vec<_>>();
+        assert_eq!(r.payload().to_vec(), expect(0, PAYLOAD_RANDOM_LEN));
+        assert_eq!(
+            r.seal_nonce().to_vec(),
+            expect(PAYLOAD_RANDOM_LEN, SEAL_NONCE_LEN)
+        );
+        assert_eq!(
+            r.successor_nonce().to_vec(),
+            expect(PAYLOAD_RANDOM_LEN + SEAL_NONCE_LEN, SEAL_NONCE_LEN)
+        );
+        assert_eq!(
+            r.jti(),
+            hex(&expect(RotationRandom::LEN - JTI_LEN, JTI_LEN))
+        );
+        assert_eq!(
+            RotationRandom::LEN,
+            PAYLOAD_RANDOM_LEN + 2 * SEAL_NONCE_LEN + JTI_LEN
+        );
+        // Two draws differ.
+        assert_ne!(RotationRandom::draw().0, RotationRandom::draw().0);
+    }
 }

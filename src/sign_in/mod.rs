@@ -60,6 +60,9 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SignIn {
     prefix: String,
     cookies: CookiesConfig,
+    /// `cookies.refresh_name()` and `cookies.anti_csrf_name()`, formatted once.
+    refresh_cookie: String,
+    anti_csrf_cookie: String,
     cors_origins: Vec<String>,
     sessions: Arc<Sessions>,
     admin_token: Option<crate::config::Secret>,
@@ -147,6 +150,8 @@ impl SignIn {
         SignIn {
             prefix: config.sign_in.path_prefix.clone(),
             cookies: config.cookies.clone(),
+            refresh_cookie: config.cookies.refresh_name(),
+            anti_csrf_cookie: config.cookies.anti_csrf_name(),
             cors_origins: config.sign_in.cors_origins.clone(),
             sessions: Arc::new(sessions),
             admin_token: config.admin.token.clone(),
@@ -238,8 +243,8 @@ impl SignIn {
             parts.uri.query(),
             &parts.headers,
             &body,
-            &self.cookies.refresh_name(),
-            &self.cookies.anti_csrf_name(),
+            &self.refresh_cookie,
+            &self.anti_csrf_cookie,
         )
         .map_err(|_| json_error(StatusCode::BAD_REQUEST, "Malformed request body"))
     }

@@ -2,6 +2,8 @@
 //! form/JSON body parameter first, then the cookie of the same name. An empty
 //! value counts as missing.
 
+use std::borrow::Cow;
+
 use http::header::{HeaderMap, CONTENT_TYPE, COOKIE};
 use percent_encoding::percent_decode_str;
 
@@ -47,40 +49,40 @@ pub fn credentials(
     let mut refresh = None;
     let mut anti_csrf = None;
     if let Some(q) = query {
-        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
-            take(&mut refresh, &mut anti_csrf, &k, &v);
-        }
+        form_pairs(q.as_bytes(), &mut refresh, &mut anti_csrf);
     }
     if !body.is_empty() {
         let ctype = headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
-            .to_ascii_lowercase();
-        if ctype.starts_with("application/json") || ctype.ends_with("+json") {
+            .as_bytes();
+        if starts_with_ignore_case(ctype, b"application/json")
+            || ends_with_ignore_case(ctype, b"+json")
+        {
             let value: serde_json::Value =
                 serde_json::from_slice(body).map_err(|_| MalformedBody)?;
             if let Some(obj) = value.as_object() {
                 for (k, v) in obj {
                     if let Some(s) = v.as_str() {
-                        take(&mut refresh, &mut anti_csrf, k, s);
+                        take(&mut refresh, &mut anti_csrf, k, Cow::Borrowed(s));
                     }
                 }
             }
-        } else if ctype.starts_with("application/x-www-form-urlencoded") || ctype.is_empty() {
-            for (k, v) in form_urlencoded::parse(body) {
-                take(&mut refresh, &mut anti_csrf, &k, &v);
-            }
+        } else if starts_with_ignore_case(ctype, b"application/x-www-form-urlencoded")
+            || ctype.is_empty()
+        {
+            form_pairs(body, &mut refresh, &mut anti_csrf);
         }
     }
     let mut from_cookie = false;
     if refresh.is_none() || anti_csrf.is_none() {
         for (name, value) in cookies(headers) {
             if refresh.is_none() && name == refresh_cookie {
-                refresh = nonempty(value);
+                refresh = nonempty(Cow::Borrowed(value));
                 from_cookie = refresh.is_some();
             } else if anti_csrf.is_none() && name == anti_csrf_cookie {
-                anti_csrf = nonempty(value);
+                anti_csrf = nonempty(Cow::Borrowed(value));
             }
         }
     }
@@ -91,7 +93,80 @@ pub fn credentials(
     })
 }
 
-fn take(refresh: &mut Option<String>, anti_csrf: &mut Option<String>, key: &str, value: &str) {
+fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
+    s.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+}
+
+fn ends_with_ignore_case(s: &[u8], suffix: &[u8]) -> bool {
+    s.len() >= suffix.len() && s[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+}
+
+/// The `application/x-www-form-urlencoded` pairs of `input` (a query or a
+/// body), as the URL standard reads them: `&`-separated, empty pairs
+/// skipped, split at the first `=`, `+` and `%XX` decoded in names and
+/// values. Only the two credentials are kept; other values are not decoded.
+fn form_pairs(input: &[u8], refresh: &mut Option<String>, anti_csrf: &mut Option<String>) {
+    for pair in input.split(|&b| b == b'&') {
+        if pair.is_empty() {
+            continue;
+        }
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &pair[pair.len()..]),
+        };
+        let name = form_decode(name);
+        if matches!(&*name, "refresh_token" | "anti_csrf_token") {
+            take(refresh, anti_csrf, &name, form_decode(value));
+        }
+    }
+}
+
+/// One form-encoded name or value: `+` is a space, `%XX` a byte; a `%` not
+/// followed by two hex digits stays as it is, and bytes that are not UTF-8
+/// become U+FFFD. Borrows when there is nothing to decode.
+fn form_decode(raw: &[u8]) -> Cow<'_, str> {
+    if !raw.iter().any(|&b| b == b'%' || b == b'+') {
+        return String::from_utf8_lossy(raw);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < raw.len() => match (hex_digit(raw[i + 1]), hex_digit(raw[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    match String::from_utf8(out) {
+        Ok(s) => Cow::Owned(s),
+        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    }
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn take(
+    refresh: &mut Option<String>,
+    anti_csrf: &mut Option<String>,
+    key: &str,
+    value: Cow<'_, str>,
+) {
     let slot = match key {
         "refresh_token" => refresh,
         "anti_csrf_token" => anti_csrf,
@@ -105,15 +180,17 @@ fn take(refresh: &mut Option<String>, anti_csrf: &mut Option<String>, key: &str,
 /// Empty counts as missing; a value still URI-encoded (`v1%3A...`, as SiS
 /// clients send it inside bodies and cookies) is decoded once more. Tokens this
 /// gateway issues never contain `%`, so the extra decode cannot alter one.
-fn nonempty(value: &str) -> Option<String> {
-    let value = value.trim();
-    if value.is_empty() {
+fn nonempty(value: Cow<'_, str>) -> Option<String> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
         return None;
     }
-    let decoded = if value.contains('%') {
-        percent_decode_str(value).decode_utf8_lossy().into_owned()
+    let decoded = if trimmed.contains('%') {
+        percent_decode_str(trimmed).decode_utf8_lossy().into_owned()
+    } else if trimmed.len() == value.len() {
+        value.into_owned()
     } else {
-        value.to_owned()
+        trimmed.to_owned()
     };
     (!decoded.is_empty()).then_some(decoded)
 }
@@ -251,6 +328,65 @@ mod tests {
             HeaderValue::from_bytes(b"a=\xff\xfe; b=ok").unwrap(),
         );
         assert_eq!(cookies(&h).collect::<Vec<_>>(), [("b", "ok")]);
+    }
+
+    #[test]
+    fn form_decoding_matches_the_url_standard() {
+        // The same pairs, in the same order, as form_urlencoded reads them.
+        let inputs: &[&[u8]] = &[
+            b"refresh_token=v1%3Aabc",
+            b"a=1&&refresh_token=x+y%20z&=&anti_csrf_token=%",
+            b"refresh%5Ftoken=%41%4&anti_csrf_token=%zz%%41",
+            b"refresh_token",
+            b"refresh_token=%E2%82%AC%FF&anti_csrf_token=a=b",
+            b"&&&",
+            b"refresh_token=+%2B+&refresh_token=second",
+            b"anti_csrf_token=%C3%A9t%C3",
+        ];
+        for input in inputs {
+            let mut expected = (None, None);
+            for (k, v) in form_urlencoded::parse(input) {
+                match &*k {
+                    "refresh_token" if expected.0.is_none() => expected.0 = nonempty(v),
+                    "anti_csrf_token" if expected.1.is_none() => expected.1 = nonempty(v),
+                    _ => {}
+                }
+            }
+            let mut got = (None, None);
+            form_pairs(input, &mut got.0, &mut got.1);
+            assert_eq!(got, expected, "{}", String::from_utf8_lossy(input));
+        }
+        assert_eq!(form_decode(b"v1%3Aabc-_"), "v1:abc-_");
+        assert!(matches!(form_decode(b"v1:abc"), Cow::Borrowed("v1:abc")));
+    }
+
+    #[test]
+    fn content_type_is_case_insensitive() {
+        let c = creds(
+            None,
+            &[("content-type", "Application/JSON; charset=utf-8")],
+            r#"{"refresh_token":"v1:j"}"#,
+        );
+        assert_eq!(c.refresh_token.as_deref(), Some("v1:j"));
+        let c = creds(
+            None,
+            &[("content-type", "application/vnd.api+JSON")],
+            r#"{"refresh_token":"v1:k"}"#,
+        );
+        assert_eq!(c.refresh_token.as_deref(), Some("v1:k"));
+        let c = creds(
+            None,
+            &[("content-type", "APPLICATION/X-WWW-FORM-URLENCODED")],
+            "refresh_token=v1%3Af",
+        );
+        assert_eq!(c.refresh_token.as_deref(), Some("v1:f"));
+        // Another type: the body is not read for credentials.
+        let c = creds(
+            None,
+            &[("content-type", "text/plain")],
+            "refresh_token=v1:t",
+        );
+        assert_eq!(c.refresh_token, None);
     }
 
     #[test]

@@ -17,10 +17,10 @@
 //! sealing keys well before that.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use aws_lc_rs::{digest, hkdf};
+use aws_lc_rs::{digest, hmac};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
@@ -42,6 +42,11 @@ const SUCCESSOR_SALT: &[u8] = b"sis-gateway successor salt v1";
 const SUCCESSOR_INFO: &[u8] = b"sis-gateway successor key v1";
 const SUCCESSOR_AAD: &[u8] = b"sis-gateway successor v1";
 
+/// Random bytes behind a payload's anti-CSRF token and nonce (16 each).
+pub(crate) const PAYLOAD_RANDOM_LEN: usize = 32;
+/// Length of the random AES-GCM nonces of tokens and sealed successors.
+pub(crate) const SEAL_NONCE_LEN: usize = NONCE_LEN;
+
 /// What a refresh token carries. Expiry lives in the store, not here.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RefreshPayload {
@@ -61,9 +66,21 @@ impl RefreshPayload {
         client_id: impl Into<String>,
     ) -> Self {
         // One draw from the generator for both random fields.
-        let mut random = [0u8; 32];
+        let mut random = [0u8; PAYLOAD_RANDOM_LEN];
         fill_random(&mut random);
-        let (anti_csrf, nonce) = random.split_at(16);
+        Self::with_random(session_handle, user_uuid, client_id, &random)
+    }
+
+    /// A payload whose anti-CSRF token and nonce are the hex of `random`
+    /// (fresh bytes from the system generator, drawn by the caller together
+    /// with others it needs).
+    pub(crate) fn with_random(
+        session_handle: impl Into<String>,
+        user_uuid: impl Into<String>,
+        client_id: impl Into<String>,
+        random: &[u8; PAYLOAD_RANDOM_LEN],
+    ) -> Self {
+        let (anti_csrf, nonce) = random.split_at(PAYLOAD_RANDOM_LEN / 2);
         RefreshPayload {
             session_handle: session_handle.into(),
             user_uuid: user_uuid.into(),
@@ -158,9 +175,25 @@ impl Sealer {
         self.seal_with_version(p, INNER_VERSION)
     }
 
+    /// As [`seal`](Self::seal), with a nonce the caller drew from the system
+    /// generator (together with other random values it needed).
+    pub(crate) fn seal_with_nonce(
+        &self,
+        p: &RefreshPayload,
+        nonce: [u8; SEAL_NONCE_LEN],
+    ) -> String {
+        self.seal_inner(p, INNER_VERSION, nonce)
+    }
+
     /// As [`seal`](Self::seal), with an arbitrary inner version (tests only).
     #[doc(hidden)]
     pub fn seal_with_version(&self, p: &RefreshPayload, version: u8) -> String {
+        let mut nonce = [0u8; NONCE_LEN];
+        fill_random(&mut nonce);
+        self.seal_inner(p, version, nonce)
+    }
+
+    fn seal_inner(&self, p: &RefreshPayload, version: u8, nonce: [u8; NONCE_LEN]) -> String {
         let k = &self.keys[0];
         let fields = [
             &p.session_handle,
@@ -172,8 +205,6 @@ impl Sealer {
         let body_len: usize = fields.iter().map(|f| f.len() + 5).sum();
         let mut buf = Vec::with_capacity(KEY_ID_LEN + NONCE_LEN + 1 + body_len + TAG_LEN);
         buf.extend_from_slice(&k.id);
-        let mut nonce = [0u8; NONCE_LEN];
-        fill_random(&mut nonce);
         buf.extend_from_slice(&nonce);
         let header_len = buf.len();
         buf.push(version);
@@ -202,9 +233,12 @@ impl Sealer {
             return Err(OpenError::Undecryptable);
         }
         let b64 = token.strip_prefix(PREFIX).ok_or(OpenError::Undecryptable)?;
-        let mut raw = URL_SAFE_NO_PAD
-            .decode(b64)
+        // Decoded on the stack: a token is at most MAX_TOKEN_LEN characters.
+        let mut buf = [0u8; MAX_TOKEN_LEN / 4 * 3];
+        let len = URL_SAFE_NO_PAD
+            .decode_slice(b64, &mut buf)
             .map_err(|_| OpenError::Undecryptable)?;
+        let raw = &mut buf[..len];
         if raw.len() < KEY_ID_LEN + NONCE_LEN + 1 + TAG_LEN {
             return Err(OpenError::Undecryptable);
         }
@@ -306,24 +340,46 @@ fn decode_payload(plain: &[u8]) -> Result<RefreshPayload, OpenError> {
     })
 }
 
-/// The key that only a holder of `presented_token` can derive. The label differs
-/// from plain SHA-256 ([`super::token_hash`]), so the store cannot derive it.
+/// HMAC-SHA256 keyed with [`SUCCESSOR_SALT`]: HKDF-Extract's first step,
+/// prepared once.
+static SUCCESSOR_EXTRACT: LazyLock<hmac::Key> =
+    LazyLock::new(|| hmac::Key::new(hmac::HMAC_SHA256, SUCCESSOR_SALT));
+
+/// The key that only a holder of `presented_token` can derive: HKDF-SHA256
+/// (RFC 5869) of the token, with [`SUCCESSOR_SALT`] and [`SUCCESSOR_INFO`],
+/// 32 bytes long. Written as its two HMACs, so the salt's HMAC key is
+/// prepared once rather than per call: PRK = HMAC(salt, token), key =
+/// HMAC(PRK, info || 0x01) (one output block is all a 32-byte key takes).
+/// The label differs from plain SHA-256 ([`super::token_hash`]), so the store
+/// cannot derive it.
 fn successor_key(presented_token: &str) -> LessSafeKey {
-    let prk =
-        hkdf::Salt::new(hkdf::HKDF_SHA256, SUCCESSOR_SALT).extract(presented_token.as_bytes());
-    let okm = prk
-        .expand(&[SUCCESSOR_INFO], &AES_256_GCM)
-        .expect("HKDF output of one AES-256 key is within bounds");
-    LessSafeKey::new(UnboundKey::from(okm))
+    let prk = hmac::sign(&SUCCESSOR_EXTRACT, presented_token.as_bytes());
+    let mut expand = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, prk.as_ref()));
+    expand.update(SUCCESSOR_INFO);
+    expand.update(&[1]);
+    let okm = expand.sign();
+    let key = UnboundKey::new(&AES_256_GCM, okm.as_ref())
+        .expect("an HMAC-SHA256 output is an AES-256 key");
+    LessSafeKey::new(key)
 }
 
 /// Seals `successor_token` so that only a holder of `presented_token` can open it:
 /// `[12-byte nonce][ciphertext + tag]`. This is what the store keeps for the replay
 /// window; it knows only `token_hash(presented_token)`.
 pub fn seal_successor(presented_token: &str, successor_token: &str) -> Vec<u8> {
-    let key = successor_key(presented_token);
     let mut nonce = [0u8; NONCE_LEN];
     fill_random(&mut nonce);
+    seal_successor_with_nonce(presented_token, successor_token, nonce)
+}
+
+/// As [`seal_successor`], with a nonce the caller drew from the system
+/// generator.
+pub(crate) fn seal_successor_with_nonce(
+    presented_token: &str,
+    successor_token: &str,
+    nonce: [u8; SEAL_NONCE_LEN],
+) -> Vec<u8> {
+    let key = successor_key(presented_token);
     let mut buf = Vec::with_capacity(NONCE_LEN + successor_token.len() + TAG_LEN);
     buf.extend_from_slice(&nonce);
     buf.extend_from_slice(successor_token.as_bytes());
@@ -577,6 +633,45 @@ mod tests {
         }
         let succ = f64::from(n) / start.elapsed().as_secs_f64();
         println!("seal {seal:.0}/s  open {open:.0}/s  seal_successor {succ:.0}/s");
+    }
+
+    #[test]
+    fn successor_key_is_hkdf_sha256() {
+        // The same key as aws-lc's HKDF over the same inputs, so successors
+        // sealed before and after this way of computing it open alike.
+        let token = Sealer::ephemeral().seal(&payload());
+        let sealed = seal_successor(&token, "v1:successor");
+        let prk = aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, SUCCESSOR_SALT)
+            .extract(token.as_bytes());
+        let okm = prk
+            .expand(&[SUCCESSOR_INFO], &AES_256_GCM)
+            .expect("one AES-256 key");
+        let key = LessSafeKey::new(UnboundKey::from(okm));
+        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        let mut ct = ct.to_vec();
+        let plain = key
+            .open_in_place(
+                Nonce::try_assume_unique_for_key(nonce).unwrap(),
+                Aad::from(SUCCESSOR_AAD),
+                &mut ct,
+            )
+            .expect("opens with the HKDF key");
+        assert_eq!(plain, b"v1:successor");
+    }
+
+    #[test]
+    fn seals_with_given_nonces() {
+        let s = Sealer::ephemeral();
+        let p = RefreshPayload::with_random("h", "u", "c", &[7u8; PAYLOAD_RANDOM_LEN]);
+        assert_eq!(p.anti_csrf_token, "07".repeat(16));
+        assert_eq!(p.nonce, "07".repeat(16));
+        let t = s.seal_with_nonce(&p, [9u8; SEAL_NONCE_LEN]);
+        assert_eq!(s.open(&t), Ok(p));
+        let raw = URL_SAFE_NO_PAD.decode(&t[3..]).unwrap();
+        assert_eq!(raw[KEY_ID_LEN..KEY_ID_LEN + NONCE_LEN], [9u8; NONCE_LEN]);
+        let sealed = seal_successor_with_nonce(&t, "v1:next", [5u8; SEAL_NONCE_LEN]);
+        assert_eq!(sealed[..NONCE_LEN], [5u8; NONCE_LEN]);
+        assert_eq!(open_successor(&t, &sealed).as_deref(), Some("v1:next"));
     }
 
     #[test]

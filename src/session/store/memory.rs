@@ -145,7 +145,7 @@ fn rotate_entry(entry: &mut Entry, r: &RotateRequest) -> (RotateOutcome, bool) {
         entry.prev_until_ms = r.now_ms.saturating_add(r.grace_ms);
         entry.succ = r.sealed_successor.clone();
         entry.record.refresh_exp_ms = r.now_ms.saturating_add(r.refresh_ttl_ms).min(max_exp);
-        return (RotateOutcome::Rotated(entry.record.clone()), false);
+        return (RotateOutcome::Rotated((&entry.record).into()), false);
     }
     if entry.prev.as_deref() == Some(r.presented_hash.as_str())
         && r.grace_ms > 0
@@ -153,7 +153,7 @@ fn rotate_entry(entry: &mut Entry, r: &RotateRequest) -> (RotateOutcome, bool) {
     {
         return (
             RotateOutcome::Replay {
-                record: entry.record.clone(),
+                session: (&entry.record).into(),
                 sealed_successor: entry.succ.clone(),
             },
             false,

@@ -82,15 +82,52 @@ pub struct RotateRequest {
     pub max_age_ms: u64,
 }
 
+/// What a rotation reports about its session: the part of the record that
+/// the caller does not already know. Handle, user and client are sealed into
+/// the presented token and never change for a session; see
+/// [`RotatedSession::into_record`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct RotatedSession {
+    /// JSON text, opaque to the store.
+    pub user_attributes: String,
+    pub created_at_ms: u64,
+    /// The refresh expiry after the rotation.
+    pub refresh_exp_ms: u64,
+}
+
+impl RotatedSession {
+    /// The whole record, with the parts the caller knows.
+    pub fn into_record(self, handle: &str, user_uuid: &str, client_id: &str) -> SessionRecord {
+        SessionRecord {
+            handle: handle.to_owned(),
+            user_uuid: user_uuid.to_owned(),
+            client_id: client_id.to_owned(),
+            user_attributes: self.user_attributes,
+            created_at_ms: self.created_at_ms,
+            refresh_exp_ms: self.refresh_exp_ms,
+        }
+    }
+}
+
+impl From<&SessionRecord> for RotatedSession {
+    fn from(r: &SessionRecord) -> Self {
+        RotatedSession {
+            user_attributes: r.user_attributes.clone(),
+            created_at_ms: r.created_at_ms,
+            refresh_exp_ms: r.refresh_exp_ms,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum RotateOutcome {
     /// The presented hash was current; `new_hash` is now current and the
-    /// record carries the new `refresh_exp_ms`.
-    Rotated(SessionRecord),
+    /// session carries the new `refresh_exp_ms`.
+    Rotated(RotatedSession),
     /// The presented hash was the previous one, inside its replay window, and
     /// its successor is still current: the blob stored at the first rotation.
     Replay {
-        record: SessionRecord,
+        session: RotatedSession,
         sealed_successor: Vec<u8>,
     },
     /// The session existed but the presented hash is neither current nor a

@@ -30,7 +30,10 @@ use ::redis::{
 use futures_util::future::join_all;
 
 use super::memory::sort_records;
-use super::{NewSession, RotateOutcome, RotateRequest, SessionRecord, SessionStore, StoreError};
+use super::{
+    NewSession, RotateOutcome, RotateRequest, RotatedSession, SessionRecord, SessionStore,
+    StoreError,
+};
 use crate::config::StoreConfig;
 
 const ROTATE_LUA: &str = include_str!("rotate.lua");
@@ -429,6 +432,21 @@ fn record(handle: &str, fields: Vec<Vec<u8>>) -> Result<SessionRecord, StoreErro
     })
 }
 
+/// What `rotate.lua` answers about a rotated session: `attrs created exp`.
+fn rotated(fields: impl Iterator<Item = Vec<u8>>) -> Result<RotatedSession, StoreError> {
+    let mut fields = fields.fuse();
+    let (Some(attrs), Some(created), Some(exp), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return Err(corrupt("wrong number of session fields"));
+    };
+    Ok(RotatedSession {
+        user_attributes: text(attrs, "attrs")?,
+        created_at_ms: number(&text(created, "created")?, "created")?,
+        refresh_exp_ms: number(&text(exp, "exp")?, "exp")?,
+    })
+}
+
 /// A record from an HMGET of [`RECORD_FIELDS`]; `None` when the hash is gone.
 fn record_from_hmget(
     handle: &str,
@@ -496,9 +514,19 @@ impl SessionStore for RedisStore {
     }
 
     async fn rotate(&self, r: RotateRequest) -> Result<RotateOutcome, StoreError> {
+        // EVALSHA written directly: the same command `Script::invoke_async`
+        // sends, without copying every argument twice on the way, into a
+        // buffer sized for all of them.
         let key = self.session_key(&r.handle);
-        let mut call = self.inner.rotate.key(&key);
-        call.arg(&r.presented_hash)
+        // The name, the script's hash and the numbers fit in the 128.
+        let size =
+            128 + key.len() + r.presented_hash.len() + r.new_hash.len() + r.sealed_successor.len();
+        let mut call = ::redis::Cmd::with_capacity(11, size);
+        call.arg("EVALSHA")
+            .arg(self.inner.rotate.get_hash())
+            .arg(1)
+            .arg(key)
+            .arg(&r.presented_hash)
             .arg(&r.new_hash)
             .arg(&r.sealed_successor[..])
             .arg(r.now_ms)
@@ -508,16 +536,24 @@ impl SessionStore for RedisStore {
         let reply: Vec<Vec<u8>> = self
             .run(|mut c| {
                 let call = &call;
-                async move { call.invoke_async(&mut c).await }
+                async move {
+                    match call.query_async(&mut c).await {
+                        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                            // Not loaded on this node yet (or flushed): load, then run.
+                            self.inner.rotate.load_async(&mut c).await?;
+                            call.query_async(&mut c).await
+                        }
+                        other => other,
+                    }
+                }
             })
             .await?;
         let mut reply = reply.into_iter();
         let tag = reply.next().unwrap_or_default();
-        let rest: Vec<Vec<u8>> = reply.collect();
         match tag.as_slice() {
             b"missing" => Ok(RotateOutcome::NoSession),
             b"expired" | b"theft" => {
-                if let Some(user) = rest.into_iter().next() {
+                if let Some(user) = reply.next() {
                     self.unindex(&text(user, "user")?, &r.handle).await;
                 }
                 Ok(if tag == b"theft" {
@@ -526,12 +562,12 @@ impl SessionStore for RedisStore {
                     RotateOutcome::NoSession
                 })
             }
-            b"rotated" => Ok(RotateOutcome::Rotated(record(&r.handle, rest)?)),
+            b"rotated" => Ok(RotateOutcome::Rotated(rotated(reply)?)),
             b"replay" => {
-                let mut rest = rest;
+                let mut rest: Vec<Vec<u8>> = reply.collect();
                 let sealed_successor = rest.pop().ok_or_else(|| corrupt("replay lacks succ"))?;
                 Ok(RotateOutcome::Replay {
-                    record: record(&r.handle, rest)?,
+                    session: rotated(rest.into_iter())?,
                     sealed_successor,
                 })
             }

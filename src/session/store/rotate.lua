@@ -8,11 +8,17 @@
 --   {'missing'}
 --   {'expired', user}                         session deleted
 --   {'theft', user}                           session deleted
---   {'rotated', user, client, attrs, created, exp}
---   {'replay', user, client, attrs, created, exp, succ}
+--   {'rotated', attrs, created, exp}
+--   {'replay', attrs, created, exp, succ}
 --   {'corrupt', what}
--- The caller removes the handle from the user's index after 'expired' and
--- 'theft' (that key lives in another cluster slot).
+-- User and client are not returned: the caller has them from the sealed
+-- token it presented, which carries them unchanged from the session's
+-- creation. The caller removes the handle from the user's index after
+-- 'expired' and 'theft' (that key lives in another cluster slot).
+--
+-- Only the fields a rotation needs are read up front; 'user' is read only
+-- when the session is deleted, 'prev', 'prev_until' and 'succ' only when the
+-- presented hash is not the current one.
 --
 -- Times are integers below 2^53, exact as Lua doubles; they are formatted with
 -- %d (a C long here) so a value never turns into exponent notation.
@@ -21,45 +27,50 @@ local key = KEYS[1]
 local presented = ARGV[1]
 local now = tonumber(ARGV[4])
 local grace = tonumber(ARGV[5])
-local ttl = tonumber(ARGV[6])
-local max_age = tonumber(ARGV[7])
 
--- 'succ' is read only for a replay.
-local f = redis.call('HMGET', key, 'user', 'client', 'attrs', 'created', 'exp',
-  'cur', 'prev', 'prev_until')
-local user, client, attrs = f[1], f[2], f[3]
-if not user then
-  return {'missing'}
-end
-local created, exp = tonumber(f[4]), tonumber(f[5])
-if not created or not exp or not f[6] or not client or not attrs then
+local f = redis.call('HMGET', key, 'cur', 'attrs', 'created', 'exp')
+local cur, attrs = f[1], f[2]
+local created, exp = tonumber(f[3]), tonumber(f[4])
+if not cur or not attrs or not created or not exp then
+  if not cur and not attrs and not f[3] and not f[4]
+      and redis.call('EXISTS', key) == 0 then
+    return {'missing'}
+  end
   return {'corrupt', key}
 end
 
-local max_exp = created + max_age
-if now >= exp or now >= max_exp then
+-- Deletes the session; its user, for the caller's index clean-up.
+local function drop()
+  local user = redis.call('HGET', key, 'user')
   redis.call('DEL', key)
-  return {'expired', user}
+  if user then
+    return user
+  end
+  return nil
 end
 
-if presented == f[6] then
-  local new_exp = math.min(now + ttl, max_exp)
+local max_exp = created + tonumber(ARGV[7])
+if now >= exp or now >= max_exp then
+  return {'expired', drop()}
+end
+
+if presented == cur then
+  local new_exp = math.min(now + tonumber(ARGV[6]), max_exp)
   local new_exp_s = string.format('%d', new_exp)
   redis.call('HSET', key,
-    'prev', f[6],
+    'prev', cur,
     'prev_until', string.format('%d', now + grace),
     'succ', ARGV[3],
     'cur', ARGV[2],
     'exp', new_exp_s)
   redis.call('PEXPIRE', key, string.format('%d', math.max(new_exp - now, 1)))
-  return {'rotated', user, client, attrs, f[4], new_exp_s}
+  return {'rotated', attrs, f[3], new_exp_s}
 end
 
-local prev_until = tonumber(f[8])
-if f[7] and presented == f[7] and grace > 0 and prev_until and now < prev_until then
-  local succ = redis.call('HGET', key, 'succ')
-  return {'replay', user, client, attrs, f[4], f[5], succ or ''}
+local p = redis.call('HMGET', key, 'prev', 'prev_until', 'succ')
+local prev_until = tonumber(p[2])
+if p[1] and presented == p[1] and grace > 0 and prev_until and now < prev_until then
+  return {'replay', attrs, f[3], f[4], p[3] or ''}
 end
 
-redis.call('DEL', key)
-return {'theft', user}
+return {'theft', drop()}
