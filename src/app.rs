@@ -80,7 +80,7 @@ impl App {
             no_route: metrics.route_stats("none"),
         };
         Ok(App {
-            auth: Auth::new(config.tokens.refresh_skew),
+            auth: Auth::new(config.tokens.refresh_skew, &config.cookies),
             config: Arc::new(config),
             proxy,
             sign_in,

@@ -16,20 +16,21 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::body::{empty, json_error, Body};
-use crate::config::{AuthMode, RouteConfig};
+use crate::config::{AuthMode, CookiesConfig, RouteConfig};
 use crate::proxy::headers::{remove_cookies, replace_cookie};
 use crate::session::service::RefreshError;
 use crate::sign_in::{cookies, params, SignIn};
-use crate::tokens::jwt::{AccessClaims, VerifyError};
+use crate::tokens::jwt::VerifyError;
 
-pub use cache::VerifiedCache;
+pub use cache::{Verified, VerifiedCache};
 
 /// Who the request is, once auth has run.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    pub claims: Arc<AccessClaims>,
-    /// The access token to forward as `Authorization: Bearer` when the route asks.
-    pub access_token: Arc<str>,
+    pub verified: Arc<Verified>,
+    /// The access token, kept when the route forwards it as
+    /// `Authorization: Bearer`.
+    pub access_token: Option<Arc<str>>,
 }
 
 /// What auth decided for a request that may go upstream.
@@ -48,13 +49,16 @@ pub struct Decision {
 pub struct Auth {
     skew: Duration,
     verified: VerifiedCache,
+    /// `cookies.access_name()`, formatted once.
+    access_name: String,
 }
 
 impl Auth {
-    pub fn new(skew: Duration) -> Auth {
+    pub fn new(skew: Duration, cookies: &CookiesConfig) -> Auth {
         Auth {
             skew,
             verified: VerifiedCache::new(100_000),
+            access_name: cookies.access_name(),
         }
     }
 
@@ -78,10 +82,10 @@ impl Auth {
         // A Bearer header wins over the cookie and is never refreshed inline.
         if let Some(bearer) = params::bearer(headers) {
             return match self.verify(sessions, bearer, now_secs) {
-                Ok(claims) => {
+                Ok(verified) => {
                     decision.identity = Some(Identity {
-                        claims,
-                        access_token: bearer.into(),
+                        verified,
+                        access_token: route.forward_bearer.then(|| bearer.into()),
                     });
                     Ok(decision)
                 }
@@ -96,13 +100,13 @@ impl Auth {
             };
         }
 
-        let access_name = cfg.access_name();
-        if let Some(token) = params::cookie(headers, &access_name).filter(|t| !t.is_empty()) {
-            if let Ok(claims) = self.verify(sessions, token, now_secs) {
-                if claims.exp > now_secs + skew {
+        let access_name = &self.access_name;
+        if let Some(token) = params::cookie(headers, access_name).filter(|t| !t.is_empty()) {
+            if let Ok(verified) = self.verify(sessions, token, now_secs) {
+                if verified.claims.exp > now_secs + skew {
                     decision.identity = Some(Identity {
-                        claims,
-                        access_token: token.into(),
+                        verified,
+                        access_token: route.forward_bearer.then(|| token.into()),
                     });
                     return Ok(decision);
                 }
@@ -120,14 +124,16 @@ impl Auth {
             {
                 Ok((bundle, coalesced)) => {
                     decision.coalesced = coalesced;
-                    replace_cookie(headers, &access_name, &bundle.access_token);
+                    replace_cookie(headers, access_name, &bundle.access_token);
                     decision.set_cookies = sign_in.set_cookies(&bundle);
                     decision.rotated = true;
-                    self.verified
-                        .insert(&bundle.access_token, bundle.claims.clone());
+                    let verified = Verified::new(bundle.claims.clone());
+                    self.verified.insert(&bundle.access_token, verified.clone());
                     decision.identity = Some(Identity {
-                        claims: bundle.claims.clone(),
-                        access_token: bundle.access_token.as_str().into(),
+                        verified,
+                        access_token: route
+                            .forward_bearer
+                            .then(|| bundle.access_token.as_str().into()),
                     });
                 }
                 Err(e) => {
@@ -164,13 +170,13 @@ impl Auth {
         sessions: &crate::session::service::Sessions,
         token: &str,
         now_secs: u64,
-    ) -> Result<Arc<AccessClaims>, VerifyError> {
-        if let Some(claims) = self.verified.get(token, now_secs) {
-            return Ok(claims);
+    ) -> Result<Arc<Verified>, VerifyError> {
+        if let Some(verified) = self.verified.get(token, now_secs) {
+            return Ok(verified);
         }
-        let claims = Arc::new(sessions.verify_access(token)?);
-        self.verified.insert(token, claims.clone());
-        Ok(claims)
+        let verified = Verified::new(Arc::new(sessions.verify_access(token)?));
+        self.verified.insert(token, verified.clone());
+        Ok(verified)
     }
 }
 
@@ -178,18 +184,14 @@ impl Auth {
 /// request with a valid session. Incoming copies were removed before auth ran.
 pub fn add_identity(route: &RouteConfig, identity: &Identity, headers: &mut HeaderMap) {
     let h = &route.identity_headers;
-    let c = &identity.claims;
-    for (name, value) in [
-        (&h.user_uuid, c.sub.as_str()),
-        (&h.session_handle, c.session_handle.as_str()),
-        (&h.client_id, c.client_id.as_str()),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name.clone(), v);
+    let names = [&h.user_uuid, &h.session_handle, &h.client_id];
+    for (name, value) in names.into_iter().zip(&identity.verified.identity_values) {
+        if let Some(v) = value {
+            headers.insert(name.clone(), v.clone());
         }
     }
-    if route.forward_bearer {
-        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", identity.access_token)) {
+    if let (true, Some(token)) = (route.forward_bearer, &identity.access_token) {
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
             headers.insert(header::AUTHORIZATION, v);
         }
     }
