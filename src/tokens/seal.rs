@@ -17,10 +17,10 @@
 //! sealing keys well before that.
 
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use aws_lc_rs::{digest, hmac};
+use aws_lc_rs::{digest, hkdf};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
@@ -340,27 +340,17 @@ fn decode_payload(plain: &[u8]) -> Result<RefreshPayload, OpenError> {
     })
 }
 
-/// HMAC-SHA256 keyed with [`SUCCESSOR_SALT`]: HKDF-Extract's first step,
-/// prepared once.
-static SUCCESSOR_EXTRACT: LazyLock<hmac::Key> =
-    LazyLock::new(|| hmac::Key::new(hmac::HMAC_SHA256, SUCCESSOR_SALT));
-
 /// The key that only a holder of `presented_token` can derive: HKDF-SHA256
-/// (RFC 5869) of the token, with [`SUCCESSOR_SALT`] and [`SUCCESSOR_INFO`],
-/// 32 bytes long. Written as its two HMACs, so the salt's HMAC key is
-/// prepared once rather than per call: PRK = HMAC(salt, token), key =
-/// HMAC(PRK, info || 0x01) (one output block is all a 32-byte key takes).
+/// (RFC 5869) of the token, with [`SUCCESSOR_SALT`] and [`SUCCESSOR_INFO`].
 /// The label differs from plain SHA-256 ([`super::token_hash`]), so the store
 /// cannot derive it.
 fn successor_key(presented_token: &str) -> LessSafeKey {
-    let prk = hmac::sign(&SUCCESSOR_EXTRACT, presented_token.as_bytes());
-    let mut expand = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, prk.as_ref()));
-    expand.update(SUCCESSOR_INFO);
-    expand.update(&[1]);
-    let okm = expand.sign();
-    let key = UnboundKey::new(&AES_256_GCM, okm.as_ref())
-        .expect("an HMAC-SHA256 output is an AES-256 key");
-    LessSafeKey::new(key)
+    let prk =
+        hkdf::Salt::new(hkdf::HKDF_SHA256, SUCCESSOR_SALT).extract(presented_token.as_bytes());
+    let okm = prk
+        .expand(&[SUCCESSOR_INFO], &AES_256_GCM)
+        .expect("HKDF output of one AES-256 key is within bounds");
+    LessSafeKey::new(UnboundKey::from(okm))
 }
 
 /// Seals `successor_token` so that only a holder of `presented_token` can open it:
@@ -637,8 +627,9 @@ mod tests {
 
     #[test]
     fn successor_key_is_hkdf_sha256() {
-        // The same key as aws-lc's HKDF over the same inputs, so successors
-        // sealed before and after this way of computing it open alike.
+        // The successor's format is pinned: AES-256-GCM under HKDF-SHA256 of
+        // the presented token with these salt, info and AAD labels, so
+        // successors sealed by any version of the gateway open alike.
         let token = Sealer::ephemeral().seal(&payload());
         let sealed = seal_successor(&token, "v1:successor");
         let prk = aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, SUCCESSOR_SALT)
