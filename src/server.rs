@@ -101,6 +101,8 @@ struct Shared {
     hard_stop: watch::Sender<bool>,
     /// Client connections open (public and admin, tunnels included).
     open: Arc<watch::Sender<usize>>,
+    /// Bumped when a reload swaps `app`: workers let go of the old one.
+    reloaded: watch::Sender<u64>,
 }
 
 /// The shutdown signals a connection watches.
@@ -195,6 +197,14 @@ fn relay_signals_to_worker(shared: &Shared) {
         worker: true,
     };
     WORKER_SIGNALS.with(|s| *s.borrow_mut() = Some(signals));
+    // A replaced App is released by an idle worker too, not only when its
+    // next request sees the new one.
+    let mut reloaded = shared.reloaded.subscribe();
+    tokio::spawn(async move {
+        while reloaded.changed().await.is_ok() {
+            WORKER_APP.with(|app| app.borrow_mut().take());
+        }
+    });
 }
 
 /// Builds the [`App`] for `config` and serves it until `shutdown` resolves,
@@ -232,6 +242,7 @@ pub async fn serve(
         admin_slots: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
         drain: watch::channel(false).0,
         hard_stop: watch::channel(false).0,
+        reloaded: watch::channel(0).0,
         open: Arc::new(watch::channel(0).0),
     });
     let Listeners { public, admin } = listeners;
@@ -855,6 +866,7 @@ async fn reload(shared: Arc<Shared>, source: ReloadSource) {
     match current.rebuild(config).await {
         Ok(app) => {
             shared.app.store(Arc::new(app));
+            shared.reloaded.send_modify(|n| *n += 1);
             count("ok");
             tracing::info!(?source, path = %path.display(), "configuration reloaded");
         }

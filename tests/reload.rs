@@ -1,6 +1,7 @@
 //! Configuration reload of the built binary (SIGHUP and `watch_config`)
 //! under continuous traffic: routes come and go without a failed request
-//! or a dropped connection, a broken file is refused, sessions survive.
+//! or a dropped connection, a broken file is refused, sessions survive, and
+//! the replaced configuration lets go of its upstream connections.
 
 mod common;
 
@@ -406,5 +407,94 @@ async fn memory_store_sessions_survive_a_reload() {
         let (st, body) = refresh(&gw, &token).await;
         assert_eq!(st, StatusCode::OK, "{body}");
     })
+    .await;
+}
+
+/// An upstream on raw TCP that answers every request `200 ok` on a kept-alive
+/// connection and counts the connections it accepted and saw closed.
+struct CountingUpstream {
+    url: String,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    closed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingUpstream {
+    async fn start() -> CountingUpstream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a, c) = (accepted.clone(), closed.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(answer).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        CountingUpstream {
+            url,
+            accepted,
+            closed,
+        }
+    }
+}
+
+/// A reload releases the configuration it replaced (and the pooled upstream
+/// connections it holds) even on workers that get no further request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_closes_the_old_configurations_upstream_connections() {
+    bounded(
+        "a_reload_closes_the_old_configurations_upstream_connections",
+        async {
+            let old = CountingUpstream::start().await;
+            let new = TestUpstream::start().await;
+            let gw = GatewayProcess::spawn(&config(&old.url, "", &["app"]));
+            let http = http_client();
+            // Fresh connections, so every worker serves some and pools one.
+            for i in 0..8 {
+                let mut conn = KeepAlive::open(gw.addr).await;
+                assert_eq!(conn.get(&format!("/app/{i}")).await, Ok(200));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let accepted = old.accepted.load(Ordering::SeqCst);
+            assert!(accepted >= 1);
+            assert_eq!(old.closed.load(Ordering::SeqCst), 0, "pooled, not closed");
+
+            replace_file(gw.config_path(), &config(&new.url, "", &["app"]));
+            gw.signal("HUP");
+            wait_for_reloads(&gw, "ok", 1, Duration::from_secs(5)).await;
+            // No request reaches the gateway's workers from here on.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while old.closed.load(Ordering::SeqCst) < accepted {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} of {accepted} pooled connections to the old upstream still open",
+                    accepted - old.closed.load(Ordering::SeqCst)
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            assert_eq!(status(&http, gw.url("/app/x")).await, StatusCode::OK);
+            assert_eq!(new.count(), 1);
+        },
+    )
     .await;
 }
