@@ -40,33 +40,40 @@ thread_local! {
     static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
 }
 
+type Kept<T> = std::thread::LocalKey<RefCell<Vec<T>>>;
+
+fn take<T>(kept: &'static Kept<T>) -> Option<T> {
+    kept.with(|k| k.borrow_mut().pop())
+}
+
+/// Keeps `item` in `kept` unless that already holds [`REUSE_COUNT`].
+fn keep<T>(kept: &'static Kept<T>, item: T) {
+    kept.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.len() < REUSE_COUNT {
+            k.push(item);
+        }
+    });
+}
+
 /// An empty write buffer: one that an earlier message on this thread gave
 /// back, or a new one. Give it back with [`give_buf`] once written.
 pub(crate) fn take_buf(capacity: usize) -> Vec<u8> {
-    BUFS.with(|b| b.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(capacity))
+    take(&BUFS).unwrap_or_else(|| Vec::with_capacity(capacity))
 }
 
 /// Keeps `buf` for the next [`take_buf`] on this thread (or frees it).
 pub(crate) fn give_buf(mut buf: Vec<u8>) {
-    if buf.capacity() == 0 || buf.capacity() > REUSE_BUF_CAPACITY {
-        return;
+    if buf.capacity() > 0 && buf.capacity() <= REUSE_BUF_CAPACITY {
+        buf.clear();
+        keep(&BUFS, buf);
     }
-    buf.clear();
-    BUFS.with(|b| {
-        let mut b = b.borrow_mut();
-        if b.len() < REUSE_COUNT {
-            b.push(buf);
-        }
-    });
 }
 
 /// An empty header map with room for `capacity` fields: one that an earlier
 /// message on this thread gave back, or a new one.
 pub(crate) fn take_map(capacity: usize) -> HeaderMap {
-    let mut map = MAPS
-        .with(|m| m.borrow_mut().pop())
-        .unwrap_or_else(|| HeaderMap::with_capacity(capacity));
+    let mut map = take(&MAPS).unwrap_or_else(|| HeaderMap::with_capacity(capacity));
     map.reserve(capacity);
     map
 }
@@ -74,16 +81,10 @@ pub(crate) fn take_map(capacity: usize) -> HeaderMap {
 /// Keeps `map`, emptied, for the next [`take_map`] on this thread (or frees
 /// it).
 pub(crate) fn give_map(mut map: HeaderMap) {
-    if map.capacity() == 0 || map.capacity() > REUSE_MAP_CAPACITY {
-        return;
+    if map.capacity() > 0 && map.capacity() <= REUSE_MAP_CAPACITY {
+        map.clear();
+        keep(&MAPS, map);
     }
-    map.clear();
-    MAPS.with(|m| {
-        let mut m = m.borrow_mut();
-        if m.len() < REUSE_COUNT {
-            m.push(map);
-        }
-    });
 }
 
 /// Reads what `io` has into `buf`; `Ok(0)` at end of stream.
