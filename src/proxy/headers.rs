@@ -292,7 +292,12 @@ fn names_match(pair: &[u8], names: &[&str]) -> bool {
         Some(i) => &pair[..i],
         None => pair,
     };
-    let name = name.trim_ascii();
+    // Trimmed as `params::cookies` (and lenient upstream parsers) read a
+    // name: of Unicode whitespace (a no-break space, say) when it is UTF-8.
+    let name = match std::str::from_utf8(name) {
+        Ok(text) => text.trim().as_bytes(),
+        Err(_) => name.trim_ascii(),
+    };
     let name = name
         .strip_prefix(b"\"")
         .and_then(|n| n.strip_suffix(b"\""))
@@ -635,6 +640,10 @@ mod tests {
             b"\"vagov_refresh_token\"=a; b=2",
             b"  vagov_refresh_token  =a; b=2",
             b"vagov_refresh_token; b=2",
+            // A no-break space around the name: `params::cookies` reads
+            // this as the refresh cookie, so it must not get through.
+            b"vagov_refresh_token\xc2\xa0 = \xc2\xa0a; b=2",
+            b"\xc2\xa0vagov_refresh_token=a; b=2",
         ] {
             let mut h = map(&[("cookie", raw)]);
             assert!(remove_cookies(&mut h, &SECRET), "{raw:?}");
@@ -680,6 +689,13 @@ mod tests {
         let mut h = HeaderMap::new();
         replace_cookie(&mut h, "vagov_access_token", "new");
         assert_eq!(cookie(&h), Some(&b"vagov_access_token=new"[..]));
+        // Whatever the gateway reads as the access cookie is what it replaces.
+        let mut h = map(&[("cookie", b"vagov_access_token\xc2\xa0 = \xc2\xa0\xc2\xa0")]);
+        replace_cookie(&mut h, "vagov_access_token", "new");
+        assert_eq!(
+            crate::sign_in::params::cookie(&h, "vagov_access_token"),
+            Some("new")
+        );
     }
 
     #[test]
