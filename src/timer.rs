@@ -3,7 +3,8 @@
 //! A fresh `tokio::time::timeout` allocates its timer entry on first wait and
 //! frees it after. Worker threads run one runtime each for their whole life,
 //! so they keep finished sleeps and re-arm them for the next timeout instead.
-//! Elsewhere (tests, the caller's runtime) this is plain `tokio::time::timeout`.
+//! Elsewhere (tests, the caller's runtime) each timeout takes a fresh sleep,
+//! as `tokio::time::timeout` does.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -39,9 +40,13 @@ pub(crate) fn end_worker() {
 
 /// Runs `fut` until it finishes or `after` passes.
 pub(crate) fn timeout<F: Future>(after: Duration, fut: F) -> Timeout<F> {
+    let now = Instant::now();
     Timeout {
         fut,
-        deadline: Instant::now() + after,
+        // A duration too long to add is as good as none.
+        deadline: now
+            .checked_add(after)
+            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400)),
         sleep: None,
     }
 }
@@ -137,6 +142,8 @@ mod tests {
             }
             // One sleep served every wait.
             assert_eq!(SLEEPS.with(|s| s.borrow().len()), 1);
+            // A duration too long to add to now does not panic.
+            assert_eq!(timeout(Duration::MAX, async { 9 }).await, Ok(9));
             end_worker();
         });
     }
