@@ -8,24 +8,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::gateway::{parse_raw, raw, RawResponse, TestGateway};
+use common::gateway::{one_route, parse_raw, raw, RawResponse, TestGateway};
 use common::upstream::TestUpstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn config(upstream: &str) -> String {
-    format!(
-        r#"
-[server]
-upstream_timeout = "2s"
-[cookies]
-refresh_path = "/"
-[[routes]]
-path_prefix = "/"
-upstream = "{upstream}"
-"#
-    )
-}
 
 /// A kept-alive raw connection that reads one response at a time.
 struct Client {
@@ -115,7 +101,7 @@ impl Client {
 #[tokio::test]
 async fn pipelined_requests_answer_in_order() {
     let upstream = TestUpstream::start().await;
-    let gw = TestGateway::start(config(&upstream.url));
+    let gw = TestGateway::start(one_route(&upstream.url));
     let mut c = Client::connect(gw.addr).await;
     c.send(
         b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /status?code=404 HTTP/1.1\r\nHost: x\r\n\r\n\
@@ -134,7 +120,7 @@ async fn pipelined_requests_answer_in_order() {
 #[tokio::test]
 async fn chunked_request_body_reaches_the_upstream_whole() {
     let upstream = TestUpstream::start().await;
-    let gw = TestGateway::start(config(&upstream.url));
+    let gw = TestGateway::start(one_route(&upstream.url));
     let mut c = Client::connect(gw.addr).await;
     let mut req =
         b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
@@ -160,7 +146,7 @@ async fn chunked_request_body_reaches_the_upstream_whole() {
 #[tokio::test]
 async fn a_small_unread_body_is_drained_and_the_connection_kept() {
     let upstream = TestUpstream::start().await;
-    let gw = TestGateway::start(config(&upstream.url));
+    let gw = TestGateway::start(one_route(&upstream.url));
     let mut c = Client::connect(gw.addr).await;
     // No Host: answered 400 by the gateway without reading the body.
     c.send(b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789")
@@ -176,7 +162,7 @@ async fn a_small_unread_body_is_drained_and_the_connection_kept() {
 #[tokio::test]
 async fn a_large_unread_body_closes_the_connection() {
     let upstream = TestUpstream::start().await;
-    let gw = TestGateway::start(config(&upstream.url));
+    let gw = TestGateway::start(one_route(&upstream.url));
     let mut c = Client::connect(gw.addr).await;
     c.send(b"POST /x HTTP/1.1\r\nContent-Length: 10000000\r\n\r\nstart")
         .await;
@@ -189,7 +175,7 @@ async fn a_large_unread_body_closes_the_connection() {
 #[tokio::test]
 async fn head_http10_and_expect_continue() {
     let upstream = TestUpstream::start().await;
-    let gw = TestGateway::start(config(&upstream.url));
+    let gw = TestGateway::start(one_route(&upstream.url));
 
     // HEAD: the length of the GET, no body, and the connection goes on.
     let mut c = Client::connect(gw.addr).await;
@@ -235,7 +221,7 @@ async fn head_http10_and_expect_continue() {
 #[tokio::test]
 async fn ambiguous_framing_is_refused_before_the_upstream() {
     let upstream = TestUpstream::start().await;
-    let gw = TestGateway::start(config(&upstream.url));
+    let gw = TestGateway::start(one_route(&upstream.url));
     for req in [
         &b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
         b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
@@ -267,7 +253,7 @@ async fn ambiguous_framing_is_refused_before_the_upstream() {
 #[tokio::test]
 async fn websocket_bytes_sent_with_the_upgrade_request_are_relayed() {
     let upstream = TestUpstream::start().await;
-    let gw = TestGateway::start(config(&upstream.url));
+    let gw = TestGateway::start(one_route(&upstream.url));
     let mut c = Client::connect(gw.addr).await;
     let mut req = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
@@ -295,7 +281,7 @@ async fn websocket_bytes_sent_with_the_upgrade_request_are_relayed() {
 #[tokio::test]
 async fn nothing_carries_over_between_exchanges_on_a_connection() {
     let upstream = TestUpstream::start().await;
-    let gw = TestGateway::start(config(&upstream.url));
+    let gw = TestGateway::start(one_route(&upstream.url));
     let mut c = Client::connect(gw.addr).await;
     let count =
         |res: &RawResponse, name: &str| res.headers.iter().filter(|(k, _)| k == name).count();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::gateway::{raw, TestGateway};
+use common::gateway::{one_route, raw, TestGateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -118,20 +118,6 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Strin
     }
 }
 
-fn config(upstream: &str) -> String {
-    format!(
-        r#"
-[server]
-upstream_timeout = "2s"
-[cookies]
-refresh_path = "/"
-[[routes]]
-path_prefix = "/"
-upstream = "{upstream}"
-"#
-    )
-}
-
 fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").into_bytes()
 }
@@ -147,7 +133,7 @@ fn ok(body: &str) -> Vec<u8> {
 #[tokio::test]
 async fn keep_alive_connections_are_reused() {
     let up = ScriptedUpstream::start(|n| (ok(&format!("r{n}")), After::KeepOpen)).await;
-    let gw = TestGateway::start(config(&up.url));
+    let gw = TestGateway::start(one_route(&up.url));
     // Each worker thread (one per CPU) keeps its own pool: four times as
     // many requests as workers, one after another, need one connection each.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -164,7 +150,7 @@ async fn a_connection_the_upstream_closed_is_not_reused() {
     // Answers as if keeping the connection, then closes it: the next
     // request must go out on a fresh connection, not fail.
     let up = ScriptedUpstream::start(|n| (ok(&format!("r{n}")), After::Close)).await;
-    let gw = TestGateway::start(config(&up.url));
+    let gw = TestGateway::start(one_route(&up.url));
     for i in 0..4 {
         let res = raw(gw.addr, &get("/a")).await;
         assert_eq!(res.status, 200, "request {i}");
@@ -182,7 +168,7 @@ async fn a_connection_the_upstream_closed_is_not_reused() {
         )
     })
     .await;
-    let gw = TestGateway::start(config(&up.url));
+    let gw = TestGateway::start(one_route(&up.url));
     for _ in 0..3 {
         assert_eq!(raw(gw.addr, &get("/b")).await.status, 200);
     }
@@ -208,7 +194,7 @@ async fn chunked_close_delimited_and_interim_responses() {
         ),
     })
     .await;
-    let gw = TestGateway::start(config(&up.url));
+    let gw = TestGateway::start(one_route(&up.url));
     let res = raw(gw.addr, &get("/chunked")).await;
     assert_eq!(res.status, 200);
     // Re-chunked to the client, the same bytes.
@@ -239,7 +225,7 @@ async fn malformed_upstream_responses_are_502() {
         _ => (ok("fine"), After::KeepOpen),
     })
     .await;
-    let gw = TestGateway::start(config(&up.url));
+    let gw = TestGateway::start(one_route(&up.url));
     for what in ["bad status", "conflicting lengths", "cut head"] {
         let res = raw(gw.addr, &get("/x")).await;
         assert_eq!(res.status, 502, "{what}");
@@ -251,7 +237,7 @@ async fn malformed_upstream_responses_are_502() {
 #[tokio::test]
 async fn request_bodies_are_framed_for_the_upstream() {
     let up = ScriptedUpstream::start(|_| (ok("ok"), After::KeepOpen)).await;
-    let gw = TestGateway::start(config(&up.url));
+    let gw = TestGateway::start(one_route(&up.url));
     // Known length: Content-Length; the client's chunked body: chunked.
     let res = raw(
         gw.addr,

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::wire::{list_elements, lists};
+use crate::wire::{hex_digit, list_elements, lists};
 
 /// Headers that are hop-by-hop whether or not `Connection` names them
 /// (RFC 9110 §7.6.1, plus the obsolete `Keep-Alive` and `Proxy-Connection`
@@ -314,7 +314,7 @@ fn decoded_eq_ignore_case(raw: &[u8], target: &[u8]) -> bool {
     while i < raw.len() {
         let mut b = raw[i];
         if b == b'%' && i + 2 < raw.len() {
-            if let (Some(h), Some(l)) = (hex(raw[i + 1]), hex(raw[i + 2])) {
+            if let (Some(h), Some(l)) = (hex_digit(raw[i + 1]), hex_digit(raw[i + 2])) {
                 b = h << 4 | l;
                 i += 2;
             }
@@ -326,15 +326,6 @@ fn decoded_eq_ignore_case(raw: &[u8], target: &[u8]) -> bool {
         i += 1;
     }
     t.next().is_none()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// Replaces (or adds) the cookie `name` in the request's `Cookie` header with

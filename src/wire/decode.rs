@@ -7,6 +7,8 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::hex_digit;
+
 /// Bytes a chunk-size line may spend on extensions.
 const MAX_EXTENSION: usize = 4096;
 
@@ -173,14 +175,14 @@ fn decode_chunked(
         };
         buf.advance(1);
         *state = match *state {
-            Chunk::SizeStart => match hex(b) {
+            Chunk::SizeStart => match hex_digit(b) {
                 Some(d) => Chunk::Size {
                     size: u64::from(d),
                     digits: 1,
                 },
                 None => return Err(DecodeError::ChunkSize),
             },
-            Chunk::Size { size, digits } => match (hex(b), b) {
+            Chunk::Size { size, digits } => match (hex_digit(b), b) {
                 (Some(d), _) => {
                     if digits >= 16 {
                         return Err(DecodeError::ChunkSize);
@@ -242,15 +244,6 @@ fn decode_chunked(
                 _ => return Err(DecodeError::Trailer),
             },
         };
-    }
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 

@@ -187,6 +187,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
     }
 }
 
+/// The value of one hexadecimal digit (either case).
+pub(crate) fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// Splits a comma-separated list header (RFC 9110 §5.6.1) into trimmed,
 /// non-empty elements, across every instance of the header.
 pub(crate) fn list_elements<'a>(

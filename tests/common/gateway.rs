@@ -129,6 +129,22 @@ pub struct GatewayProcess {
     config_path: PathBuf,
 }
 
+/// A config with one public route `/` to `upstream` and a 2 s upstream
+/// timeout.
+pub fn one_route(upstream: &str) -> String {
+    format!(
+        r#"
+[server]
+upstream_timeout = "2s"
+[cookies]
+refresh_path = "/"
+[[routes]]
+path_prefix = "/"
+upstream = "{upstream}"
+"#
+    )
+}
+
 /// A fresh path under the system temp dir.
 pub fn temp_path(name: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
