@@ -115,7 +115,8 @@ impl App {
             };
         };
         if route.config.auth == AuthMode::Public {
-            let response = self.proxy.forward(route, req, ctx, HeaderMap::new()).await;
+            let response =
+                std::pin::pin!(self.proxy.forward(route, req, ctx, HeaderMap::new())).await;
             return Handled {
                 response,
                 route: &route.stats,

@@ -16,7 +16,7 @@ mod conn;
 pub mod h1;
 mod tls;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::BytesMut;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
@@ -707,7 +707,7 @@ async fn public_request(
         )
     });
 
-    let handled = app.handle(req, &ctx).await;
+    let handled = std::pin::pin!(app.handle(req, &ctx)).await;
     let mut res = handled.response;
     res.headers_mut().insert(X_REQUEST_ID, request_id);
     let elapsed = start.elapsed();
@@ -765,10 +765,25 @@ fn new_request_id() -> HeaderValue {
     let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     uuid.hyphenated().encode_lower(&mut buf);
-    // Owned by one allocation that also holds the count of its clones: the
-    // id goes upstream, back to the client and into the log line.
-    HeaderValue::from_maybe_shared(Bytes::from_owner(buf)).expect("a UUID is a valid header value")
+    // Ids are cut from a per-thread block that holds many, and shared by
+    // reference count: the id goes upstream, back to the client and into the
+    // log line. The block is reused once no id cut from it is left.
+    thread_local! {
+        static BLOCK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    }
+    let id = BLOCK.with(|block| {
+        let mut block = block.borrow_mut();
+        if block.capacity() < buf.len() {
+            block.reserve(buf.len() * IDS_PER_BLOCK);
+        }
+        block.extend_from_slice(&buf);
+        block.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(id).expect("a UUID is a valid header value")
 }
+
+/// Request ids per allocation (see [`new_request_id`]).
+const IDS_PER_BLOCK: usize = 64;
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy)]

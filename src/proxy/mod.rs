@@ -237,7 +237,7 @@ impl Proxy {
         extra_response_headers: HeaderMap,
     ) -> Response<Body> {
         match self.prepare(route, req, ctx) {
-            Ok(out) => self.send(out, extra_response_headers, ctx).await,
+            Ok(out) => std::pin::pin!(self.send(out, extra_response_headers, ctx)).await,
             Err(e) => self.fail(route, None, e, ctx),
         }
     }
@@ -322,7 +322,10 @@ impl Proxy {
         ctx: &RequestCtx,
     ) -> Response<Body> {
         let route = out.route;
-        match crate::timer::timeout(self.upstream_timeout, self.exchange(out, ctx)).await {
+        // Pinned where it is made: the timeout then holds a pointer, and the
+        // exchange's state is not copied into it.
+        let exchange = std::pin::pin!(self.exchange(out, ctx));
+        match crate::timer::timeout(self.upstream_timeout, exchange).await {
             Ok(Ok((res, target, upgrade))) => {
                 let _ = ctx.upstream.set(target.name.clone());
                 match self.respond(route, res, upgrade, extra_response_headers) {
@@ -386,11 +389,11 @@ impl Proxy {
             if !preserve_host {
                 req.headers_mut().insert(header::HOST, target.host.clone());
             }
-            match self
-                .connector
-                .send(&target.endpoint, target.pools.current(), req)
-                .await
-            {
+            let sent =
+                std::pin::pin!(self
+                    .connector
+                    .send(&target.endpoint, target.pools.current(), req));
+            match sent.await {
                 Ok(res) => return Ok((res, target, upgrade)),
                 Err(SendError::Connect { error, req: back }) => {
                     // Nothing was sent: skip this upstream for a while and

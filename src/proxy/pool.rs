@@ -244,9 +244,8 @@ impl Connector {
         let (parts, body) = req.into_parts();
         let mut head = crate::wire::take_buf(256);
         let framing = encode_request_head(&parts, &HttpBody::size_hint(&body), &mut head);
-        let result = self
-            .exchange(endpoint, pool, parts, body, &head, framing)
-            .await;
+        let result =
+            std::pin::pin!(self.exchange(endpoint, pool, parts, body, &head, framing)).await;
         crate::wire::give_buf(head);
         result
     }

@@ -34,10 +34,16 @@ const REUSE_COUNT: usize = 32;
 const REUSE_BUF_CAPACITY: usize = 64 * 1024;
 /// A header map with room for more fields than this is freed rather than kept.
 const REUSE_MAP_CAPACITY: usize = 128;
+/// Read buffers are made at least this large, so one serves the next
+/// message too.
+const READ_BUF_MIN: usize = 1024;
+/// A read buffer larger than this is freed rather than kept.
+const REUSE_READ_BUF_CAPACITY: usize = 8 * 1024;
 
 thread_local! {
     static BUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    static READ_BUFS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
 }
 
 type Kept<T> = std::thread::LocalKey<RefCell<Vec<T>>>;
@@ -87,7 +93,19 @@ pub(crate) fn give_map(mut map: HeaderMap) {
     }
 }
 
-/// Reads what `io` has into `buf`; `Ok(0)` at end of stream.
+/// Gives back a connection's emptied read buffer for the next
+/// [`poll_fill`] on this thread that needs one, so a connection between
+/// messages holds none. Kept only when no message parsed from it still
+/// shares its bytes, and when it is small.
+pub(crate) fn give_read_buf(mut buf: BytesMut) {
+    if buf.is_empty() && buf.try_reclaim(1) && buf.capacity() <= REUSE_READ_BUF_CAPACITY {
+        keep(&READ_BUFS, buf);
+    }
+}
+
+/// Reads what `io` has into `buf`; `Ok(0)` at end of stream. An empty `buf`
+/// without room gets a buffer given back earlier on this thread (see
+/// [`give_read_buf`]) or a new one.
 pub(crate) fn poll_fill<R: AsyncRead + Unpin + ?Sized>(
     io: &mut R,
     buf: &mut BytesMut,
@@ -98,6 +116,10 @@ pub(crate) fn poll_fill<R: AsyncRead + Unpin + ?Sized>(
         let mut rb = ReadBuf::new(&mut scratch[..]);
         ready!(Pin::new(io).poll_read(cx, &mut rb))?;
         let filled = rb.filled();
+        if buf.is_empty() && buf.capacity() < filled.len() {
+            *buf = take(&READ_BUFS)
+                .unwrap_or_else(|| BytesMut::with_capacity(filled.len().max(READ_BUF_MIN)));
+        }
         buf.extend_from_slice(filled);
         Poll::Ready(Ok(filled.len()))
     })

@@ -172,7 +172,7 @@ impl Conn {
             };
             if read.buf.is_empty() {
                 // Idle: give the buffer back and wait for the next request.
-                read.buf = BytesMut::new();
+                crate::wire::give_read_buf(std::mem::take(&mut read.buf));
                 if *self.drain.borrow() {
                     return "shutting down";
                 }
@@ -234,7 +234,10 @@ impl Conn {
             // Boxed: an exchange's state (request head, response writing) is
             // large, and only needed while it runs, not while the connection
             // waits for its next request.
-            match Box::pin(self.exchange(head, read)).await {
+            // The box is allocated first and the exchange made in it, so
+            // its state is not built on the stack and copied over.
+            let exchange = Box::write(Box::new_uninit(), self.exchange(head, read));
+            match Box::into_pin(exchange).await {
                 Next::Continue => {}
                 Next::Close(reason) => return reason,
             }
@@ -289,7 +292,13 @@ impl Conn {
         // Boxed, so the connection's own future stays small while idle.
         // No wait on the stop signal here: when the drain deadline passes,
         // the worker's runtime is dropped, and every connection with it.
-        let res = super::public_request(&self.shared, req, self.peer, self.tls).await;
+        let res = std::pin::pin!(super::public_request(
+            &self.shared,
+            req,
+            self.peer,
+            self.tls
+        ))
+        .await;
         let upgrading = upgrade.is_some() && res.status() == StatusCode::SWITCHING_PROTOCOLS;
         let keep_alive = head.keep_alive
             && !*self.drain.borrow()
