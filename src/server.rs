@@ -679,10 +679,11 @@ async fn public_request(
     let trusted_proxies = &app.config.server.trusted_proxies;
     let trusted = proxy::is_trusted(trusted_proxies, peer.ip());
 
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
-        Some(v) if trusted && valid_request_id(v) => v.clone(),
-        _ => new_request_id(),
-    };
+    let kept = trusted
+        .then(|| req.headers().get(&X_REQUEST_ID))
+        .flatten()
+        .filter(|v| valid_request_id(v));
+    let request_id = kept.cloned().unwrap_or_else(new_request_id);
     req.headers_mut().insert(X_REQUEST_ID, request_id.clone());
     let client_ip = if trusted {
         headers::client_ip_from_forwarded(req.headers(), peer.ip().to_canonical(), |ip| {

@@ -176,23 +176,24 @@ impl Conn {
                 if *self.drain.borrow() {
                     return "shutting down";
                 }
-                let idle = self.limits.idle_timeout;
                 // Under load the next request is often there already: a
                 // read that does not wait needs no timer.
                 let ready = std::future::poll_fn(|cx| read.poll_fill(cx)).now_or_never();
+                // Seconds-scale: the coarse clock saves a clock read.
+                let idle = crate::proxy::coarse::deadline(self.limits.idle_timeout);
                 let got = if let Some(got) = ready {
                     Ok(got)
                 } else if self.on_worker {
                     tokio::select! {
                         biased;
                         _ = idle::DrainWait::default() => return "shutting down",
-                        got = tokio::time::timeout(idle, read.fill()) => got,
+                        got = tokio::time::timeout_at(idle, read.fill()) => got,
                     }
                 } else {
                     tokio::select! {
                         biased;
                         _ = self.drain.wait_for(|d| *d) => return "shutting down",
-                        got = tokio::time::timeout(idle, read.fill()) => got,
+                        got = tokio::time::timeout_at(idle, read.fill()) => got,
                     }
                 };
                 match got {
