@@ -39,7 +39,7 @@ use super::body::{BodyTooLarge, ForwardBody};
 use crate::body::{Body, BoxError};
 use crate::metrics::UpstreamErrorKind;
 use crate::wire::decode::{Decoder, Step};
-use crate::wire::{content_length, list_elements, lists, poll_fill, write_all, Rewind};
+use crate::wire::{poll_fill, write_all, HeadFacts, Rewind};
 
 /// Idle connections kept per upstream and worker at most.
 pub const MAX_IDLE_PER_UPSTREAM: usize = 1024;
@@ -465,6 +465,7 @@ async fn write_body(
 
 /// A parsed response head.
 struct ResponseHead {
+    facts: HeadFacts,
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
@@ -531,11 +532,13 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ReadH
     let base = buf.as_ptr() as usize;
     // Where each field lies in `buf`, so the fields can share the head's
     // bytes once they are split off.
+    let mut facts = HeadFacts::default();
     let ranges: crate::wire::FieldRanges = res
         .headers
         .iter()
         .map(|f| {
             let (name, value) = (f.name.as_bytes(), f.value);
+            facts.note(name, value);
             (
                 name.as_ptr() as usize - base,
                 name.len(),
@@ -556,6 +559,7 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ReadH
         headers.append(name, value);
     }
     Ok(Some(ResponseHead {
+        facts,
         status,
         version,
         headers,
@@ -572,11 +576,12 @@ fn into_response(
     request_written: bool,
 ) -> Result<Response<Body>, ExchangeError> {
     let ResponseHead {
+        facts,
         status,
         version,
         mut headers,
     } = head;
-    let mut reusable = request_written && keeps_alive(version, &headers);
+    let mut reusable = request_written && keeps_alive(version, &facts);
     let decoder = if status == StatusCode::SWITCHING_PROTOCOLS {
         let mut res = Response::new(crate::body::empty());
         *res.status_mut() = status;
@@ -589,20 +594,18 @@ fn into_response(
         || status == StatusCode::NOT_MODIFIED
     {
         Decoder::Done
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
-        let chunked_last = list_elements(&headers, &header::TRANSFER_ENCODING)
-            .last()
-            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
-        if headers.remove(header::CONTENT_LENGTH).is_some() {
+    } else if facts.transfer_encoding {
+        if facts.content_length() != Ok(None) {
+            headers.remove(header::CONTENT_LENGTH);
             reusable = false;
         }
-        if chunked_last {
+        if facts.chunked_last {
             Decoder::chunked(MAX_RESPONSE_HEAD)
         } else {
             reusable = false;
             Decoder::UntilClose
         }
-    } else if let Some(length) = content_length(&headers).map_err(|()| {
+    } else if let Some(length) = facts.content_length().map_err(|()| {
         ExchangeError::other(
             UpstreamErrorKind::other,
             "invalid or conflicting upstream Content-Length",
@@ -632,9 +635,8 @@ fn into_response(
 }
 
 /// Whether the upstream lets the connection be used again.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    !lists(headers, &header::CONNECTION, b"close")
-        && (version == Version::HTTP_11 || lists(headers, &header::CONNECTION, b"keep-alive"))
+fn keeps_alive(version: Version, facts: &HeadFacts) -> bool {
+    !facts.close && (version == Version::HTTP_11 || facts.keep_alive)
 }
 
 /// A connection to an upstream, and what was read from it but not yet used.

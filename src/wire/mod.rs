@@ -219,6 +219,109 @@ pub(crate) fn hex_digit(b: u8) -> Option<u8> {
     }
 }
 
+/// What a head's framing and connection fields say, noted field by field
+/// while it is parsed, so nothing looks them up in its header map later.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct HeadFacts {
+    length_present: bool,
+    length: Option<u64>,
+    length_bad: bool,
+    /// `Transfer-Encoding` is present.
+    pub(crate) transfer_encoding: bool,
+    /// Its last coding is `chunked`.
+    pub(crate) chunked_last: bool,
+    strict: Codings,
+    /// `Connection` lists `close`.
+    pub(crate) close: bool,
+    /// `Connection` lists `keep-alive`.
+    pub(crate) keep_alive: bool,
+    /// `Connection` lists `upgrade`.
+    pub(crate) upgrade_token: bool,
+    /// An `Upgrade` field is present.
+    pub(crate) upgrade: bool,
+    /// The first `Expect` is `100-continue`.
+    pub(crate) expect_continue: bool,
+    expect_seen: bool,
+}
+
+/// The transfer codings in order, judged strictly: `chunked` must be the
+/// final coding, applied once, and no other coding is supported.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Codings {
+    /// None listed.
+    #[default]
+    None,
+    /// Only `chunked`, once.
+    Chunked,
+    /// A coding after `chunked`.
+    AfterChunked,
+    /// A coding other than `chunked`, before any `chunked`.
+    Unsupported,
+}
+
+impl HeadFacts {
+    /// Notes one field, its name in any case, as received.
+    pub(crate) fn note(&mut self, name: &[u8], value: &[u8]) {
+        let elements = value
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .filter(|e| !e.is_empty());
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                self.length_present = true;
+                for element in elements {
+                    match parse_length(element) {
+                        Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                        _ => self.length_bad = true,
+                    }
+                }
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                self.transfer_encoding = true;
+                for coding in elements {
+                    let chunked = coding.eq_ignore_ascii_case(b"chunked");
+                    self.chunked_last = chunked;
+                    self.strict = match self.strict {
+                        Codings::None if chunked => Codings::Chunked,
+                        Codings::None => Codings::Unsupported,
+                        Codings::Chunked => Codings::AfterChunked,
+                        verdict => verdict,
+                    };
+                }
+            }
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                for token in elements {
+                    self.close |= token.eq_ignore_ascii_case(b"close");
+                    self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                    self.upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
+                }
+            }
+            7 if name.eq_ignore_ascii_case(b"upgrade") => self.upgrade = true,
+            6 if !self.expect_seen && name.eq_ignore_ascii_case(b"expect") => {
+                self.expect_seen = true;
+                self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+            }
+            _ => {}
+        }
+    }
+
+    /// The message's `Content-Length` (RFC 9112 §6.3): `Ok(None)` without
+    /// one, `Err` when a value is not a number, the values disagree, or
+    /// there is none in a present field.
+    pub(crate) fn content_length(&self) -> Result<Option<u64>, ()> {
+        match (self.length_present, self.length_bad, self.length) {
+            (false, _, _) => Ok(None),
+            (true, false, Some(n)) => Ok(Some(n)),
+            _ => Err(()),
+        }
+    }
+
+    /// The transfer codings, judged strictly (see [`Codings`]).
+    pub(crate) fn codings(&self) -> Codings {
+        self.strict
+    }
+}
+
 /// Splits a comma-separated list header (RFC 9110 §5.6.1) into trimmed,
 /// non-empty elements, across every instance of the header.
 pub(crate) fn list_elements<'a>(
@@ -254,4 +357,128 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
     }
     // Present, but empty.
     length.map(Some).ok_or(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Fields<'a> = &'a [(&'a str, &'a str)];
+
+    fn facts(fields: Fields<'_>) -> HeadFacts {
+        let mut facts = HeadFacts::default();
+        for (name, value) in fields {
+            facts.note(name.as_bytes(), value.as_bytes());
+        }
+        facts
+    }
+
+    #[test]
+    fn content_length_from_fields() {
+        let cases: &[(Fields<'_>, Result<Option<u64>, ()>)] = &[
+            (&[], Ok(None)),
+            (&[("Content-Length", "42")], Ok(Some(42))),
+            (&[("content-length", " 7 ")], Ok(Some(7))),
+            (
+                &[("CONTENT-LENGTH", "5, 5"), ("Content-Length", "5")],
+                Ok(Some(5)),
+            ),
+            (
+                &[("Content-Length", "5"), ("Content-Length", "")],
+                Ok(Some(5)),
+            ),
+            (&[("Content-Length", "5"), ("Content-Length", "6")], Err(())),
+            (&[("Content-Length", "")], Err(())),
+            (&[("Content-Length", "-1")], Err(())),
+            (&[("Content-Length", "1x")], Err(())),
+            (&[("Content-Length", "99999999999999999999")], Err(())),
+            (
+                &[("Content-Lengths", "1"), ("X-Content-Length", "2")],
+                Ok(None),
+            ),
+        ];
+        for (fields, expected) in cases {
+            assert_eq!(facts(fields).content_length(), *expected, "{fields:?}");
+        }
+    }
+
+    #[test]
+    fn transfer_codings_from_fields() {
+        let cases: &[(Fields<'_>, bool, bool, Codings)] = &[
+            (&[], false, false, Codings::None),
+            (
+                &[("Transfer-Encoding", "chunked")],
+                true,
+                true,
+                Codings::Chunked,
+            ),
+            (
+                &[("transfer-encoding", "Chunked")],
+                true,
+                true,
+                Codings::Chunked,
+            ),
+            (&[("Transfer-Encoding", "")], true, false, Codings::None),
+            (
+                &[("Transfer-Encoding", "gzip, chunked")],
+                true,
+                true,
+                Codings::Unsupported,
+            ),
+            (
+                &[
+                    ("Transfer-Encoding", "gzip"),
+                    ("Transfer-Encoding", "chunked"),
+                ],
+                true,
+                true,
+                Codings::Unsupported,
+            ),
+            (
+                &[("Transfer-Encoding", "chunked, gzip")],
+                true,
+                false,
+                Codings::AfterChunked,
+            ),
+            (
+                &[
+                    ("Transfer-Encoding", "chunked"),
+                    ("Transfer-Encoding", "chunked"),
+                ],
+                true,
+                true,
+                Codings::AfterChunked,
+            ),
+            (
+                &[
+                    ("Transfer-Encoding", "chunked"),
+                    ("Transfer-Encoding", " , "),
+                ],
+                true,
+                true,
+                Codings::Chunked,
+            ),
+        ];
+        for (fields, present, chunked_last, codings) in cases {
+            let f = facts(fields);
+            assert_eq!(f.transfer_encoding, *present, "{fields:?}");
+            assert_eq!(f.chunked_last, *chunked_last, "{fields:?}");
+            assert_eq!(f.codings(), *codings, "{fields:?}");
+        }
+    }
+
+    #[test]
+    fn connection_upgrade_and_expect_from_fields() {
+        let f = facts(&[("Connection", "Keep-Alive, foo"), ("connection", "UPGRADE")]);
+        assert!(f.keep_alive && f.upgrade_token && !f.close && !f.upgrade);
+        let f = facts(&[("Connection", "foo,close"), ("Upgrade", "websocket")]);
+        assert!(f.close && !f.keep_alive && !f.upgrade_token && f.upgrade);
+        // `closed` and `keep-alive2` are other tokens.
+        let f = facts(&[("Connection", "closed, keep-alive2")]);
+        assert!(!f.close && !f.keep_alive);
+        assert!(facts(&[("Expect", "100-Continue")]).expect_continue);
+        // Only the first `Expect` counts.
+        assert!(!facts(&[("Expect", "foo"), ("Expect", "100-continue")]).expect_continue);
+        assert!(!facts(&[("X-Expect", "100-continue")]).expect_continue);
+    }
 }

@@ -7,10 +7,10 @@
 //! `chunked`, or with `Transfer-Encoding` on HTTP/1.0 is refused.
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::wire::{content_length, list_elements, FieldRanges};
+use crate::wire::{Codings, FieldRanges, HeadFacts};
 
 /// Fields the gateway may add to a request before it goes upstream.
 const ADDED_HEADERS: usize = 8;
@@ -115,11 +115,13 @@ pub(crate) fn parse(buf: &mut BytesMut, max_size: usize) -> Result<Option<Head>,
     let path_range = (offset(path), path.len());
     // Where each field lies in `buf`, so the fields can share the head's
     // bytes once they are split off.
+    let mut facts = HeadFacts::default();
     let ranges: FieldRanges = req
         .headers
         .iter()
         .map(|f| {
             let (name, value) = (f.name.as_bytes(), f.value);
+            facts.note(name, value);
             (offset(name), name.len(), offset(value), value.len())
         })
         .collect();
@@ -138,22 +140,11 @@ pub(crate) fn parse(buf: &mut BytesMut, max_size: usize) -> Result<Option<Head>,
         headers.append(name, value);
     }
 
-    let framing = framing(&headers, version)?;
-    // One pass over `Connection` (usually absent) for its three tokens.
-    let (mut close, mut keep_alive_token, mut upgrade_token) = (false, false, false);
-    for token in list_elements(&headers, &header::CONNECTION) {
-        close |= token.eq_ignore_ascii_case(b"close");
-        keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-        upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
-    }
-    let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
-    let upgrade =
-        version == Version::HTTP_11 && upgrade_token && headers.contains_key(header::UPGRADE);
-    let expect_continue = version == Version::HTTP_11
-        && framing != Framing::Empty
-        && headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let framing = framing(&facts, version)?;
+    let keep_alive = !facts.close && (version == Version::HTTP_11 || facts.keep_alive);
+    let upgrade = version == Version::HTTP_11 && facts.upgrade_token && facts.upgrade;
+    let expect_continue =
+        version == Version::HTTP_11 && framing != Framing::Empty && facts.expect_continue;
     Ok(Some(Head {
         method,
         uri,
@@ -167,33 +158,20 @@ pub(crate) fn parse(buf: &mut BytesMut, max_size: usize) -> Result<Option<Head>,
 }
 
 /// RFC 9112 §6.3, strictly: see the module docs.
-fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        if version == Version::HTTP_10 || headers.contains_key(header::CONTENT_LENGTH) {
+fn framing(facts: &HeadFacts, version: Version) -> Result<Framing, HeadError> {
+    if facts.transfer_encoding {
+        if version == Version::HTTP_10 || facts.content_length() != Ok(None) {
             return Err(HeadError::Conflict);
         }
-        let mut last_chunked = false;
-        let mut any = false;
-        for coding in list_elements(headers, &header::TRANSFER_ENCODING) {
-            if last_chunked {
-                // `chunked` must be the final coding, applied once.
-                return Err(HeadError::Conflict);
-            }
-            any = true;
-            if coding.eq_ignore_ascii_case(b"chunked") {
-                last_chunked = true;
-            } else {
-                return Err(HeadError::UnsupportedCoding);
-            }
-        }
-        return if any && last_chunked {
-            Ok(Framing::Chunked)
-        } else {
-            Err(HeadError::Malformed)
+        return match facts.codings() {
+            Codings::Chunked => Ok(Framing::Chunked),
+            Codings::AfterChunked => Err(HeadError::Conflict),
+            Codings::Unsupported => Err(HeadError::UnsupportedCoding),
+            Codings::None => Err(HeadError::Malformed),
         };
     }
     Ok(
-        match content_length(headers).map_err(|()| HeadError::BadLength)? {
+        match facts.content_length().map_err(|()| HeadError::BadLength)? {
             None | Some(0) => Framing::Empty,
             Some(n) => Framing::Length(n),
         },
