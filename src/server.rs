@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -51,8 +51,6 @@ use self::conn::{ActiveGuard, ConnState, ConnTicket, TrackedBody, TrackedStream,
 pub const ADMIN_MAX_CONNECTIONS: usize = 256;
 /// How often `watch_config = true` looks at the file's modification time.
 pub const CONFIG_WATCH_INTERVAL: Duration = Duration::from_secs(2);
-
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The bound sockets the gateway serves.
 pub struct Listeners {
@@ -670,7 +668,7 @@ async fn serve_http<I>(
 /// metrics and the access log line.
 async fn public_request(
     shared: &Shared,
-    mut req: Request<RequestBody>,
+    req: Request<RequestBody>,
     peer: SocketAddr,
     tls: bool,
 ) -> Response<Body> {
@@ -680,11 +678,10 @@ async fn public_request(
     let trusted = proxy::is_trusted(trusted_proxies, peer.ip());
 
     let kept = trusted
-        .then(|| req.headers().get(&X_REQUEST_ID))
+        .then(|| req.headers().get(&headers::X_REQUEST_ID))
         .flatten()
         .filter(|v| valid_request_id(v));
     let request_id = kept.cloned().unwrap_or_else(new_request_id);
-    req.headers_mut().insert(X_REQUEST_ID, request_id.clone());
     let client_ip = if trusted {
         headers::client_ip_from_forwarded(req.headers(), peer.ip().to_canonical(), |ip| {
             proxy::is_trusted(trusted_proxies, ip)
@@ -710,7 +707,7 @@ async fn public_request(
 
     let handled = std::pin::pin!(app.handle(req, &ctx)).await;
     let mut res = handled.response;
-    res.headers_mut().insert(X_REQUEST_ID, request_id);
+    res.headers_mut().insert(headers::X_REQUEST_ID, request_id);
     let elapsed = start.elapsed();
     let status = res.status().as_u16();
     handled.route.record(status, elapsed);

@@ -92,22 +92,66 @@ pub struct ForwardedFor<'a> {
     pub host: Option<&'a HeaderValue>,
 }
 
+/// The request id, kept from a trusted proxy or made by the gateway, sent
+/// upstream and returned to the client.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// Sets `X-Forwarded-For`, `-Proto` and `-Host` (the de-facto forms of RFC 7239
-/// §5.2–5.4).
+/// The `X-Forwarded-For`, `-Proto` and `-Host` fields this hop sends (see
+/// [`forwarded`]).
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    pub for_chain: HeaderValue,
+    /// `None` when a trusted peer's own value stays among the client's fields.
+    pub proto: Option<HeaderValue>,
+    /// `None` when a trusted peer's own value stays, or there is no host.
+    pub host: Option<HeaderValue>,
+}
+
+impl Forwarded {
+    /// The fields, by name, to write after the request's own.
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, &HeaderValue)> {
+        [
+            Some(("x-forwarded-for", &self.for_chain)),
+            self.proto.as_ref().map(|v| ("x-forwarded-proto", v)),
+            self.host.as_ref().map(|v| ("x-forwarded-host", v)),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// Works out `X-Forwarded-For`, `-Proto` and `-Host` (the de-facto forms of
+/// RFC 7239 §5.2–5.4) and removes from `headers` the fields they replace,
+/// so they can be written after the client's remaining fields.
 ///
 /// From a trusted proxy the incoming chain is kept and the peer appended to
 /// `X-Forwarded-For` (several instances are joined into one list, RFC 9110
 /// §5.3); `-Proto` and `-Host` are kept when present. From anyone else all
 /// three are replaced by what this hop saw, and an RFC 7239 `Forwarded`
 /// header is removed, so a client cannot claim another address.
-pub fn set_forwarded(headers: &mut HeaderMap, hop: ForwardedFor<'_>) {
+pub fn forwarded(headers: &mut HeaderMap, hop: ForwardedFor<'_>) -> Forwarded {
+    // One scan of the names finds which are present; absent ones (the usual
+    // case) cost no lookups.
+    const NAMES: [HeaderName; 4] = [
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+        FORWARDED,
+    ];
+    let mut present = [false; 4];
+    for key in headers.keys() {
+        if let Some(i) = NAMES.iter().position(|n| n == key) {
+            present[i] = true;
+        }
+    }
+    let [has_for, has_proto, has_host, has_forwarded] = present;
+
     let peer = peer_value(hop.peer);
-    let xff = if hop.trusted && headers.contains_key(&X_FORWARDED_FOR) {
+    let for_chain = if hop.trusted && has_for {
         let mut joined = Vec::with_capacity(64);
         for element in list_elements(headers, &X_FORWARDED_FOR) {
             joined.extend_from_slice(element);
@@ -119,23 +163,24 @@ pub fn set_forwarded(headers: &mut HeaderMap, hop: ForwardedFor<'_>) {
     } else {
         peer
     };
-    headers.insert(X_FORWARDED_FOR, xff);
-
-    if !hop.trusted {
-        remove_all(headers, std::slice::from_ref(&FORWARDED));
+    if has_for {
+        headers.remove(X_FORWARDED_FOR);
     }
-    if !hop.trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
+    if !hop.trusted && has_forwarded {
+        headers.remove(FORWARDED);
     }
-    if !hop.trusted || !headers.contains_key(&X_FORWARDED_HOST) {
-        match hop.host {
-            Some(host) => {
-                headers.insert(X_FORWARDED_HOST, host.clone());
-            }
-            None => {
-                headers.remove(X_FORWARDED_HOST);
-            }
-        }
+    let replace_proto = !hop.trusted || !has_proto;
+    if replace_proto && has_proto {
+        headers.remove(X_FORWARDED_PROTO);
+    }
+    let replace_host = !hop.trusted || !has_host;
+    if replace_host && has_host {
+        headers.remove(X_FORWARDED_HOST);
+    }
+    Forwarded {
+        for_chain,
+        proto: replace_proto.then(|| HeaderValue::from_static(hop.proto)),
+        host: hop.host.filter(|_| replace_host).cloned(),
     }
 }
 
@@ -488,6 +533,16 @@ mod tests {
             ("connection", b"upgraded"),
             ("upgrade", b"websocket")
         ])));
+    }
+
+    /// The request's fields as sent: what is left of the client's, then
+    /// the forwarded ones.
+    fn set_forwarded(h: &mut HeaderMap, hop: ForwardedFor<'_>) {
+        let fwd = forwarded(h, hop);
+        for (name, value) in fwd.fields() {
+            assert!(!h.contains_key(name), "{name} would be sent twice");
+            h.append(HeaderName::from_static(name), value.clone());
+        }
     }
 
     fn hop(trusted: bool, host: Option<&HeaderValue>) -> ForwardedFor<'_> {

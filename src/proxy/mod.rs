@@ -36,7 +36,7 @@ use crate::metrics::{Metrics, RouteStats, UpstreamErrorKind};
 
 use self::body::ForwardBody;
 pub use self::error::ProxyError;
-use self::headers::ForwardedFor;
+use self::headers::{Forwarded, ForwardedFor};
 use self::pool::{Connector, SendError};
 pub use self::tunnel::{ClientUpgrade, Tunnels};
 use self::upstream::{UpstreamSet, UpstreamTarget};
@@ -98,6 +98,11 @@ pub struct Outgoing<'r> {
     path: PathAndQuery,
     /// The client's side of an upgrade, and the protocols it asked for.
     upgrade: Option<(ClientUpgrade, HeaderValue)>,
+    /// The client's `Host`, sent instead of the upstream's with
+    /// `preserve_host`.
+    client_host: Option<HeaderValue>,
+    request_id: HeaderValue,
+    forwarded: Forwarded,
 }
 
 impl Outgoing<'_> {
@@ -110,7 +115,9 @@ impl Outgoing<'_> {
     }
 
     /// The headers that will be sent upstream: hop-by-hop headers, secret
-    /// cookies and identity headers are already gone.
+    /// cookies and identity headers are already gone. `Host`, `X-Request-Id`
+    /// and `X-Forwarded-*` are the gateway's, added as the request is
+    /// written (a `Host` or `X-Request-Id` here is not sent).
     pub fn headers_mut(&mut self) -> &mut HeaderMap {
         &mut self.parts.headers
     }
@@ -283,7 +290,7 @@ impl Proxy {
         }
         let [refresh, anti_csrf] = &self.secret_cookies;
         headers::remove_cookies(h, &[refresh.as_str(), anti_csrf.as_str()]);
-        headers::set_forwarded(
+        let forwarded = headers::forwarded(
             h,
             ForwardedFor {
                 peer: ctx.peer.ip().to_canonical(),
@@ -292,12 +299,6 @@ impl Proxy {
                 host: client_host.as_ref(),
             },
         );
-        if route.config.preserve_host {
-            match client_host {
-                Some(host) => h.insert(header::HOST, host),
-                None => h.remove(header::HOST),
-            };
-        }
         parts.extensions.clear();
         parts.version = Version::HTTP_11;
         let path = upstream_path(&route.config, &parts.uri);
@@ -307,6 +308,9 @@ impl Proxy {
             body,
             path,
             upgrade,
+            client_host: client_host.filter(|_| route.config.preserve_host),
+            request_id: ctx.request_id.0.clone(),
+            forwarded,
         })
     }
 
@@ -380,19 +384,30 @@ impl Proxy {
             body,
             path,
             upgrade,
+            client_host,
+            request_id,
+            forwarded,
         } = out;
         let preserve_host = route.config.preserve_host;
         let mut req = Request::from_parts(parts, ForwardBody::new(body, route.config.max_body));
         let mut last = None;
         for target in route.upstreams.candidates() {
             *req.uri_mut() = target.uri(&path);
-            if !preserve_host {
-                req.headers_mut().insert(header::HOST, target.host.clone());
-            }
-            let sent =
-                std::pin::pin!(self
-                    .connector
-                    .send(&target.endpoint, target.pools.current(), req));
+            let added = pool::Added {
+                host: if preserve_host {
+                    client_host.as_ref()
+                } else {
+                    Some(&target.host)
+                },
+                request_id: &request_id,
+                forwarded: &forwarded,
+            };
+            let sent = std::pin::pin!(self.connector.send(
+                &target.endpoint,
+                target.pools.current(),
+                req,
+                &added
+            ));
             match sent.await {
                 Ok(res) => return Ok((res, target, upgrade)),
                 Err(SendError::Connect { error, req: back }) => {

@@ -36,6 +36,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::body::{BodyTooLarge, ForwardBody};
+use super::headers::{Forwarded, X_REQUEST_ID};
 use crate::body::{Body, BoxError};
 use crate::metrics::UpstreamErrorKind;
 use crate::wire::decode::{Decoder, Step};
@@ -240,10 +241,11 @@ impl Connector {
         endpoint: &Endpoint,
         pool: &Arc<Pool>,
         req: Request<ForwardBody>,
+        added: &Added<'_>,
     ) -> Result<Response<Body>, SendError> {
         let (parts, body) = req.into_parts();
         let mut head = crate::wire::take_buf(256);
-        let framing = encode_request_head(&parts, &HttpBody::size_hint(&body), &mut head);
+        let framing = encode_request_head(&parts, added, &HttpBody::size_hint(&body), &mut head);
         let result =
             std::pin::pin!(self.exchange(endpoint, pool, parts, body, &head, framing)).await;
         crate::wire::give_buf(head);
@@ -347,27 +349,52 @@ impl Connector {
     }
 }
 
-/// `METHOD path HTTP/1.1`, the headers, and the body framing: the exact
-/// length when known, else chunked. The caller's own framing headers are
-/// replaced.
+/// The fields the gateway sets on a request, written with the request's
+/// own instead of being inserted into its header map first.
+pub struct Added<'a> {
+    /// `Host`, first; none at all when `None`.
+    pub host: Option<&'a HeaderValue>,
+    pub request_id: &'a HeaderValue,
+    /// `X-Forwarded-*`, whose fields the map no longer holds.
+    pub forwarded: &'a Forwarded,
+}
+
+/// `METHOD path HTTP/1.1`, `Host`, the headers, the fields in `added`, and
+/// the body framing: the exact length when known, else chunked. The
+/// request's own framing fields, `Host` and `X-Request-Id` are replaced.
 fn encode_request_head(
     parts: &http::request::Parts,
+    added: &Added<'_>,
     hint: &SizeHint,
     dst: &mut Vec<u8>,
 ) -> ReqFraming {
+    fn field(dst: &mut Vec<u8>, name: &[u8], value: &HeaderValue) {
+        dst.extend_from_slice(name);
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
     dst.extend_from_slice(parts.method.as_str().as_bytes());
     dst.push(b' ');
     let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     dst.extend_from_slice(pq.as_bytes());
     dst.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = added.host {
+        field(dst, b"host", host);
+    }
     for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::HOST
+            || name == X_REQUEST_ID
+        {
             continue;
         }
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
+        field(dst, name.as_str().as_bytes(), value);
+    }
+    field(dst, X_REQUEST_ID.as_str().as_bytes(), added.request_id);
+    for (name, value) in added.forwarded.fields() {
+        field(dst, name.as_bytes(), value);
     }
     let framing = match hint.exact() {
         Some(0) => {
