@@ -24,6 +24,7 @@ mod parse;
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,6 +113,7 @@ pub(super) async fn serve(
         write,
         ticket,
         linger: false,
+        idle_timer: None,
     };
     let reason = conn.run().await;
     tracing::debug!(%peer, reason, "closing connection");
@@ -161,6 +163,9 @@ struct Conn {
     ticket: Option<ConnTicket>,
     /// Closing with client input unread: read it away first.
     linger: bool,
+    /// Armed while the connection waits for its next request; kept from one
+    /// wait to the next (see [`Conn::run`]).
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
@@ -179,21 +184,40 @@ impl Conn {
                 // Under load the next request is often there already: a
                 // read that does not wait needs no timer.
                 let ready = std::future::poll_fn(|cx| read.poll_fill(cx)).now_or_never();
-                // Seconds-scale: the coarse clock saves a clock read.
-                let idle = crate::proxy::coarse::deadline(self.limits.idle_timeout);
-                let got = if let Some(got) = ready {
-                    Ok(got)
-                } else if self.on_worker {
-                    tokio::select! {
-                        biased;
-                        _ = idle::DrainWait::default() => return "shutting down",
-                        got = tokio::time::timeout_at(idle, read.fill()) => got,
-                    }
-                } else {
-                    tokio::select! {
-                        biased;
-                        _ = self.drain.wait_for(|d| *d) => return "shutting down",
-                        got = tokio::time::timeout_at(idle, read.fill()) => got,
+                let got = match ready {
+                    Some(got) => Ok(got),
+                    None => {
+                        // Seconds-scale: the coarse clock saves a clock read.
+                        let due = crate::proxy::coarse::deadline(self.limits.idle_timeout);
+                        // The connection's one idle timer stays armed from
+                        // wait to wait, so a busy connection does not
+                        // register and cancel a timer for every request: when
+                        // it fires for an earlier wait, it is moved on to
+                        // this one's deadline.
+                        let timer = self
+                            .idle_timer
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                        loop {
+                            let woke = if self.on_worker {
+                                tokio::select! {
+                                    biased;
+                                    _ = idle::DrainWait::default() => return "shutting down",
+                                    got = read.fill() => Ok(got),
+                                    () = timer.as_mut() => Err(()),
+                                }
+                            } else {
+                                tokio::select! {
+                                    biased;
+                                    _ = self.drain.wait_for(|d| *d) => return "shutting down",
+                                    got = read.fill() => Ok(got),
+                                    () = timer.as_mut() => Err(()),
+                                }
+                            };
+                            match woke {
+                                Err(()) if timer.deadline() < due => timer.as_mut().reset(due),
+                                woke => break woke,
+                            }
+                        }
                     }
                 };
                 match got {
