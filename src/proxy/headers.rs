@@ -25,6 +25,14 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// True when `name` (any case, as received) is one of the fields that are
+/// hop-by-hop whether or not `Connection` names them.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().len() == name.len() && name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+}
+
 /// True when the request asks to switch protocols: `Connection` lists
 /// `upgrade` and an `Upgrade` header is present (RFC 9110 §7.8).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {

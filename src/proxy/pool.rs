@@ -578,9 +578,22 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ReadH
     // Room for what the gateway adds (request id, cookies): growing
     // the map later rehashes every field.
     let mut headers = crate::wire::take_map(ranges.len() + 8);
+    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
     for &(name_at, name_len, value_at, value_len) in &ranges {
-        let name = HeaderName::from_bytes(&bytes[name_at..name_at + name_len])
-            .map_err(|_| ReadHead::Invalid("bad header name"))?;
+        let raw_name = &bytes[name_at..name_at + name_len];
+        // Hop-by-hop fields are not forwarded (RFC 9110 §7.6.1), and what
+        // they say about this connection is in `facts`: they are left out
+        // here rather than removed later. A `101` keeps them for the
+        // upgrade, and `Connection` stays when it names further fields, for
+        // `strip_hop_by_hop` to remove.
+        if !upgrade
+            && super::headers::is_hop_by_hop(raw_name)
+            && !(facts.names_others && raw_name.eq_ignore_ascii_case(b"connection"))
+        {
+            continue;
+        }
+        let name =
+            HeaderName::from_bytes(raw_name).map_err(|_| ReadHead::Invalid("bad header name"))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_at + value_len))
             .map_err(|_| ReadHead::Invalid("bad header value"))?;
         headers.append(name, value);

@@ -237,6 +237,9 @@ pub(crate) struct HeadFacts {
     pub(crate) keep_alive: bool,
     /// `Connection` lists `upgrade`.
     pub(crate) upgrade_token: bool,
+    /// `Connection` lists a token other than those three: the name of a
+    /// further field that is hop-by-hop.
+    pub(crate) names_others: bool,
     /// An `Upgrade` field is present.
     pub(crate) upgrade: bool,
     /// The first `Expect` is `100-continue`.
@@ -294,6 +297,9 @@ impl HeadFacts {
                     self.close |= token.eq_ignore_ascii_case(b"close");
                     self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                     self.upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
+                    self.names_others |= !token.eq_ignore_ascii_case(b"close")
+                        && !token.eq_ignore_ascii_case(b"keep-alive")
+                        && !token.eq_ignore_ascii_case(b"upgrade");
                 }
             }
             7 if name.eq_ignore_ascii_case(b"upgrade") => self.upgrade = true,
@@ -470,9 +476,11 @@ mod tests {
     #[test]
     fn connection_upgrade_and_expect_from_fields() {
         let f = facts(&[("Connection", "Keep-Alive, foo"), ("connection", "UPGRADE")]);
-        assert!(f.keep_alive && f.upgrade_token && !f.close && !f.upgrade);
+        assert!(f.keep_alive && f.upgrade_token && !f.close && !f.upgrade && f.names_others);
         let f = facts(&[("Connection", "foo,close"), ("Upgrade", "websocket")]);
-        assert!(f.close && !f.keep_alive && !f.upgrade_token && f.upgrade);
+        assert!(f.close && !f.keep_alive && !f.upgrade_token && f.upgrade && f.names_others);
+        let f = facts(&[("Connection", "close, Keep-Alive , upgrade")]);
+        assert!(!f.names_others);
         // `closed` and `keep-alive2` are other tokens.
         let f = facts(&[("Connection", "closed, keep-alive2")]);
         assert!(!f.close && !f.keep_alive);
