@@ -12,25 +12,32 @@ use crate::wire::{hex_digit, list_elements, lists};
 
 /// Headers that are hop-by-hop whether or not `Connection` names them
 /// (RFC 9110 §7.6.1, plus the obsolete `Keep-Alive` and `Proxy-Connection`
-/// that clients still send).
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
+/// that clients still send). Names rather than `HeaderName`s: a `const`
+/// array of those is built and dropped at every use, and comparing with a
+/// `static` one goes through the general comparison for each.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
 ];
+
+/// Where `name` (any case) is in [`HOP_BY_HOP`].
+fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
+    HOP_BY_HOP
+        .iter()
+        .position(|h| h.len() == name.len() && name.eq_ignore_ascii_case(h.as_bytes()))
+}
 
 /// True when `name` (any case, as received) is one of the fields that are
 /// hop-by-hop whether or not `Connection` names them.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.as_str().len() == name.len() && name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+    hop_by_hop_index(name).is_some()
 }
 
 /// True when the request asks to switch protocols: `Connection` lists
@@ -50,7 +57,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // lookups; most messages carry none or only `Connection: keep-alive`.
     let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = hop_by_hop_index(name.as_str().as_bytes()) {
             present |= 1 << i;
         }
     }
@@ -61,12 +68,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         // Tokens that name no further header (`close`) or one removed anyway
         // need no lookup.
         let listed: Vec<HeaderName> = list_elements(headers, &header::CONNECTION)
-            .filter(|e| {
-                !e.eq_ignore_ascii_case(b"close")
-                    && !HOP_BY_HOP
-                        .iter()
-                        .any(|h| e.eq_ignore_ascii_case(h.as_str().as_bytes()))
-            })
+            .filter(|e| !e.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(e))
             .filter_map(|e| HeaderName::from_bytes(e).ok())
             .collect();
         for name in listed {
@@ -75,7 +77,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
-            headers.remove(name);
+            headers.remove(*name);
         }
     }
 }
@@ -144,19 +146,17 @@ impl Forwarded {
 pub fn forwarded(headers: &mut HeaderMap, hop: ForwardedFor<'_>) -> Forwarded {
     // One scan of the names finds which are present; absent ones (the usual
     // case) cost no lookups.
-    const NAMES: [HeaderName; 4] = [
-        X_FORWARDED_FOR,
-        X_FORWARDED_PROTO,
-        X_FORWARDED_HOST,
-        FORWARDED,
-    ];
-    let mut present = [false; 4];
+    let (mut has_for, mut has_proto, mut has_host, mut has_forwarded) =
+        (false, false, false, false);
     for key in headers.keys() {
-        if let Some(i) = NAMES.iter().position(|n| n == key) {
-            present[i] = true;
+        match key.as_str() {
+            "x-forwarded-for" => has_for = true,
+            "x-forwarded-proto" => has_proto = true,
+            "x-forwarded-host" => has_host = true,
+            "forwarded" => has_forwarded = true,
+            _ => {}
         }
     }
-    let [has_for, has_proto, has_host, has_forwarded] = present;
 
     let peer = peer_value(hop.peer);
     let for_chain = if hop.trusted && has_for {
