@@ -29,6 +29,10 @@ const HOP_BY_HOP: [&str; 9] = [
 
 /// Where `name` (any case) is in [`HOP_BY_HOP`].
 fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
+    // Most names have a length none of these has.
+    if !matches!(name.len(), 2 | 7 | 10 | 16..=19) {
+        return None;
+    }
     HOP_BY_HOP
         .iter()
         .position(|h| h.len() == name.len() && name.eq_ignore_ascii_case(h.as_bytes()))
@@ -514,6 +518,23 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-keep", "authorization"]);
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_is_recognised_in_any_case() {
+        for name in HOP_BY_HOP {
+            assert!(is_hop_by_hop(name.as_bytes()), "{name}");
+            assert!(is_hop_by_hop(name.to_uppercase().as_bytes()), "{name}");
+        }
+        for other in [
+            "host",
+            "te2",
+            "connections",
+            "x-connection",
+            "upgrade-insecure-requests",
+        ] {
+            assert!(!is_hop_by_hop(other.as_bytes()), "{other}");
+        }
     }
 
     #[test]

@@ -142,12 +142,15 @@ pub(crate) async fn write_all<W: AsyncWrite + Unpin + ?Sized>(
     w.flush().await
 }
 
-/// 1*DIGIT, without sign or whitespace, that fits a u64.
+/// 1*DIGIT, without sign or whitespace, at most 19 digits (so it always
+/// fits a u64).
 pub(crate) fn parse_length(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+    if s.is_empty() || s.len() > 19 {
         return None;
     }
-    std::str::from_utf8(s).ok()?.parse().ok()
+    s.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 /// A stream some of whose bytes were read ahead: those are read again
@@ -269,8 +272,11 @@ impl HeadFacts {
             .split(|&b| b == b',')
             .map(<[u8]>::trim_ascii)
             .filter(|e| !e.is_empty());
-        match name.len() {
-            14 if name.eq_ignore_ascii_case(b"content-length") => {
+        // The length and first letter rule out most fields before any
+        // comparison.
+        let first = name.first().map_or(0, |b| b.to_ascii_lowercase());
+        match (name.len(), first) {
+            (14, b'c') if name.eq_ignore_ascii_case(b"content-length") => {
                 self.length_present = true;
                 for element in elements {
                     match parse_length(element) {
@@ -279,7 +285,7 @@ impl HeadFacts {
                     }
                 }
             }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+            (17, b't') if name.eq_ignore_ascii_case(b"transfer-encoding") => {
                 self.transfer_encoding = true;
                 for coding in elements {
                     let chunked = coding.eq_ignore_ascii_case(b"chunked");
@@ -292,7 +298,7 @@ impl HeadFacts {
                     };
                 }
             }
-            10 if name.eq_ignore_ascii_case(b"connection") => {
+            (10, b'c') if name.eq_ignore_ascii_case(b"connection") => {
                 for token in elements {
                     self.close |= token.eq_ignore_ascii_case(b"close");
                     self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
@@ -302,8 +308,8 @@ impl HeadFacts {
                         && !token.eq_ignore_ascii_case(b"upgrade");
                 }
             }
-            7 if name.eq_ignore_ascii_case(b"upgrade") => self.upgrade = true,
-            6 if !self.expect_seen && name.eq_ignore_ascii_case(b"expect") => {
+            (7, b'u') if name.eq_ignore_ascii_case(b"upgrade") => self.upgrade = true,
+            (6, b'e') if !self.expect_seen && name.eq_ignore_ascii_case(b"expect") => {
                 self.expect_seen = true;
                 self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
             }
@@ -377,6 +383,28 @@ mod tests {
             facts.note(name.as_bytes(), value.as_bytes());
         }
         facts
+    }
+
+    #[test]
+    fn lengths() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b"0042"), Some(42));
+        assert_eq!(
+            parse_length(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        for bad in [
+            &b""[..],
+            b"12345678901234567890",
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1 ",
+            b"1a",
+            b"\xff",
+        ] {
+            assert_eq!(parse_length(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
