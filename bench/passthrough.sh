@@ -2,6 +2,11 @@
 # Pass-through throughput: sis-gateway vs nginx proxying the same upstream on
 # the same machine, measured side by side (SPEC §7: ratio >= 1.0, p99 no worse).
 #
+# Two nginx peers: "nginx" does what the gateway does to every request on a
+# public route (a request id made, sent upstream and returned to the client;
+# X-Forwarded-For, -Proto and -Host), "nginx-min" only X-Forwarded-For and
+# -Proto. The gateway is compared with both.
+#
 #   bench/passthrough.sh                  # 3 rounds x 10 s, 64 connections, 2 wrk threads
 #   ROUNDS=5 DURATION=20s CONNECTIONS=128 bench/passthrough.sh
 #   ACCESS_LOG=1 bench/passthrough.sh     # both proxies write an access log line per request
@@ -21,6 +26,7 @@ ACCESS_LOG=${ACCESS_LOG:-0}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18081}
 NGINX_PORT=${NGINX_PORT:-18082}
 GATEWAY_PORT=${GATEWAY_PORT:-18083}
+NGINX_MIN_PORT=${NGINX_MIN_PORT:-18084}
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -108,11 +114,12 @@ start_nginx upstream "
         location / { default_type text/plain; return 200 'hello from the upstream, a small fixed body for the pass-through benchmark\n'; }
     }"
 
-# nginx as the reverse proxy under test.
-start_nginx proxy "
+# nginx as the reverse proxy under test: port, then extra directives.
+start_proxy() {
+    start_nginx "proxy-$1" "
     upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 256; }
     server {
-        listen 127.0.0.1:$NGINX_PORT reuseport backlog=4096;
+        listen 127.0.0.1:$1 reuseport backlog=4096;
         location / {
             proxy_pass http://app;
             proxy_http_version 1.1;
@@ -121,9 +128,17 @@ start_nginx proxy "
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto \$scheme;
             proxy_buffering off;
+            $2
         }
     }"
+}
+start_proxy "$NGINX_PORT" "
+            proxy_set_header X-Forwarded-Host \$http_host;
+            proxy_set_header X-Request-Id \$request_id;
+            add_header X-Request-Id \$request_id always;"
 nginx_pid=$last_nginx
+start_proxy "$NGINX_MIN_PORT" ""
+nginx_min_pid=$last_nginx
 
 # The gateway under test.
 cat >"$work/gateway.toml" <<EOF
@@ -144,6 +159,7 @@ gateway_pid=$!
 
 wait_for "http://127.0.0.1:$UPSTREAM_PORT/"
 wait_for "http://127.0.0.1:$NGINX_PORT/"
+wait_for "http://127.0.0.1:$NGINX_MIN_PORT/"
 wait_for "http://127.0.0.1:$GATEWAY_PORT/"
 
 # One wrk run; prints "requests_per_second p99_ms cpu_us_per_request", the
@@ -166,26 +182,32 @@ measure() { # url pid
 }
 
 echo "warming up…" >&2
-wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null
-wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$GATEWAY_PORT/" >/dev/null
-
-printf '%-7s %-8s %12s %10s %14s\n' round proxy req/s p99_ms cpu_us/req
-nginx_rps=() nginx_p99=() gw_rps=() gw_p99=() nginx_cpu=() gw_cpu=()
-for round in $(seq 1 "$ROUNDS"); do
-    read -r rps p99 cpu < <(measure "http://127.0.0.1:$NGINX_PORT/" "$nginx_pid")
-    nginx_rps+=("$rps") nginx_p99+=("$p99") nginx_cpu+=("$cpu")
-    printf '%-7s %-8s %12.0f %10.2f %14.1f\n' "$round" nginx "$rps" "$p99" "$cpu"
-    read -r rps p99 cpu < <(measure "http://127.0.0.1:$GATEWAY_PORT/" "$gateway_pid")
-    gw_rps+=("$rps") gw_p99+=("$p99") gw_cpu+=("$cpu")
-    printf '%-7s %-8s %12.0f %10.2f %14.1f\n' "$round" gateway "$rps" "$p99" "$cpu"
+for port in "$NGINX_PORT" "$NGINX_MIN_PORT" "$GATEWAY_PORT"; do
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null
 done
 
-mean() { printf '%s\n' "$@" | awk '{s+=$1} END {printf "%.2f", s/NR}'; }
-n_rps=$(mean "${nginx_rps[@]}") n_p99=$(mean "${nginx_p99[@]}") n_cpu=$(mean "${nginx_cpu[@]}")
-g_rps=$(mean "${gw_rps[@]}") g_p99=$(mean "${gw_p99[@]}") g_cpu=$(mean "${gw_cpu[@]}")
+printf '%-7s %-10s %12s %10s %14s\n' round proxy req/s p99_ms cpu_us/req
+names=(nginx nginx-min gateway)
+urls=("http://127.0.0.1:$NGINX_PORT/" "http://127.0.0.1:$NGINX_MIN_PORT/" "http://127.0.0.1:$GATEWAY_PORT/")
+procs=("$nginx_pid" "$nginx_min_pid" "$gateway_pid")
+declare -A rps_of p99_of cpu_of
+for round in $(seq 1 "$ROUNDS"); do
+    for i in 0 1 2; do
+        read -r rps p99 cpu < <(measure "${urls[$i]}" "${procs[$i]}")
+        rps_of[$i]+="$rps " p99_of[$i]+="$p99 " cpu_of[$i]+="$cpu "
+        printf '%-7s %-10s %12.0f %10.2f %14.1f\n' "$round" "${names[$i]}" "$rps" "$p99" "$cpu"
+    done
+done
+
+mean() { printf '%s\n' $1 | awk '{s+=$1} END {printf "%.2f", s/NR}'; }
 echo
-printf 'nginx    %10.0f req/s   p99 %6.2f ms   %6.1f µs CPU/request\n' "$n_rps" "$n_p99" "$n_cpu"
-printf 'gateway  %10.0f req/s   p99 %6.2f ms   %6.1f µs CPU/request\n' "$g_rps" "$g_p99" "$g_cpu"
-awk -v g="$g_rps" -v n="$n_rps" -v gp="$g_p99" -v np="$n_p99" 'BEGIN {
-    printf "ratio gateway/nginx: throughput %.2f, p99 %.2f\n", g/n, gp/np
-}'
+for i in 0 1 2; do
+    printf '%-10s %10.0f req/s   p99 %6.2f ms   %6.1f µs CPU/request\n' "${names[$i]}" \
+        "$(mean "${rps_of[$i]}")" "$(mean "${p99_of[$i]}")" "$(mean "${cpu_of[$i]}")"
+done
+for i in 0 1; do
+    awk -v g="$(mean "${rps_of[2]}")" -v n="$(mean "${rps_of[$i]}")" \
+        -v gp="$(mean "${p99_of[2]}")" -v np="$(mean "${p99_of[$i]}")" -v peer="${names[$i]}" 'BEGIN {
+        printf "ratio gateway/%s: throughput %.2f, p99 %.2f\n", peer, g/n, gp/np
+    }'
+done
