@@ -899,11 +899,23 @@ mod tests {
 
     #[test]
     fn request_ids_are_unique_uuids() {
-        let a = new_request_id();
-        let b = new_request_id();
-        assert_ne!(a, b);
-        let parsed = uuid::Uuid::parse_str(a.to_str().unwrap()).unwrap();
-        assert_eq!(parsed.get_version_num(), 4);
+        // Across several blocks, some ids kept and some dropped, so blocks
+        // are both reused and replaced: every id keeps its own value.
+        let mut kept = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..IDS_PER_BLOCK * 5 {
+            let id = new_request_id();
+            let text = id.to_str().unwrap().to_owned();
+            let parsed = uuid::Uuid::parse_str(&text).unwrap();
+            assert_eq!(parsed.get_version_num(), 4);
+            assert!(seen.insert(text.clone()), "{text} repeated");
+            if i % 7 == 0 {
+                kept.push((id, text));
+            }
+        }
+        for (id, text) in kept {
+            assert_eq!(id.to_str().unwrap(), text);
+        }
     }
 
     #[test]
