@@ -339,6 +339,23 @@ impl Sessions {
         refresh_token: &str,
         anti_csrf: Option<&str>,
     ) -> Result<Bundle, RefreshError> {
+        self.refresh_once(refresh_token, anti_csrf, false)
+            .await
+            .map(|(bundle, _)| bundle)
+    }
+
+    /// [`refresh`](Self::refresh): concurrent callers with the same token
+    /// share one flight. With `inline`, the flight's leader first looks for
+    /// a remembered result (see [`refresh_inline`](Self::refresh_inline))
+    /// and remembers its own before the flight ends, so a caller that just
+    /// missed both the memory and the flight still finds one of them.
+    /// Returns whether this caller went without a store call of its own.
+    async fn refresh_once(
+        &self,
+        refresh_token: &str,
+        anti_csrf: Option<&str>,
+        inline: bool,
+    ) -> Result<(Bundle, bool), RefreshError> {
         let (payload, client) = self.open(refresh_token, anti_csrf).inspect_err(|e| {
             self.metrics.rotation(e.outcome());
         })?;
@@ -347,8 +364,23 @@ impl Sessions {
             let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(presented_hash.clone()).or_default().clone()
         };
+        let called_store = std::sync::atomic::AtomicBool::new(false);
         flight
-            .get_or_init(|| self.rotate(refresh_token, &presented_hash, payload, client))
+            .get_or_init(|| async {
+                if inline {
+                    if let Some(bundle) = self.remembered(&presented_hash) {
+                        return Ok(bundle);
+                    }
+                }
+                called_store.store(true, std::sync::atomic::Ordering::Relaxed);
+                let rotated = self
+                    .rotate(refresh_token, &presented_hash, payload, client)
+                    .await;
+                if let (true, Ok(bundle)) = (inline, &rotated) {
+                    self.remember(&presented_hash, bundle);
+                }
+                rotated
+            })
             .await;
         {
             let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
@@ -365,12 +397,18 @@ impl Sessions {
             Err(shared) => shared.get().cloned(),
         }
         .unwrap_or(Err(RefreshError::Internal))
+        .map(|bundle| {
+            (
+                bundle,
+                !called_store.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
     }
 
     /// As [`Sessions::refresh`], but a token refreshed in this process within
     /// the replay window is answered from memory. Used by inline refresh on
     /// pass-through routes, where bursts of parallel requests are the norm.
-    /// Returns whether the answer came from memory.
+    /// Returns whether the answer came without a store call of its own.
     pub async fn refresh_inline(
         &self,
         refresh_token: &str,
@@ -385,17 +423,28 @@ impl Sessions {
         // Checked per caller: a remembered result never skips the anti-CSRF check.
         self.open(refresh_token, anti_csrf)
             .inspect_err(|e| self.metrics.rotation(e.outcome()))?;
-        let presented_hash = token_hash(refresh_token);
-        let now = self.clock.now_ms();
-        {
-            let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((bundle, until)) = recent.by_presented.get(&presented_hash) {
-                if now < *until {
-                    return Ok((bundle.clone(), true));
-                }
-            }
+        if let Some(bundle) = self.remembered(&token_hash(refresh_token)) {
+            return Ok((bundle, true));
         }
-        let bundle = self.refresh(refresh_token, anti_csrf).await?;
+        self.refresh_once(refresh_token, anti_csrf, true).await
+    }
+
+    /// The result of a recent inline refresh of the token with this hash,
+    /// while its replay window lasts.
+    fn remembered(&self, presented_hash: &str) -> Option<Bundle> {
+        let now = self.clock.now_ms();
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent
+            .by_presented
+            .get(presented_hash)
+            .filter(|(_, until)| now < *until)
+            .map(|(bundle, _)| bundle.clone())
+    }
+
+    /// Remembers `bundle` as the answer to the token with this hash for the
+    /// replay window.
+    fn remember(&self, presented_hash: &str, bundle: &Bundle) {
+        let now = self.clock.now_ms();
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         if recent.by_presented.len() >= RECENT_SWEEP_AT {
             let Recent {
@@ -407,12 +456,11 @@ impl Sessions {
         }
         recent
             .by_successor
-            .insert(token_hash(&bundle.refresh_token), presented_hash.clone());
+            .insert(token_hash(&bundle.refresh_token), presented_hash.to_owned());
         recent.by_presented.insert(
-            presented_hash,
+            presented_hash.to_owned(),
             (bundle.clone(), now + self.grace.as_millis() as u64),
         );
-        Ok((bundle, false))
     }
 
     /// `presented_hash` was just rotated away: a remembered result that handed
