@@ -8,14 +8,13 @@ use std::sync::Arc;
 
 use crate::body::RequestBody;
 use http::{header, HeaderMap};
-use hyper::{Request, Response};
+use hyper::Request;
 
 use crate::auth::{self, Auth};
-use crate::body::Body;
 use crate::config::{AuthMode, Config};
 use crate::ctx::RequestCtx;
 use crate::metrics::{Metrics, RouteStats};
-use crate::proxy::{self, Proxy, ProxyError, Tunnels};
+use crate::proxy::{self, Proxy, ProxyError, Reply, Tunnels};
 use crate::sign_in::SignIn;
 
 pub struct App {
@@ -35,7 +34,7 @@ struct Labels {
 
 /// A response and the route it is counted and logged under.
 pub struct Handled<'a> {
-    pub response: Response<Body>,
+    pub response: Reply,
     pub route: &'a RouteStats,
 }
 
@@ -95,7 +94,7 @@ impl App {
         if let Some(problem) = proxy::headers::host_problem(req.version(), req.headers(), req.uri())
         {
             return Handled {
-                response: crate::body::json_error(http::StatusCode::BAD_REQUEST, problem),
+                response: crate::body::json_error(http::StatusCode::BAD_REQUEST, problem).into(),
                 route: &self.labels.no_route,
             };
         }
@@ -104,13 +103,13 @@ impl App {
         // and every request's future would otherwise be as large as theirs.
         if self.sign_in.matches(req.uri().path()) {
             return Handled {
-                response: Box::pin(self.sign_in.handle(req, ctx)).await,
+                response: Box::pin(self.sign_in.handle(req, ctx)).await.into(),
                 route: &self.labels.sign_in,
             };
         }
         let Some(route) = self.proxy.route_for_request(&req) else {
             return Handled {
-                response: ProxyError::NoRoute.to_response(),
+                response: ProxyError::NoRoute.to_response().into(),
                 route: &self.labels.no_route,
             };
         };
@@ -137,14 +136,14 @@ impl App {
         route: &proxy::Route,
         mut req: Request<RequestBody>,
         ctx: &RequestCtx,
-    ) -> Response<Body> {
+    ) -> Reply {
         let decision = match self
             .auth
             .authenticate(&self.sign_in, &route.config, req.headers_mut())
             .await
         {
             Ok(d) => d,
-            Err(res) => return res,
+            Err(res) => return res.into(),
         };
         if decision.rotated {
             self.metrics.inline_refresh(decision.coalesced);
@@ -156,13 +155,16 @@ impl App {
                 }
                 self.proxy.send(out, HeaderMap::new(), ctx).await
             }
-            Err(e) => e.to_response(),
+            Err(e) => e.to_response().into(),
         };
         // Added here rather than by the proxy so that an upstream failure
         // still delivers rotated cookies: the browser must not keep using a
         // token that has already been rotated.
         for cookie in decision.set_cookies {
-            response.headers_mut().append(header::SET_COOKIE, cookie);
+            response
+                .response
+                .headers_mut()
+                .append(header::SET_COOKIE, cookie);
         }
         response
     }

@@ -28,7 +28,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use http::header::HeaderValue;
-use http::{Request, Response, Version};
+use http::{Request, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -39,11 +39,11 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Level;
 
 use crate::app::App;
-use crate::body::{Body, RequestBody};
+use crate::body::RequestBody;
 use crate::config::{Config, ServerConfig};
 use crate::ctx::{RequestCtx, RequestId};
 use crate::metrics::Metrics;
-use crate::proxy::{self, headers};
+use crate::proxy::{self, headers, Reply};
 
 use self::conn::{ActiveGuard, ConnState, ConnTicket, TrackedBody, TrackedStream, UntilClosed};
 
@@ -637,9 +637,9 @@ async fn serve_http<I>(
             // pointer, and the request's state lives only while it runs.
             Box::pin(async move {
                 let res = match kind {
-                    Kind::Public => {
-                        public_request(&shared, req.map(RequestBody::from), peer, tls).await
-                    }
+                    Kind::Public => public_request(&shared, req.map(RequestBody::from), peer, tls)
+                        .await
+                        .into_response(),
                     Kind::Admin => {
                         let app = shared.app.load_full();
                         crate::admin::handle(&app, req.map(RequestBody::from)).await
@@ -671,7 +671,7 @@ async fn public_request(
     req: Request<RequestBody>,
     peer: SocketAddr,
     tls: bool,
-) -> Response<Body> {
+) -> Reply {
     let start = Instant::now();
     let app = shared.app();
     let trusted_proxies = &app.config.server.trusted_proxies;
@@ -706,10 +706,13 @@ async fn public_request(
     });
 
     let handled = std::pin::pin!(app.handle(req, &ctx)).await;
-    let mut res = handled.response;
-    res.headers_mut().insert(headers::X_REQUEST_ID, request_id);
+    let mut reply = handled.response;
+    reply
+        .response
+        .headers_mut()
+        .insert(headers::X_REQUEST_ID, request_id);
     let elapsed = start.elapsed();
-    let status = res.status().as_u16();
+    let status = reply.response.status().as_u16();
     handled.route.record(status, elapsed);
     if let Some((method, version, path)) = log {
         let upstream = ctx.upstream.get().map(|u| &**u);
@@ -726,7 +729,7 @@ async fn public_request(
             client_ip = %ctx.client_ip,
         );
     }
-    res
+    reply
 }
 
 /// A request id from a trusted proxy is kept when it is 1–128 visible ASCII

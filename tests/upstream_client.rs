@@ -282,3 +282,108 @@ async fn request_bodies_are_framed_for_the_upstream() {
         assert!(!r.contains("connection: close"), "{r}");
     }
 }
+
+/// An upstream response head with mixed-case names, repeated fields, a
+/// request id, a Date and a hop-by-hop field.
+const PLAIN_HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\
+    X-Request-Id: from-upstream\r\nSet-Cookie: a=1\r\nKeep-Alive: timeout=5\r\n\
+    Date: Tue, 01 Jan 2030 00:00:00 GMT\r\nX-Mixed-Case: Kept As Sent\r\n\
+    Set-Cookie: b=2\r\nContent-Length: 5\r\n\r\n";
+
+#[tokio::test]
+async fn upstream_response_fields_reach_the_client_as_sent() {
+    let up = ScriptedUpstream::start(|n| match n {
+        // A HEAD answer: the length of what a GET would send, no body.
+        1 => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nETag: \"v1\"\r\n\r\n".to_vec(),
+            After::KeepOpen,
+        ),
+        // Chunked with a stray Content-Length: the length is not forwarded.
+        2 => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\
+              X-After: 1\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                .to_vec(),
+            After::Close,
+        ),
+        _ => (format!("{PLAIN_HEAD}hello").into_bytes(), After::KeepOpen),
+    })
+    .await;
+    let gw = TestGateway::start(one_route(&up.url));
+
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(&get("/plain")).await.unwrap();
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).await.unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    // Names keep the case they were sent in, values their bytes, and fields
+    // their order.
+    let order: Vec<usize> = [
+        "\r\nContent-Type: text/plain\r\n",
+        "\r\nSet-Cookie: a=1\r\n",
+        "\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\n",
+        "\r\nX-Mixed-Case: Kept As Sent\r\n",
+        "\r\nSet-Cookie: b=2\r\n",
+    ]
+    .iter()
+    .map(|line| {
+        text.find(line)
+            .unwrap_or_else(|| panic!("{line:?} missing from {text}"))
+    })
+    .collect();
+    assert!(order.is_sorted(), "{text}");
+    let res = common::gateway::parse_raw(&bytes);
+    assert_eq!(res.status, 200);
+    assert_eq!(res.body, b"hello");
+    let all = |name: &str| -> Vec<&str> {
+        res.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(all("date").len(), 1, "{text}");
+    assert_eq!(all("content-length"), ["5"]);
+    assert_eq!(all("keep-alive"), Vec::<&str>::new(), "hop-by-hop: {text}");
+    let ids = all("x-request-id");
+    assert_eq!(ids.len(), 1, "{text}");
+    assert_ne!(ids[0], "from-upstream", "the gateway's own id answers");
+
+    let res = raw(
+        gw.addr,
+        b"HEAD /head HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.header("content-length"), Some("1234"));
+    assert_eq!(res.header("etag"), Some("\"v1\""));
+
+    let res = raw(gw.addr, &get("/chunked")).await;
+    assert_eq!(res.header("content-length"), None, "{:?}", res.headers);
+    assert_eq!(res.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(res.header("x-after"), Some("1"));
+
+    // Over HTTP/2 the same fields arrive, in a header map.
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://x:{}/h2", gw.addr.port()))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let h = res.headers();
+    assert_eq!(h["content-type"], "text/plain");
+    assert_eq!(h["x-mixed-case"], "Kept As Sent");
+    assert_eq!(h["date"], "Tue, 01 Jan 2030 00:00:00 GMT");
+    let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    let ids: Vec<_> = h.get_all("x-request-id").iter().collect();
+    assert_eq!(ids.len(), 1);
+    assert_ne!(ids[0], "from-upstream");
+    assert!(!h.contains_key("keep-alive"));
+}

@@ -33,6 +33,7 @@ use crate::body::{Body, RequestBody};
 use crate::config::{Config, RouteConfig};
 use crate::ctx::RequestCtx;
 use crate::metrics::{Metrics, RouteStats, UpstreamErrorKind};
+use crate::wire::RawFields;
 
 use self::body::ForwardBody;
 pub use self::error::ProxyError;
@@ -120,6 +121,41 @@ impl Outgoing<'_> {
     /// written (a `Host` or `X-Request-Id` here is not sent).
     pub fn headers_mut(&mut self) -> &mut HeaderMap {
         &mut self.parts.headers
+    }
+}
+
+/// A response on its way to the client. An upstream's end-to-end fields
+/// stay as they arrived in `received` (see [`RawFields`]) and are sent before
+/// the response's own header map, which holds what the gateway adds.
+pub struct Reply {
+    pub response: Response<Body>,
+    pub(crate) received: Option<Box<RawFields>>,
+}
+
+impl Reply {
+    /// A response whose fields are all in its header map.
+    pub fn new(response: Response<Body>) -> Reply {
+        Reply {
+            response,
+            received: None,
+        }
+    }
+
+    /// The response with every field in its header map (for HTTP/2, and
+    /// anything else that reads them).
+    pub fn into_response(self) -> Response<Body> {
+        let mut response = self.response;
+        if let Some(received) = self.received {
+            let rest = std::mem::take(response.headers_mut());
+            *response.headers_mut() = received.into_map(rest);
+        }
+        response
+    }
+}
+
+impl From<Response<Body>> for Reply {
+    fn from(response: Response<Body>) -> Reply {
+        Reply::new(response)
     }
 }
 
@@ -225,16 +261,6 @@ impl Proxy {
         )
     }
 
-    /// Routes and forwards `req`, appending `extra_response_headers` (e.g.
-    /// `Set-Cookie`) to the upstream's response. Answers 404 when no route
-    /// matches.
-    pub async fn handle(&self, req: Request<RequestBody>, ctx: &RequestCtx) -> Response<Body> {
-        match self.route_for_request(&req) {
-            Some(route) => self.forward(route, req, ctx, HeaderMap::new()).await,
-            None => ProxyError::NoRoute.to_response(),
-        }
-    }
-
     /// [`prepare`](Self::prepare) then [`send`](Self::send).
     pub async fn forward(
         &self,
@@ -242,10 +268,10 @@ impl Proxy {
         req: Request<RequestBody>,
         ctx: &RequestCtx,
         extra_response_headers: HeaderMap,
-    ) -> Response<Body> {
+    ) -> Reply {
         match self.prepare(route, req, ctx) {
             Ok(out) => std::pin::pin!(self.send(out, extra_response_headers, ctx)).await,
-            Err(e) => self.fail(route, None, e, ctx),
+            Err(e) => self.fail(route, None, e, ctx).into(),
         }
     }
 
@@ -324,7 +350,7 @@ impl Proxy {
         out: Outgoing<'_>,
         extra_response_headers: HeaderMap,
         ctx: &RequestCtx,
-    ) -> Response<Body> {
+    ) -> Reply {
         let route = out.route;
         // Pinned where it is made: the timeout then holds a pointer, and the
         // exchange's state is not copied into it.
@@ -334,14 +360,14 @@ impl Proxy {
                 let _ = ctx.upstream.set(target.name.clone());
                 match self.respond(route, res, upgrade, extra_response_headers) {
                     Ok(res) => res,
-                    Err(e) => self.fail(route, Some(target), e, ctx),
+                    Err(e) => self.fail(route, Some(target), e, ctx).into(),
                 }
             }
-            Ok(Err((e, target))) => self.fail(route, target, e, ctx),
+            Ok(Err((e, target))) => self.fail(route, target, e, ctx).into(),
             Err(_) => {
                 self.metrics
                     .upstream_error(&route.name, UpstreamErrorKind::timeout);
-                self.fail(route, None, ProxyError::Timeout, ctx)
+                self.fail(route, None, ProxyError::Timeout, ctx).into()
             }
         }
     }
@@ -372,7 +398,7 @@ impl Proxy {
         ctx: &RequestCtx,
     ) -> Result<
         (
-            Response<Body>,
+            Reply,
             &'r UpstreamTarget,
             Option<(ClientUpgrade, HeaderValue)>,
         ),
@@ -449,10 +475,14 @@ impl Proxy {
     fn respond(
         &self,
         route: &Route,
-        mut res: Response<Body>,
+        reply: Reply,
         upgrade: Option<(ClientUpgrade, HeaderValue)>,
         extra_response_headers: HeaderMap,
-    ) -> Result<Response<Body>, ProxyError> {
+    ) -> Result<Reply, ProxyError> {
+        let Reply {
+            response: mut res,
+            received,
+        } = reply;
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {
             let (client_side, asked) = upgrade.ok_or(ProxyError::BadUpgrade)?;
             let chosen = res
@@ -474,7 +504,9 @@ impl Proxy {
             );
             headers::strip_hop_by_hop(res.headers_mut());
             headers::set_upgrade(res.headers_mut(), chosen);
-        } else {
+        } else if received.is_none() {
+            // (Hop-by-hop fields were left out of `received` as it was
+            // parsed.)
             headers::strip_hop_by_hop(res.headers_mut());
         }
         if !extra_response_headers.is_empty() {
@@ -490,7 +522,10 @@ impl Proxy {
             }
         }
         res.extensions_mut().clear();
-        Ok(res)
+        Ok(Reply {
+            response: res,
+            received,
+        })
     }
 }
 

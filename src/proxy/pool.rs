@@ -37,10 +37,11 @@ use tokio_rustls::TlsConnector;
 
 use super::body::{BodyTooLarge, ForwardBody};
 use super::headers::{Forwarded, X_REQUEST_ID};
-use crate::body::{Body, BoxError};
+use super::Reply;
+use crate::body::BoxError;
 use crate::metrics::UpstreamErrorKind;
 use crate::wire::decode::{Decoder, Step};
-use crate::wire::{poll_fill, write_all, HeadFacts, Rewind};
+use crate::wire::{poll_fill, write_all, HeadFacts, RawFields, Rewind};
 
 /// Idle connections kept per upstream and worker at most.
 pub const MAX_IDLE_PER_UPSTREAM: usize = 1024;
@@ -242,7 +243,7 @@ impl Connector {
         pool: &Arc<Pool>,
         req: Request<ForwardBody>,
         added: &Added<'_>,
-    ) -> Result<Response<Body>, SendError> {
+    ) -> Result<Reply, SendError> {
         let (parts, body) = req.into_parts();
         let mut head = crate::wire::take_buf(256);
         let framing = encode_request_head(&parts, added, &HttpBody::size_hint(&body), &mut head);
@@ -261,7 +262,7 @@ impl Connector {
         mut body: ForwardBody,
         head: &[u8],
         framing: ReqFraming,
-    ) -> Result<Response<Body>, SendError> {
+    ) -> Result<Reply, SendError> {
         let retry_after_eof = framing == ReqFraming::None
             && matches!(
                 parts.method,
@@ -495,7 +496,15 @@ struct ResponseHead {
     facts: HeadFacts,
     status: StatusCode,
     version: Version,
-    headers: HeaderMap,
+    fields: Fields,
+}
+
+/// A response head's fields: kept as received for a plain response, in a
+/// header map when something must edit them (an upgrade, or a
+/// `Connection` that names further hop-by-hop fields).
+enum Fields {
+    Raw(Box<RawFields>),
+    Map(HeaderMap),
 }
 
 enum ReadHead {
@@ -575,16 +584,44 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ReadH
         })
         .collect();
     let bytes: Bytes = buf.split_to(len).freeze();
+    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
+    // Hop-by-hop fields are not forwarded (RFC 9110 §7.6.1), and what they
+    // say about this connection is in `facts`: they are left out here
+    // rather than removed later.
+    if !upgrade && !facts.names_others && bytes.len() <= RawFields::MAX_HEAD {
+        // With `Transfer-Encoding`, a `Content-Length` is wrong (RFC 9112
+        // §6.3) and is not forwarded.
+        let length = if facts.transfer_encoding {
+            None
+        } else {
+            facts.content_length().ok().flatten()
+        };
+        let mut raw = RawFields::new(bytes, length);
+        for &(name_at, name_len, value_at, value_len) in &ranges {
+            let name = &raw.head()[name_at..name_at + name_len];
+            // The gateway answers with its own request id.
+            if super::headers::is_hop_by_hop(name)
+                || name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes())
+                || (facts.transfer_encoding && name.eq_ignore_ascii_case(b"content-length"))
+            {
+                continue;
+            }
+            raw.push((name_at, name_len), (value_at, value_len));
+        }
+        return Ok(Some(ResponseHead {
+            facts,
+            status,
+            version,
+            fields: Fields::Raw(raw),
+        }));
+    }
     // Room for what the gateway adds (request id, cookies): growing
     // the map later rehashes every field.
     let mut headers = crate::wire::take_map(ranges.len() + 8);
-    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
     for &(name_at, name_len, value_at, value_len) in &ranges {
         let raw_name = &bytes[name_at..name_at + name_len];
-        // Hop-by-hop fields are not forwarded (RFC 9110 §7.6.1), and what
-        // they say about this connection is in `facts`: they are left out
-        // here rather than removed later. A `101` keeps them for the
-        // upgrade, and `Connection` stays when it names further fields, for
+        // A `101` keeps the hop-by-hop fields for the upgrade, and
+        // `Connection` stays when it names further fields, for
         // `strip_hop_by_hop` to remove.
         if !upgrade
             && super::headers::is_hop_by_hop(raw_name)
@@ -598,11 +635,14 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ReadH
             .map_err(|_| ReadHead::Invalid("bad header value"))?;
         headers.append(name, value);
     }
+    if facts.transfer_encoding {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     Ok(Some(ResponseHead {
         facts,
         status,
         version,
-        headers,
+        fields: Fields::Map(headers),
     }))
 }
 
@@ -614,13 +654,18 @@ fn into_response(
     pool: &Arc<Pool>,
     method: &Method,
     request_written: bool,
-) -> Result<Response<Body>, ExchangeError> {
+) -> Result<Reply, ExchangeError> {
     let ResponseHead {
         facts,
         status,
         version,
-        mut headers,
+        fields,
     } = head;
+    let (headers, raw) = match fields {
+        // Room for what the gateway adds (request id, cookies).
+        Fields::Raw(raw) => (crate::wire::take_map(4), Some(raw)),
+        Fields::Map(map) => (map, None),
+    };
     let mut reusable = request_written && keeps_alive(version, &facts);
     let decoder = if status == StatusCode::SWITCHING_PROTOCOLS {
         let mut res = Response::new(crate::body::empty());
@@ -628,15 +673,15 @@ fn into_response(
         *res.headers_mut() = headers;
         res.extensions_mut()
             .insert(UpstreamUpgrade(Arc::new(Mutex::new(Some(conn)))));
-        return Ok(res);
+        return Ok(Reply::new(res));
     } else if method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         Decoder::Done
     } else if facts.transfer_encoding {
+        // Its `Content-Length` was left out as the head was parsed.
         if facts.content_length() != Ok(None) {
-            headers.remove(header::CONTENT_LENGTH);
             reusable = false;
         }
         if facts.chunked_last {
@@ -671,7 +716,10 @@ fn into_response(
     *res.status_mut() = status;
     *res.version_mut() = version;
     *res.headers_mut() = headers;
-    Ok(res)
+    Ok(Reply {
+        response: res,
+        received: raw,
+    })
 }
 
 /// Whether the upstream lets the connection be used again.

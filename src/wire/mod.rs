@@ -3,6 +3,9 @@
 //! resident buffer.
 
 pub(crate) mod decode;
+mod fields;
+
+pub(crate) use fields::RawFields;
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};

@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap};
 use http::{StatusCode, Version};
 use http_body::SizeHint;
 
-use crate::wire::{content_length, lists};
+use crate::wire::{content_length, lists, RawFields};
 
 /// How the response body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,17 +41,19 @@ enum Length {
 /// Decides the framing of a response and writes its head to `dst`, with the
 /// framing and connection fields that decision calls for (the response's
 /// own `Transfer-Encoding`, and its `Connection` unless it is a `101`, are
-/// never copied). `keep_alive` comes in as what the request and the server
-/// allow and goes out as what the response allows.
+/// never copied). The fields of `received` (an upstream's, as they arrived)
+/// come before those of `headers`. `keep_alive` comes in as what the
+/// request and the server allow and goes out as what the response allows.
 pub(crate) fn head(
     status: StatusCode,
+    received: Option<&RawFields>,
     headers: &HeaderMap,
     hint: &SizeHint,
     exchange: Exchange,
     keep_alive: &mut bool,
     dst: &mut Vec<u8>,
 ) -> Framing {
-    let (framing, length) = framing(status, headers, hint, exchange);
+    let (framing, length) = framing(status, received, headers, hint, exchange);
     let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
     if framing == Framing::Close || (!upgrade && lists(headers, &header::CONNECTION, b"close")) {
         *keep_alive = false;
@@ -67,6 +69,14 @@ pub(crate) fn head(
     dst.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     dst.extend_from_slice(b"\r\n");
     let mut has_date = false;
+    if let Some(received) = received {
+        has_date = received.has_date();
+        for (name, value, is_length) in received.iter() {
+            if !is_length || length == Length::Keep {
+                field(dst, name, value);
+            }
+        }
+    }
     for (name, value) in headers.iter() {
         if name == header::TRANSFER_ENCODING
             || (name == header::CONTENT_LENGTH && length != Length::Keep)
@@ -107,6 +117,7 @@ fn field(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 fn framing(
     status: StatusCode,
+    received: Option<&RawFields>,
     headers: &HeaderMap,
     hint: &SizeHint,
     exchange: Exchange,
@@ -116,7 +127,9 @@ fn framing(
     }
     if exchange.head_request || status == StatusCode::NOT_MODIFIED {
         // The length of what a GET would have sent, when known, stays.
-        if status != StatusCode::NOT_MODIFIED && !headers.contains_key(header::CONTENT_LENGTH) {
+        let declared = headers.contains_key(header::CONTENT_LENGTH)
+            || received.is_some_and(RawFields::has_content_length);
+        if status != StatusCode::NOT_MODIFIED && !declared {
             if let Some(n) = hint.exact().filter(|n| *n > 0) {
                 return (Framing::None, Length::Write(n));
             }
@@ -126,7 +139,11 @@ fn framing(
     if let Some(n) = hint.exact() {
         return (Framing::Length(n), Length::Write(n));
     }
-    match content_length(headers).ok().flatten() {
+    let declared = match received.and_then(RawFields::content_length) {
+        Some(n) => Some(n),
+        None => content_length(headers).ok().flatten(),
+    };
+    match declared {
         Some(n) => (Framing::Length(n), Length::Keep),
         None if exchange.version == Version::HTTP_10 => (Framing::Close, Length::Drop),
         None => (Framing::Chunked, Length::Drop),
@@ -181,6 +198,7 @@ mod tests {
         let mut out = Vec::new();
         let framing = head(
             StatusCode::from_u16(status).unwrap(),
+            None,
             &map,
             &hint,
             Exchange {

@@ -30,14 +30,15 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::FutureExt as _;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{oneshot, watch};
 
 use super::conn::ConnTicket;
 use super::Shared;
-use crate::body::{json_error, Body, RequestBody};
+use crate::body::{json_error, RequestBody};
+use crate::proxy::Reply;
 
 pub(crate) use self::body::Streamed;
 pub(crate) use self::io::Upgraded;
@@ -251,7 +252,7 @@ impl Conn {
                         version: http::Version::HTTP_11,
                         head_request: false,
                     };
-                    let _ = self.respond(res, exchange, false).await;
+                    let _ = self.respond(res.into(), exchange, false).await;
                     return "malformed request head";
                 }
                 Ok(Ok(head)) => head,
@@ -324,7 +325,8 @@ impl Conn {
             self.tls
         ))
         .await;
-        let upgrading = upgrade.is_some() && res.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let upgrading =
+            upgrade.is_some() && res.response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let keep_alive = head.keep_alive
             && !*self.drain.borrow()
             && !shared_body
@@ -377,7 +379,7 @@ impl Conn {
     /// Writes a response; `Ok(keep_alive)` when it went out whole.
     async fn respond(
         &mut self,
-        res: Response<Body>,
+        res: Reply,
         exchange: Exchange,
         keep_alive: bool,
     ) -> Result<bool, &'static str> {
@@ -392,14 +394,15 @@ impl Conn {
     /// [`respond`](Self::respond), with `out` to gather writes in.
     async fn write_response(
         &mut self,
-        res: Response<Body>,
+        res: Reply,
         exchange: Exchange,
         mut keep_alive: bool,
         out: &mut Vec<u8>,
     ) -> Result<bool, &'static str> {
-        let (parts, mut body) = res.into_parts();
+        let (parts, mut body) = res.response.into_parts();
         let framing = encode::head(
             parts.status,
+            res.received.as_deref(),
             &parts.headers,
             &http_body::Body::size_hint(&body),
             exchange,
@@ -407,6 +410,9 @@ impl Conn {
             out,
         );
         wire::give_map(parts.headers);
+        if let Some(received) = res.received {
+            received.recycle();
+        }
         let idle = self.limits.idle_timeout;
         if framing == Framing::None {
             drop(body);
