@@ -415,11 +415,11 @@ impl Proxy {
             forwarded,
         } = out;
         let preserve_host = route.config.preserve_host;
-        let mut req = Request::from_parts(parts, ForwardBody::new(body, route.config.max_body));
+        let mut body = ForwardBody::new(body, route.config.max_body);
         let mut last = None;
         for target in route.upstreams.candidates() {
-            *req.uri_mut() = target.uri(&path);
             let added = pool::Added {
+                target: (target, &path),
                 host: if preserve_host {
                     client_host.as_ref()
                 } else {
@@ -428,15 +428,22 @@ impl Proxy {
                 request_id: &request_id,
                 forwarded: &forwarded,
             };
-            let sent = std::pin::pin!(self.connector.send(
-                &target.endpoint,
-                target.pools.current(),
-                req,
-                &added
-            ));
-            match sent.await {
-                Ok(res) => return Ok((res, target, upgrade)),
-                Err(SendError::Connect { error, req: back }) => {
+            let sent = {
+                let sending = std::pin::pin!(self.connector.send(
+                    &target.endpoint,
+                    target.pools.current(),
+                    &parts,
+                    &mut body,
+                    &added
+                ));
+                sending.await
+            };
+            match sent {
+                Ok(res) => {
+                    crate::wire::give_map(parts.headers);
+                    return Ok((res, target, upgrade));
+                }
+                Err(SendError::Connect(error)) => {
                     // Nothing was sent: skip this upstream for a while and
                     // try the next.
                     let kind = error::classify_connect(&error);
@@ -444,7 +451,6 @@ impl Proxy {
                     tracing::warn!(route = %route.name, upstream = %target.name, request_id = %ctx.request_id,
                         ?kind, error = %error, "upstream connect failed");
                     route.upstreams.mark_down(target);
-                    req = back;
                     last = Some((
                         ProxyError::Upstream {
                             kind,

@@ -26,7 +26,8 @@ use super::coarse::now_ms;
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::uri::PathAndQuery;
+use http::{Method, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use rustls::pki_types::ServerName;
@@ -37,6 +38,7 @@ use tokio_rustls::TlsConnector;
 
 use super::body::{BodyTooLarge, ForwardBody};
 use super::headers::{Forwarded, X_REQUEST_ID};
+use super::upstream::UpstreamTarget;
 use super::Reply;
 use crate::body::BoxError;
 use crate::metrics::UpstreamErrorKind;
@@ -153,16 +155,9 @@ pub struct Endpoint {
 }
 
 /// Why an exchange failed.
-// Returned once per failed attempt and matched right away; boxing the
-// request would only add an allocation.
-#[allow(clippy::large_enum_variant)]
 pub enum SendError {
-    /// No connection could be made: nothing was sent, and the request is
-    /// handed back.
-    Connect {
-        error: io::Error,
-        req: Request<ForwardBody>,
-    },
+    /// No connection could be made: nothing was sent.
+    Connect(io::Error),
     /// The exchange failed after the request (or part of it) went out.
     Exchange(ExchangeError),
 }
@@ -233,22 +228,25 @@ pub struct Connector {
 }
 
 impl Connector {
-    /// Sends `req` on a pooled or new connection and reads the response head.
-    /// The response body reads from the connection and gives it back to
-    /// `pool` at its end; a `101` response carries the connection as an
-    /// [`UpstreamUpgrade`] extension.
+    /// Sends the request (`parts`, `body`, and the fields in `added`) on a
+    /// pooled or new connection and reads the response head. The response
+    /// body reads from the connection and gives it back to `pool` at its
+    /// end; a `101` response carries the connection as an
+    /// [`UpstreamUpgrade`] extension. The request is borrowed, so a
+    /// connection that cannot be made leaves it for the next upstream.
     pub async fn send(
         &self,
         endpoint: &Endpoint,
         pool: &Arc<Pool>,
-        req: Request<ForwardBody>,
+        parts: &http::request::Parts,
+        body: &mut ForwardBody,
         added: &Added<'_>,
     ) -> Result<Reply, SendError> {
-        let (parts, body) = req.into_parts();
         let mut head = crate::wire::take_buf(256);
-        let framing = encode_request_head(&parts, added, &HttpBody::size_hint(&body), &mut head);
+        let framing = encode_request_head(parts, added, &HttpBody::size_hint(body), &mut head);
         let result =
-            std::pin::pin!(self.exchange(endpoint, pool, parts, body, &head, framing)).await;
+            std::pin::pin!(self.exchange(endpoint, pool, &parts.method, body, &head, framing))
+                .await;
         crate::wire::give_buf(head);
         result
     }
@@ -258,14 +256,14 @@ impl Connector {
         &self,
         endpoint: &Endpoint,
         pool: &Arc<Pool>,
-        parts: http::request::Parts,
-        mut body: ForwardBody,
+        method: &Method,
+        body: &mut ForwardBody,
         head: &[u8],
         framing: ReqFraming,
     ) -> Result<Reply, SendError> {
         let retry_after_eof = framing == ReqFraming::None
             && matches!(
-                parts.method,
+                *method,
                 Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
             );
         loop {
@@ -275,20 +273,14 @@ impl Connector {
                 // exchange on a pooled connection, and is rare.
                 None => match Box::pin(self.connect(endpoint)).await {
                     Ok(conn) => (conn, false),
-                    Err(error) => {
-                        return Err(SendError::Connect {
-                            error,
-                            req: Request::from_parts(parts, body),
-                        })
-                    }
+                    Err(error) => return Err(SendError::Connect(error)),
                 },
             };
             if reused && !conn.still_open() {
                 continue;
             }
             let mut body_started = false;
-            let written =
-                write_request(&mut conn, head, &mut body, framing, &mut body_started).await;
+            let written = write_request(&mut conn, head, body, framing, &mut body_started).await;
             let write_error = match written {
                 Ok(()) => None,
                 Err(Written::Body(e)) => return Err(SendError::Exchange(ExchangeError::body(e))),
@@ -300,10 +292,8 @@ impl Connector {
             let fully_written = write_error.is_none();
             let failed = match (read_response_head(&mut conn).await, write_error) {
                 (Ok(res), _) => {
-                    let res = into_response(res, conn, pool, &parts.method, fully_written)
+                    return into_response(res, conn, pool, method, fully_written)
                         .map_err(SendError::Exchange);
-                    crate::wire::give_map(parts.headers);
-                    return res;
                 }
                 (Err(ReadHead::Eof { nothing_read: true }), _)
                     if reused && !body_started && (retry_after_eof || !fully_written) =>
@@ -350,9 +340,11 @@ impl Connector {
     }
 }
 
-/// The fields the gateway sets on a request, written with the request's
-/// own instead of being inserted into its header map first.
+/// What the gateway sets on a request, written with the request's own
+/// fields instead of being put into its parts first.
 pub struct Added<'a> {
+    /// Where the request goes on this upstream: its base path and the path.
+    pub target: (&'a UpstreamTarget, &'a PathAndQuery),
     /// `Host`, first; none at all when `None`.
     pub host: Option<&'a HeaderValue>,
     pub request_id: &'a HeaderValue,
@@ -377,8 +369,8 @@ fn encode_request_head(
     }
     dst.extend_from_slice(parts.method.as_str().as_bytes());
     dst.push(b' ');
-    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    dst.extend_from_slice(pq.as_bytes());
+    let (target, path) = added.target;
+    target.write_target(path, dst);
     dst.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(host) = added.host {
         field(dst, b"host", host);
