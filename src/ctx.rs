@@ -23,14 +23,54 @@ pub struct RequestCtx {
     pub upstream: OnceLock<Arc<str>>,
 }
 
-/// A request id: the header value itself, shown as text in log lines.
+/// A request id: one kept from a trusted proxy, or a generated UUID held
+/// inline, so making, passing and writing one needs no allocation and no
+/// reference count.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
+pub struct RequestId(Repr);
+
+#[derive(Debug, Clone)]
+enum Repr {
+    Generated([u8; GENERATED_LEN]),
+    Kept(HeaderValue),
+}
+
+/// The length of a generated id (a hyphenated UUID).
+pub const GENERATED_LEN: usize = 36;
 
 impl RequestId {
+    /// A generated id: visible ASCII (the server writes a hyphenated UUID).
+    pub fn generated(text: [u8; GENERATED_LEN]) -> RequestId {
+        debug_assert!(text.iter().all(u8::is_ascii_graphic));
+        RequestId(Repr::Generated(text))
+    }
+
+    /// An id received from a trusted proxy, already checked to be visible
+    /// ASCII.
+    pub fn kept(value: HeaderValue) -> RequestId {
+        RequestId(Repr::Kept(value))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Generated(text) => text,
+            Repr::Kept(value) => value.as_bytes(),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         // Only visible ASCII is kept or generated (see the server).
-        self.0.to_str().unwrap_or_default()
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    /// The id as a header value.
+    pub fn to_header_value(&self) -> HeaderValue {
+        match &self.0 {
+            Repr::Generated(text) => {
+                HeaderValue::from_bytes(text).expect("a generated id is visible ASCII")
+            }
+            Repr::Kept(value) => value.clone(),
+        }
     }
 }
 

@@ -16,7 +16,7 @@ mod conn;
 pub mod h1;
 mod tls;
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -26,7 +26,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use bytes::BytesMut;
 use http::header::HeaderValue;
 use http::{Request, Version};
 use hyper::body::Incoming;
@@ -41,7 +40,7 @@ use tracing::Level;
 use crate::app::App;
 use crate::body::RequestBody;
 use crate::config::{Config, ServerConfig};
-use crate::ctx::{RequestCtx, RequestId};
+use crate::ctx::{RequestCtx, RequestId, GENERATED_LEN};
 use crate::metrics::Metrics;
 use crate::proxy::{self, headers, Reply};
 
@@ -681,7 +680,10 @@ async fn public_request(
         .then(|| req.headers().get(&headers::X_REQUEST_ID))
         .flatten()
         .filter(|v| valid_request_id(v));
-    let request_id = kept.cloned().unwrap_or_else(new_request_id);
+    let request_id = match kept {
+        Some(id) => RequestId::kept(id.clone()),
+        None => new_request_id(),
+    };
     let client_ip = if trusted {
         headers::client_ip_from_forwarded(req.headers(), peer.ip().to_canonical(), |ip| {
             proxy::is_trusted(trusted_proxies, ip)
@@ -692,7 +694,7 @@ async fn public_request(
     let ctx = RequestCtx {
         peer,
         client_ip,
-        request_id: RequestId(request_id.clone()),
+        request_id,
         tls,
         upstream: OnceLock::new(),
     };
@@ -707,10 +709,6 @@ async fn public_request(
 
     let handled = std::pin::pin!(app.handle(req, &ctx)).await;
     let mut reply = handled.response;
-    reply
-        .response
-        .headers_mut()
-        .insert(headers::X_REQUEST_ID, request_id);
     let elapsed = start.elapsed();
     let status = reply.response.status().as_u16();
     handled.route.record(status, elapsed);
@@ -729,6 +727,7 @@ async fn public_request(
             client_ip = %ctx.client_ip,
         );
     }
+    reply.request_id = Some(ctx.request_id);
     reply
 }
 
@@ -741,7 +740,7 @@ fn valid_request_id(v: &HeaderValue) -> bool {
 
 /// A random (v4) UUID. Request ids need to be unique, not secret, so they
 /// come from a per-thread generator seeded once from the OS.
-fn new_request_id() -> HeaderValue {
+fn new_request_id() -> RequestId {
     thread_local! {
         static STATE: Cell<u64> = Cell::new({
             let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
@@ -764,27 +763,10 @@ fn new_request_id() -> HeaderValue {
         out
     });
     let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid.hyphenated().encode_lower(&mut buf);
-    // Ids are cut from a per-thread block that holds many, and shared by
-    // reference count: the id goes upstream, back to the client and into the
-    // log line. The block is reused once no id cut from it is left.
-    thread_local! {
-        static BLOCK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
-    }
-    let id = BLOCK.with(|block| {
-        let mut block = block.borrow_mut();
-        if block.capacity() < buf.len() {
-            block.reserve(buf.len() * IDS_PER_BLOCK);
-        }
-        block.extend_from_slice(&buf);
-        block.split().freeze()
-    });
-    HeaderValue::from_maybe_shared(id).expect("a UUID is a valid header value")
+    let mut text = [0u8; GENERATED_LEN];
+    uuid.hyphenated().encode_lower(&mut text);
+    RequestId::generated(text)
 }
-
-/// Request ids per allocation (see [`new_request_id`]).
-const IDS_PER_BLOCK: usize = 64;
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy)]
@@ -902,22 +884,15 @@ mod tests {
 
     #[test]
     fn request_ids_are_unique_uuids() {
-        // Across several blocks, some ids kept and some dropped, so blocks
-        // are both reused and replaced: every id keeps its own value.
-        let mut kept = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for i in 0..IDS_PER_BLOCK * 5 {
+        for _ in 0..1000 {
             let id = new_request_id();
-            let text = id.to_str().unwrap().to_owned();
+            let text = id.as_str().to_owned();
             let parsed = uuid::Uuid::parse_str(&text).unwrap();
             assert_eq!(parsed.get_version_num(), 4);
+            assert_eq!(text, parsed.hyphenated().to_string());
+            assert_eq!(id.to_header_value(), text.as_str());
             assert!(seen.insert(text.clone()), "{text} repeated");
-            if i % 7 == 0 {
-                kept.push((id, text));
-            }
-        }
-        for (id, text) in kept {
-            assert_eq!(id.to_str().unwrap(), text);
         }
     }
 

@@ -31,7 +31,7 @@ use ipnet::IpNet;
 
 use crate::body::{Body, RequestBody};
 use crate::config::{Config, RouteConfig};
-use crate::ctx::RequestCtx;
+use crate::ctx::{RequestCtx, RequestId};
 use crate::metrics::{Metrics, RouteStats, UpstreamErrorKind};
 use crate::wire::RawFields;
 
@@ -102,7 +102,6 @@ pub struct Outgoing<'r> {
     /// The client's `Host`, sent instead of the upstream's with
     /// `preserve_host`.
     client_host: Option<HeaderValue>,
-    request_id: HeaderValue,
     forwarded: Forwarded,
 }
 
@@ -130,6 +129,9 @@ impl Outgoing<'_> {
 pub struct Reply {
     pub response: Response<Body>,
     pub(crate) received: Option<Box<RawFields>>,
+    /// `X-Request-Id`, written after the other fields (it replaces any the
+    /// header map holds).
+    pub request_id: Option<RequestId>,
 }
 
 impl Reply {
@@ -138,6 +140,7 @@ impl Reply {
         Reply {
             response,
             received: None,
+            request_id: None,
         }
     }
 
@@ -148,6 +151,11 @@ impl Reply {
         if let Some(received) = self.received {
             let rest = std::mem::take(response.headers_mut());
             *response.headers_mut() = received.into_map(rest);
+        }
+        if let Some(id) = self.request_id {
+            response
+                .headers_mut()
+                .insert(headers::X_REQUEST_ID, id.to_header_value());
         }
         response
     }
@@ -335,7 +343,6 @@ impl Proxy {
             path,
             upgrade,
             client_host: client_host.filter(|_| route.config.preserve_host),
-            request_id: ctx.request_id.0.clone(),
             forwarded,
         })
     }
@@ -411,7 +418,6 @@ impl Proxy {
             path,
             upgrade,
             client_host,
-            request_id,
             forwarded,
         } = out;
         let preserve_host = route.config.preserve_host;
@@ -425,7 +431,7 @@ impl Proxy {
                 } else {
                     Some(&target.host)
                 },
-                request_id: &request_id,
+                request_id: ctx.request_id.as_bytes(),
                 forwarded: &forwarded,
             };
             let sent = {
@@ -488,6 +494,7 @@ impl Proxy {
         let Reply {
             response: mut res,
             received,
+            request_id,
         } = reply;
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {
             let (client_side, asked) = upgrade.ok_or(ProxyError::BadUpgrade)?;
@@ -531,6 +538,7 @@ impl Proxy {
         Ok(Reply {
             response: res,
             received,
+            request_id,
         })
     }
 }

@@ -347,7 +347,7 @@ pub struct Added<'a> {
     pub target: (&'a UpstreamTarget, &'a PathAndQuery),
     /// `Host`, first; none at all when `None`.
     pub host: Option<&'a HeaderValue>,
-    pub request_id: &'a HeaderValue,
+    pub request_id: &'a [u8],
     /// `X-Forwarded-*`, whose fields the map no longer holds.
     pub forwarded: &'a Forwarded,
 }
@@ -361,10 +361,10 @@ fn encode_request_head(
     hint: &SizeHint,
     dst: &mut Vec<u8>,
 ) -> ReqFraming {
-    fn field(dst: &mut Vec<u8>, name: &[u8], value: &HeaderValue) {
+    fn field(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
         dst.extend_from_slice(name);
         dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(value);
         dst.extend_from_slice(b"\r\n");
     }
     dst.extend_from_slice(parts.method.as_str().as_bytes());
@@ -373,7 +373,7 @@ fn encode_request_head(
     target.write_target(path, dst);
     dst.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(host) = added.host {
-        field(dst, b"host", host);
+        field(dst, b"host", host.as_bytes());
     }
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH
@@ -383,11 +383,11 @@ fn encode_request_head(
         {
             continue;
         }
-        field(dst, name.as_str().as_bytes(), value);
+        field(dst, name.as_str().as_bytes(), value.as_bytes());
     }
     field(dst, X_REQUEST_ID.as_str().as_bytes(), added.request_id);
     for (name, value) in added.forwarded.fields() {
-        field(dst, name.as_bytes(), value);
+        field(dst, name.as_bytes(), value.as_bytes());
     }
     let framing = match hint.exact() {
         Some(0) => {
@@ -614,10 +614,12 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ReadH
         let raw_name = &bytes[name_at..name_at + name_len];
         // A `101` keeps the hop-by-hop fields for the upgrade, and
         // `Connection` stays when it names further fields, for
-        // `strip_hop_by_hop` to remove.
-        if !upgrade
+        // `strip_hop_by_hop` to remove. The request id is the gateway's, as
+        // above.
+        if (!upgrade
             && super::headers::is_hop_by_hop(raw_name)
-            && !(facts.names_others && raw_name.eq_ignore_ascii_case(b"connection"))
+            && !(facts.names_others && raw_name.eq_ignore_ascii_case(b"connection")))
+            || raw_name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes())
         {
             continue;
         }
@@ -711,6 +713,7 @@ fn into_response(
     Ok(Reply {
         response: res,
         received: raw,
+        request_id: None,
     })
 }
 

@@ -7,6 +7,7 @@ use http::header::{self, HeaderMap};
 use http::{StatusCode, Version};
 use http_body::SizeHint;
 
+use crate::proxy::headers::X_REQUEST_ID;
 use crate::wire::{content_length, lists, RawFields};
 
 /// How the response body is delimited on the wire.
@@ -38,21 +39,35 @@ enum Length {
     Write(u64),
 }
 
+/// A response's fields, in the order they are written.
+#[derive(Clone, Copy)]
+pub(crate) struct Fields<'a> {
+    /// An upstream's, as they arrived.
+    pub(crate) received: Option<&'a RawFields>,
+    /// The response's header map.
+    pub(crate) map: &'a HeaderMap,
+    /// `X-Request-Id`, in place of any in `map`.
+    pub(crate) request_id: Option<&'a [u8]>,
+}
+
 /// Decides the framing of a response and writes its head to `dst`, with the
 /// framing and connection fields that decision calls for (the response's
 /// own `Transfer-Encoding`, and its `Connection` unless it is a `101`, are
-/// never copied). The fields of `received` (an upstream's, as they arrived)
-/// come before those of `headers`. `keep_alive` comes in as what the
-/// request and the server allow and goes out as what the response allows.
+/// never copied). `keep_alive` comes in as what the request and the server
+/// allow and goes out as what the response allows.
 pub(crate) fn head(
     status: StatusCode,
-    received: Option<&RawFields>,
-    headers: &HeaderMap,
+    fields: Fields<'_>,
     hint: &SizeHint,
     exchange: Exchange,
     keep_alive: &mut bool,
     dst: &mut Vec<u8>,
 ) -> Framing {
+    let Fields {
+        received,
+        map: headers,
+        request_id,
+    } = fields;
     let (framing, length) = framing(status, received, headers, hint, exchange);
     let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
     if framing == Framing::Close || (!upgrade && lists(headers, &header::CONNECTION, b"close")) {
@@ -81,11 +96,15 @@ pub(crate) fn head(
         if name == header::TRANSFER_ENCODING
             || (name == header::CONTENT_LENGTH && length != Length::Keep)
             || (name == header::CONNECTION && !upgrade)
+            || (request_id.is_some() && name == X_REQUEST_ID)
         {
             continue;
         }
         has_date |= name == header::DATE;
         field(dst, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(id) = request_id {
+        field(dst, X_REQUEST_ID.as_str().as_bytes(), id);
     }
     if let Length::Write(n) = length {
         let mut digits = itoa::Buffer::new();
@@ -198,8 +217,11 @@ mod tests {
         let mut out = Vec::new();
         let framing = head(
             StatusCode::from_u16(status).unwrap(),
-            None,
-            &map,
+            Fields {
+                received: None,
+                map: &map,
+                request_id: None,
+            },
             &hint,
             Exchange {
                 version,

@@ -38,6 +38,7 @@ use tokio::sync::{oneshot, watch};
 use super::conn::ConnTicket;
 use super::Shared;
 use crate::body::{json_error, RequestBody};
+use crate::ctx::RequestId;
 use crate::proxy::Reply;
 
 pub(crate) use self::body::Streamed;
@@ -400,10 +401,14 @@ impl Conn {
         out: &mut Vec<u8>,
     ) -> Result<bool, &'static str> {
         let (parts, mut body) = res.response.into_parts();
+        let fields = encode::Fields {
+            received: res.received.as_deref(),
+            map: &parts.headers,
+            request_id: res.request_id.as_ref().map(RequestId::as_bytes),
+        };
         let framing = encode::head(
             parts.status,
-            res.received.as_deref(),
-            &parts.headers,
+            fields,
             &http_body::Body::size_hint(&body),
             exchange,
             &mut keep_alive,
