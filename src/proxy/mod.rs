@@ -77,6 +77,8 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 pub struct Proxy {
     /// Host-specific routes first, then by longest prefix: the first match wins.
     routes: Arc<Vec<Route>>,
+    /// Some route names a host (else a request's host is not looked up).
+    host_routes: bool,
     connector: Connector,
     /// `{prefix}refresh_token`, `{prefix}anti_csrf_token`: never forwarded.
     secret_cookies: [String; 2],
@@ -222,10 +224,12 @@ impl Proxy {
         } else {
             None
         };
+        let host_routes = routes.iter().any(|r| r.config.host.is_some());
         let routes = Arc::new(routes);
         spawn_pool_reaper(&routes);
         Ok(Proxy {
             routes,
+            host_routes,
             connector: Connector {
                 connect_timeout: server.upstream_connect_timeout,
                 tls,
@@ -263,10 +267,12 @@ impl Proxy {
 
     /// The route for `req`, from its `Host` (or `:authority`) and path.
     pub fn route_for_request<B>(&self, req: &Request<B>) -> Option<&Route> {
-        self.route_for(
-            headers::request_host(req.headers(), req.uri()),
-            req.uri().path(),
-        )
+        let host = if self.host_routes {
+            headers::request_host(req.headers(), req.uri())
+        } else {
+            None
+        };
+        self.route_for(host, req.uri().path())
     }
 
     /// [`prepare`](Self::prepare) then [`send`](Self::send).

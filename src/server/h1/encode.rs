@@ -8,7 +8,7 @@ use http::{StatusCode, Version};
 use http_body::SizeHint;
 
 use crate::proxy::headers::X_REQUEST_ID;
-use crate::wire::{content_length, lists, RawFields};
+use crate::wire::{content_length, RawFields};
 
 /// How the response body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub(crate) fn head(
     } = fields;
     let (framing, length) = framing(status, received, headers, hint, exchange);
     let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
-    if framing == Framing::Close || (!upgrade && lists(headers, &header::CONNECTION, b"close")) {
+    if framing == Framing::Close {
         *keep_alive = false;
     }
 
@@ -93,9 +93,15 @@ pub(crate) fn head(
         }
     }
     for (name, value) in headers.iter() {
+        if name == header::CONNECTION && !upgrade {
+            // Not copied; a `close` in it closes this connection.
+            if list_has(value, b"close") {
+                *keep_alive = false;
+            }
+            continue;
+        }
         if name == header::TRANSFER_ENCODING
             || (name == header::CONTENT_LENGTH && length != Length::Keep)
-            || (name == header::CONNECTION && !upgrade)
             || (request_id.is_some() && name == X_REQUEST_ID)
         {
             continue;
@@ -125,6 +131,14 @@ pub(crate) fn head(
     }
     dst.extend_from_slice(b"\r\n");
     framing
+}
+
+/// True when the comma-separated list `value` has `token` (any case).
+fn list_has(value: &http::HeaderValue, token: &[u8]) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|e| e.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 fn field(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
