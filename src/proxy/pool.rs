@@ -656,8 +656,10 @@ fn into_response(
         fields,
     } = head;
     let (headers, raw) = match fields {
-        // Room for what the gateway adds (request id, cookies).
-        Fields::Raw(raw) => (crate::wire::take_map(4), Some(raw)),
+        // The map holds only what the gateway adds, usually nothing (the
+        // request id is written on its own): an empty map allocates
+        // nothing until something is added.
+        Fields::Raw(raw) => (HeaderMap::new(), Some(raw)),
         Fields::Map(map) => (map, None),
     };
     let mut reusable = request_written && keeps_alive(version, &facts);
