@@ -936,6 +936,15 @@ pub fn parse_response_heads(data: &[u8]) -> usize {
     let mut heads = 0;
     while let Ok(Some(head)) = parse_response_head(&mut buf) {
         assert!(head.status.as_u16() >= 100);
+        if let Fields::Raw(raw) = head.fields {
+            // Fields kept as received are valid for a header map too, so
+            // an HTTP/2 client loses none of them.
+            let count = raw.iter().count();
+            assert!(raw.iter().all(|(name, value, _)| {
+                HeaderName::from_bytes(name).is_ok() && HeaderValue::from_bytes(value).is_ok()
+            }));
+            assert_eq!(raw.into_map(HeaderMap::new()).len(), count);
+        }
         heads += 1;
     }
     heads
