@@ -191,8 +191,11 @@ names=(nginx nginx-min gateway)
 urls=("http://127.0.0.1:$NGINX_PORT/" "http://127.0.0.1:$NGINX_MIN_PORT/" "http://127.0.0.1:$GATEWAY_PORT/")
 procs=("$nginx_pid" "$nginx_min_pid" "$gateway_pid")
 declare -A rps_of p99_of cpu_of
+# Each round starts with the next proxy, so none always runs right after
+# the same other one while the machine drifts.
 for round in $(seq 1 "$ROUNDS"); do
-    for i in 0 1 2; do
+    for j in 0 1 2; do
+        i=$(((j + round - 1) % 3))
         read -r rps p99 cpu < <(measure "${urls[$i]}" "${procs[$i]}")
         rps_of[$i]+="$rps " p99_of[$i]+="$p99 " cpu_of[$i]+="$cpu "
         printf '%-7s %-10s %12.0f %10.2f %14.1f\n' "$round" "${names[$i]}" "$rps" "$p99" "$cpu"
