@@ -302,12 +302,12 @@ pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) -> bool {
 
     let mut out: Vec<u8> = Vec::new();
     for value in headers.get_all(header::COOKIE) {
-        for segment in value.as_bytes().split(|&b| b == b';') {
+        for segment in crate::wire::split_at_byte(value.as_bytes(), b';') {
             if segment.trim_ascii().is_empty() {
                 continue;
             }
-            let kept = if segment.contains(&b',')
-                && segment.split(|&b| b == b',').any(|p| names_match(p, names))
+            let kept = if memchr::memchr(b',', segment).is_some()
+                && crate::wire::split_at_byte(segment, b',').any(|p| names_match(p, names))
             {
                 // Keep the comma-separated parts that are not forbidden.
                 let parts: Vec<&[u8]> = segment
@@ -341,11 +341,11 @@ pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) -> bool {
 
 /// Every `name=value` piece of a `Cookie` value, split on `;` and `,`.
 fn cookie_pairs(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|&b| b == b';' || b == b',')
+    crate::wire::split_at_bytes(value, b';', b',')
 }
 
 fn names_match(pair: &[u8], names: &[&str]) -> bool {
-    let name = match pair.iter().position(|&b| b == b'=') {
+    let name = match memchr::memchr(b'=', pair) {
         Some(i) => &pair[..i],
         None => pair,
     };

@@ -151,7 +151,7 @@ pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(COOKIE)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .flat_map(|v| crate::wire::split_at_byte(v.as_bytes(), b';'))
         .filter_map(|pair| {
             let (name, value) = std::str::from_utf8(pair).ok()?.split_once('=')?;
             let value = value.trim();
