@@ -101,9 +101,12 @@ impl App {
         // The sign-in endpoints and the session routes are boxed: their
         // state (store calls, signing) is far larger than a pass-through's,
         // and every request's future would otherwise be as large as theirs.
+        // Each box is allocated first and the future made in it, so its
+        // state is not built on the stack and copied over.
         if self.sign_in.matches(req.uri().path()) {
+            let signing_in = Box::write(Box::new_uninit(), self.sign_in.handle(req, ctx));
             return Handled {
-                response: Box::pin(self.sign_in.handle(req, ctx)).await.into(),
+                response: Box::into_pin(signing_in).await.into(),
                 route: &self.labels.sign_in,
             };
         }
@@ -121,7 +124,8 @@ impl App {
                 route: &route.stats,
             };
         }
-        let response = Box::pin(self.authenticated(route, req, ctx)).await;
+        let authenticated = Box::write(Box::new_uninit(), self.authenticated(route, req, ctx));
+        let response = Box::into_pin(authenticated).await;
         Handled {
             response,
             route: &route.stats,
