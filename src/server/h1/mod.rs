@@ -253,7 +253,11 @@ impl Conn {
                         version: http::Version::HTTP_11,
                         head_request: false,
                     };
-                    let _ = self.respond(res.into(), exchange, false).await;
+                    // Boxed: this rare answer's state would otherwise be part
+                    // of every connection's, idle ones included.
+                    let answer =
+                        Box::write(Box::new_uninit(), self.respond(res.into(), exchange, false));
+                    let _ = Box::into_pin(answer).await;
                     return "malformed request head";
                 }
                 Ok(Ok(head)) => head,
