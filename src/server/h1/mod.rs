@@ -234,11 +234,17 @@ impl Conn {
                 Ok(Some(head)) => Ok(Ok(head)),
                 Err(e) => Ok(Err(Some(e))),
                 Ok(None) => {
-                    tokio::time::timeout(
-                        self.limits.header_read_timeout,
-                        read_head(&mut read, self.limits.max_header_size),
-                    )
-                    .await
+                    // Boxed, as the answer below: a head that comes in
+                    // pieces waits on the network anyway, and its timer and
+                    // reads need not be part of every connection's state.
+                    let reading = Box::write(
+                        Box::new_uninit(),
+                        tokio::time::timeout(
+                            self.limits.header_read_timeout,
+                            read_head(&mut read, self.limits.max_header_size),
+                        ),
+                    );
+                    Box::into_pin(reading).await
                 }
             };
             let head = match head {
