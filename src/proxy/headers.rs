@@ -310,8 +310,7 @@ pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) -> bool {
                 && crate::wire::split_at_byte(segment, b',').any(|p| names_match(p, names))
             {
                 // Keep the comma-separated parts that are not forbidden.
-                let parts: Vec<&[u8]> = segment
-                    .split(|&b| b == b',')
+                let parts: Vec<&[u8]> = crate::wire::split_at_byte(segment, b',')
                     .filter(|p| !names_match(p, names) && !p.trim_ascii().is_empty())
                     .collect();
                 parts.join(&b","[..])

@@ -271,10 +271,7 @@ pub(crate) enum Codings {
 impl HeadFacts {
     /// Notes one field, its name in any case, as received.
     pub(crate) fn note(&mut self, name: &[u8], value: &[u8]) {
-        let elements = value
-            .split(|&b| b == b',')
-            .map(<[u8]>::trim_ascii)
-            .filter(|e| !e.is_empty());
+        let elements = elements(value);
         // The length and first letter rule out most fields before any
         // comparison.
         let first = name.first().map_or(0, |b| b.to_ascii_lowercase());
@@ -376,8 +373,14 @@ pub(crate) fn list_elements<'a>(
     headers
         .get_all(name)
         .into_iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(|e| e.trim_ascii())
+        .flat_map(|v| elements(v.as_bytes()))
+}
+
+/// The trimmed, non-empty elements of one comma-separated list value.
+pub(crate) fn elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
         .filter(|e| !e.is_empty())
 }
 

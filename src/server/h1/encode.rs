@@ -8,7 +8,7 @@ use http::{StatusCode, Version};
 use http_body::SizeHint;
 
 use crate::proxy::headers::X_REQUEST_ID;
-use crate::wire::{content_length, RawFields};
+use crate::wire::{content_length, elements, RawFields};
 
 /// How the response body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +95,7 @@ pub(crate) fn head(
     for (name, value) in headers.iter() {
         if name == header::CONNECTION && !upgrade {
             // Not copied; a `close` in it closes this connection.
-            if list_has(value, b"close") {
+            if elements(value.as_bytes()).any(|e| e.eq_ignore_ascii_case(b"close")) {
                 *keep_alive = false;
             }
             continue;
@@ -131,14 +131,6 @@ pub(crate) fn head(
     }
     dst.extend_from_slice(b"\r\n");
     framing
-}
-
-/// True when the comma-separated list `value` has `token` (any case).
-fn list_has(value: &http::HeaderValue, token: &[u8]) -> bool {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .any(|e| e.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 fn field(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
