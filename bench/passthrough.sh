@@ -7,7 +7,7 @@
 # X-Forwarded-For, -Proto and -Host), "nginx-min" only X-Forwarded-For and
 # -Proto. The gateway is compared with both.
 #
-#   bench/passthrough.sh                  # 3 rounds x 10 s, 64 connections, 2 wrk threads
+#   bench/passthrough.sh                  # 10 rounds x 5 s, 64 connections, 2 wrk threads
 #   ROUNDS=5 DURATION=20s CONNECTIONS=128 bench/passthrough.sh
 #   ACCESS_LOG=1 bench/passthrough.sh     # both proxies write an access log line per request
 #
@@ -17,8 +17,8 @@
 # stopped on exit.
 set -euo pipefail
 
-ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-10}
+DURATION=${DURATION:-5s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 WORKERS=${WORKERS:-2}
@@ -203,14 +203,21 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 mean() { printf '%s\n' $1 | awk '{s+=$1} END {printf "%.2f", s/NR}'; }
+median() { printf '%s\n' $1 | sort -g | awk '{v[NR]=$1} END {printf "%.2f", NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+# A round that another tenant of the machine disturbs moves a mean far more
+# than a median: both are printed, and the ratios are given on each.
 echo
+printf '%-10s %22s %22s %14s\n' "" "req/s mean (median)" "p99 ms mean (median)" "cpu_us/req"
 for i in 0 1 2; do
-    printf '%-10s %10.0f req/s   p99 %6.2f ms   %6.1f µs CPU/request\n' "${names[$i]}" \
-        "$(mean "${rps_of[$i]}")" "$(mean "${p99_of[$i]}")" "$(mean "${cpu_of[$i]}")"
+    printf '%-10s %11.0f (%8.0f) %12.2f (%7.2f) %14.1f\n' "${names[$i]}" \
+        "$(mean "${rps_of[$i]}")" "$(median "${rps_of[$i]}")" \
+        "$(mean "${p99_of[$i]}")" "$(median "${p99_of[$i]}")" "$(mean "${cpu_of[$i]}")"
 done
 for i in 0 1; do
     awk -v g="$(mean "${rps_of[2]}")" -v n="$(mean "${rps_of[$i]}")" \
-        -v gp="$(mean "${p99_of[2]}")" -v np="$(mean "${p99_of[$i]}")" -v peer="${names[$i]}" 'BEGIN {
-        printf "ratio gateway/%s: throughput %.2f, p99 %.2f\n", peer, g/n, gp/np
+        -v gm="$(median "${rps_of[2]}")" -v nm="$(median "${rps_of[$i]}")" \
+        -v gp="$(mean "${p99_of[2]}")" -v np="$(mean "${p99_of[$i]}")" \
+        -v gpm="$(median "${p99_of[2]}")" -v npm="$(median "${p99_of[$i]}")" -v peer="${names[$i]}" 'BEGIN {
+        printf "ratio gateway/%s: throughput %.2f (median %.2f), p99 %.2f (median %.2f)\n", peer, g/n, gm/nm, gp/np, gpm/npm
     }'
 done
