@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-/// Sleeps kept per worker thread.
-const KEPT: usize = 64;
+/// Sleeps kept per worker thread: as many as the buffers and header maps
+/// `wire` keeps, so a worker with that many requests waiting on upstreams
+/// reuses a sleep for each (a sleep is about a hundred bytes).
+const KEPT: usize = 256;
 
 thread_local! {
     static WORKER: Cell<bool> = const { Cell::new(false) };

@@ -15,8 +15,7 @@ use smallvec::SmallVec;
 
 thread_local! {
     // The boxes are what is reused: a response holds one.
-    #[allow(clippy::vec_box)]
-    static KEPT: std::cell::RefCell<Vec<Box<RawFields>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static KEPT: std::cell::RefCell<super::Kept<Box<RawFields>>> = const { std::cell::RefCell::new(super::Kept::new()) };
 }
 
 /// One field: where its name and value lie in the head.
@@ -88,7 +87,7 @@ impl RawFields {
         if !self.spans.spilled() {
             self.head = Bytes::new();
             self.spans.clear();
-            super::keep(&KEPT, self);
+            super::keep(&KEPT, self, std::mem::size_of::<RawFields>());
         }
     }
 

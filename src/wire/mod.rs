@@ -31,36 +31,65 @@ thread_local! {
 /// without an allocation.
 pub(crate) type FieldRanges = smallvec::SmallVec<[(usize, usize, usize, usize); 16]>;
 
-/// Reused buffers and header maps kept per thread, at most this many of each.
-const REUSE_COUNT: usize = 32;
+/// Reused buffers and header maps kept per thread: at most this many of
+/// each kind, so a worker serving this many messages at once takes and gives
+/// back without going to the allocator…
+const REUSE_COUNT: usize = 256;
+/// …and at most this much memory in each kind, whatever their sizes.
+const REUSE_BYTES: usize = 512 * 1024;
 /// A write buffer that grew beyond this is freed rather than kept.
 const REUSE_BUF_CAPACITY: usize = 64 * 1024;
 /// A header map with room for more fields than this is freed rather than kept.
 const REUSE_MAP_CAPACITY: usize = 128;
+/// What one field of room in a header map is counted as against
+/// [`REUSE_BYTES`]: its entry and its index slot, roughly.
+const MAP_FIELD_BYTES: usize = 128;
 /// Read buffers are made at least this large, so one serves the next
 /// message too.
 const READ_BUF_MIN: usize = 1024;
 /// A read buffer larger than this is freed rather than kept.
 const REUSE_READ_BUF_CAPACITY: usize = 8 * 1024;
 
+/// Items of one kind kept for reuse, each with the bytes it holds.
+struct Kept<T> {
+    items: Vec<(T, usize)>,
+    bytes: usize,
+}
+
+impl<T> Kept<T> {
+    const fn new() -> Kept<T> {
+        Kept {
+            items: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
 thread_local! {
-    static BUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-    static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
-    static READ_BUFS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static BUFS: RefCell<Kept<Vec<u8>>> = const { RefCell::new(Kept::new()) };
+    static MAPS: RefCell<Kept<HeaderMap>> = const { RefCell::new(Kept::new()) };
+    static READ_BUFS: RefCell<Kept<BytesMut>> = const { RefCell::new(Kept::new()) };
 }
 
-type Kept<T> = std::thread::LocalKey<RefCell<Vec<T>>>;
+type KeptKey<T> = std::thread::LocalKey<RefCell<Kept<T>>>;
 
-fn take<T>(kept: &'static Kept<T>) -> Option<T> {
-    kept.with(|k| k.borrow_mut().pop())
-}
-
-/// Keeps `item` in `kept` unless that already holds [`REUSE_COUNT`].
-fn keep<T>(kept: &'static Kept<T>, item: T) {
+fn take<T>(kept: &'static KeptKey<T>) -> Option<T> {
     kept.with(|k| {
         let mut k = k.borrow_mut();
-        if k.len() < REUSE_COUNT {
-            k.push(item);
+        let (item, bytes) = k.items.pop()?;
+        k.bytes -= bytes;
+        Some(item)
+    })
+}
+
+/// Keeps `item`, which holds `bytes`, unless `kept` is full by count or by
+/// memory (see [`REUSE_COUNT`], [`REUSE_BYTES`]); otherwise it is dropped.
+fn keep<T>(kept: &'static KeptKey<T>, item: T, bytes: usize) {
+    kept.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.items.len() < REUSE_COUNT && k.bytes + bytes <= REUSE_BYTES {
+            k.bytes += bytes;
+            k.items.push((item, bytes));
         }
     });
 }
@@ -75,7 +104,8 @@ pub(crate) fn take_buf(capacity: usize) -> Vec<u8> {
 pub(crate) fn give_buf(mut buf: Vec<u8>) {
     if buf.capacity() > 0 && buf.capacity() <= REUSE_BUF_CAPACITY {
         buf.clear();
-        keep(&BUFS, buf);
+        let bytes = buf.capacity();
+        keep(&BUFS, buf, bytes);
     }
 }
 
@@ -92,7 +122,8 @@ pub(crate) fn take_map(capacity: usize) -> HeaderMap {
 pub(crate) fn give_map(mut map: HeaderMap) {
     if map.capacity() > 0 && map.capacity() <= REUSE_MAP_CAPACITY {
         map.clear();
-        keep(&MAPS, map);
+        let bytes = map.capacity() * MAP_FIELD_BYTES;
+        keep(&MAPS, map, bytes);
     }
 }
 
@@ -102,7 +133,8 @@ pub(crate) fn give_map(mut map: HeaderMap) {
 /// shares its bytes, and when it is small.
 pub(crate) fn give_read_buf(mut buf: BytesMut) {
     if buf.is_empty() && buf.try_reclaim(1) && buf.capacity() <= REUSE_READ_BUF_CAPACITY {
-        keep(&READ_BUFS, buf);
+        let bytes = buf.capacity();
+        keep(&READ_BUFS, buf, bytes);
     }
 }
 
@@ -570,5 +602,38 @@ mod tests {
         // Only the first `Expect` counts.
         assert!(!facts(&[("Expect", "foo"), ("Expect", "100-continue")]).expect_continue);
         assert!(!facts(&[("X-Expect", "100-continue")]).expect_continue);
+    }
+
+    #[test]
+    fn kept_buffers_are_bounded_by_count_and_by_memory() {
+        // A thread of its own, so the kept lists start empty.
+        std::thread::spawn(|| {
+            for _ in 0..REUSE_COUNT + 50 {
+                give_buf(Vec::with_capacity(64));
+            }
+            assert_eq!(BUFS.with(|k| k.borrow().items.len()), REUSE_COUNT);
+            while take(&BUFS).is_some() {}
+            assert_eq!(BUFS.with(|k| k.borrow().bytes), 0);
+
+            for _ in 0..20 {
+                give_buf(Vec::with_capacity(REUSE_BUF_CAPACITY));
+            }
+            let kept = BUFS.with(|k| k.borrow().items.len());
+            assert_eq!(kept, REUSE_BYTES / REUSE_BUF_CAPACITY);
+            let big = (0..20)
+                .filter(|_| take_buf(0).capacity() >= REUSE_BUF_CAPACITY)
+                .count();
+            assert_eq!(big, kept);
+
+            let each =
+                HeaderMap::<http::HeaderValue>::with_capacity(REUSE_MAP_CAPACITY / 2).capacity();
+            for _ in 0..REUSE_COUNT {
+                give_map(HeaderMap::with_capacity(REUSE_MAP_CAPACITY / 2));
+            }
+            let maps = MAPS.with(|k| k.borrow().items.len());
+            assert_eq!(maps, REUSE_BYTES / (each * MAP_FIELD_BYTES), "{each}");
+        })
+        .join()
+        .unwrap();
     }
 }
