@@ -101,12 +101,9 @@ impl App {
         // The sign-in endpoints and the session routes are boxed: their
         // state (store calls, signing) is far larger than a pass-through's,
         // and every request's future would otherwise be as large as theirs.
-        // Each box is allocated first and the future made in it, so its
-        // state is not built on the stack and copied over.
         if self.sign_in.matches(req.uri().path()) {
-            let signing_in = Box::write(Box::new_uninit(), self.sign_in.handle(req, ctx));
             return Handled {
-                response: Box::into_pin(signing_in).await.into(),
+                response: crate::boxed!(self.sign_in.handle(req, ctx)).await.into(),
                 route: &self.labels.sign_in,
             };
         }
@@ -124,8 +121,7 @@ impl App {
                 route: &route.stats,
             };
         }
-        let authenticated = Box::write(Box::new_uninit(), self.authenticated(route, req, ctx));
-        let response = Box::into_pin(authenticated).await;
+        let response = crate::boxed!(self.authenticated(route, req, ctx)).await;
         Handled {
             response,
             route: &route.stats,

@@ -45,6 +45,17 @@ pub(crate) mod timer;
 pub mod tokens;
 pub(crate) mod wire;
 
+/// A future pinned in a box of its own. The box is allocated first and the
+/// future made in it, so a large future's state is not built on the stack
+/// and copied over, as it is with `Box::pin(fut)`. A macro, because passing
+/// the future to a function, even an inlined one, brings the copy back.
+macro_rules! boxed {
+    ($fut:expr) => {
+        Box::into_pin(Box::write(Box::new_uninit(), $fut))
+    };
+}
+pub(crate) use boxed;
+
 pub use app::App;
 pub use config::Config;
 pub use server::{run, serve, Listeners};

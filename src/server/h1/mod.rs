@@ -237,14 +237,11 @@ impl Conn {
                     // Boxed, as the answer below: a head that comes in
                     // pieces waits on the network anyway, and its timer and
                     // reads need not be part of every connection's state.
-                    let reading = Box::write(
-                        Box::new_uninit(),
-                        tokio::time::timeout(
-                            self.limits.header_read_timeout,
-                            read_head(&mut read, self.limits.max_header_size),
-                        ),
-                    );
-                    Box::into_pin(reading).await
+                    crate::boxed!(tokio::time::timeout(
+                        self.limits.header_read_timeout,
+                        read_head(&mut read, self.limits.max_header_size),
+                    ))
+                    .await
                 }
             };
             let head = match head {
@@ -261,9 +258,7 @@ impl Conn {
                     };
                     // Boxed: this rare answer's state would otherwise be part
                     // of every connection's, idle ones included.
-                    let answer =
-                        Box::write(Box::new_uninit(), self.respond(res.into(), exchange, false));
-                    let _ = Box::into_pin(answer).await;
+                    let _ = crate::boxed!(self.respond(res.into(), exchange, false)).await;
                     return "malformed request head";
                 }
                 Ok(Ok(head)) => head,
@@ -271,10 +266,7 @@ impl Conn {
             // Boxed: an exchange's state (request head, response writing) is
             // large, and only needed while it runs, not while the connection
             // waits for its next request.
-            // The box is allocated first and the exchange made in it, so
-            // its state is not built on the stack and copied over.
-            let exchange = Box::write(Box::new_uninit(), self.exchange(head, read));
-            match Box::into_pin(exchange).await {
+            match crate::boxed!(self.exchange(head, read)).await {
                 Next::Continue => {}
                 Next::Close(reason) => return reason,
             }
