@@ -33,6 +33,8 @@ pub enum RefreshError {
     Undecryptable,
     #[error("Refresh token version is invalid")]
     Version,
+    #[error("Refresh nonce is invalid")]
+    Nonce,
     #[error("No valid Session found")]
     NoSession,
     #[error("Anti CSRF token is not valid")]
@@ -57,6 +59,7 @@ impl RefreshError {
             RefreshError::NotDefined => "not_defined",
             RefreshError::Undecryptable => "undecryptable",
             RefreshError::Version => "version",
+            RefreshError::Nonce => "nonce",
             RefreshError::NoSession => "expired",
             RefreshError::AntiCsrf => "anti_csrf",
             RefreshError::Theft => "theft",
@@ -308,6 +311,7 @@ impl Sessions {
         let payload = self.sealer.open(refresh_token).map_err(|e| match e {
             OpenError::Undecryptable => RefreshError::Undecryptable,
             OpenError::Version => RefreshError::Version,
+            OpenError::Nonce => RefreshError::Nonce,
         })?;
         // A client removed from the configuration has no valid sessions.
         let client = self

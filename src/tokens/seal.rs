@@ -1,7 +1,15 @@
 //! Sealed `v1:` refresh tokens.
 //!
-//! A token is `v1:` + base64url (no padding) of
-//! `[8-byte key id][12-byte random nonce][AES-256-GCM ciphertext + tag]`.
+//! A token has SiS's own wire shape, `v1:<sealed>.<nonce>.V0`: `<sealed>` is
+//! base64url (no padding, so no `.`) of
+//! `[8-byte key id][12-byte random nonce][AES-256-GCM ciphertext + tag]`,
+//! `<nonce>` is the payload's nonce (32 lower-case hex digits, sealed inside
+//! as well) and `V0` the outer version. Clients split a token at `.` and put
+//! it back together (the VA mobile app keeps the first two parts in two
+//! stores and rebuilds `${part0}.${part1}.V0`), so the outer parts are checked
+//! against the sealed ones once the tag checks out: a changed nonce is
+//! [`OpenError::Nonce`], a changed version [`OpenError::Version`]. Tokens of
+//! the earlier shape, `v1:<sealed>` alone, still open.
 //! The key id is derived from the key itself, so a set of sealing keys needs no
 //! index: the first key seals, every key opens, and a rotated-out key keeps opening
 //! the tokens it sealed for as long as it stays configured. The additional data binds
@@ -27,6 +35,8 @@ use base64::Engine;
 use super::{fill_random, hex};
 
 const PREFIX: &str = "v1:";
+/// The outer version, after the last `.`.
+const OUTER_VERSION: &str = "V0";
 /// Additional data: the outer format version, then the key id.
 const AAD_LABEL: &[u8] = b"v1";
 const KEY_ID_LABEL: &[u8] = b"sis-gateway refresh-token key id v1\0";
@@ -110,9 +120,12 @@ pub enum OpenError {
     /// id, bad tag, or a plaintext that does not decode.
     #[error("refresh token cannot be decrypted")]
     Undecryptable,
-    /// Authentic, but of an inner version this gateway does not accept.
+    /// Authentic, but of an inner or outer version this gateway does not accept.
     #[error("refresh token version is invalid")]
     Version,
+    /// Authentic, but the outer nonce differs from the sealed one.
+    #[error("refresh nonce is invalid")]
+    Nonce,
 }
 
 struct SealKey {
@@ -221,9 +234,14 @@ impl Sealer {
             )
             .expect("AES-GCM sealing of a short buffer cannot fail");
         buf.extend_from_slice(tag.as_ref());
-        let mut out = String::with_capacity(PREFIX.len() + buf.len().div_ceil(3) * 4);
+        let outer_len = 2 + p.nonce.len() + OUTER_VERSION.len();
+        let mut out = String::with_capacity(PREFIX.len() + buf.len().div_ceil(3) * 4 + outer_len);
         out.push_str(PREFIX);
         URL_SAFE_NO_PAD.encode_string(&buf, &mut out);
+        out.push('.');
+        out.push_str(&p.nonce);
+        out.push('.');
+        out.push_str(OUTER_VERSION);
         out
     }
 
@@ -232,7 +250,7 @@ impl Sealer {
         if token.len() > MAX_TOKEN_LEN {
             return Err(OpenError::Undecryptable);
         }
-        let b64 = token.strip_prefix(PREFIX).ok_or(OpenError::Undecryptable)?;
+        let (b64, outer) = split_outer(token)?;
         // Decoded on the stack: a token is at most MAX_TOKEN_LEN characters.
         let mut buf = [0u8; MAX_TOKEN_LEN / 4 * 3];
         let len = URL_SAFE_NO_PAD
@@ -255,8 +273,45 @@ impl Sealer {
             .key
             .open_in_place(nonce, Aad::from(aad(&k.id)), sealed)
             .map_err(|_| OpenError::Undecryptable)?;
-        decode_payload(plain)
+        let payload = decode_payload(plain)?;
+        check_outer(&payload, outer)?;
+        Ok(payload)
     }
+}
+
+/// The parts of a token after its sealed part: `.<nonce>.<version>`.
+struct Outer<'a> {
+    nonce: &'a str,
+    version: &'a str,
+}
+
+/// The sealed part of a token `v1:<sealed>.<nonce>.<version>` and its outer
+/// parts (`None` for the earlier shape, `v1:<sealed>`). `<sealed>` has no
+/// `.`, so it ends at the first.
+fn split_outer(token: &str) -> Result<(&str, Option<Outer<'_>>), OpenError> {
+    let rest = token.strip_prefix(PREFIX).ok_or(OpenError::Undecryptable)?;
+    match rest.split_once('.') {
+        None => Ok((rest, None)),
+        Some((sealed, tail)) => {
+            let (nonce, version) = tail.rsplit_once('.').ok_or(OpenError::Undecryptable)?;
+            Ok((sealed, Some(Outer { nonce, version })))
+        }
+    }
+}
+
+/// The outer version and nonce agree with the sealed payload (checked in
+/// this order, as the Rails Sign-in Service does).
+fn check_outer(payload: &RefreshPayload, outer: Option<Outer<'_>>) -> Result<(), OpenError> {
+    let Some(outer) = outer else {
+        return Ok(());
+    };
+    if outer.version != OUTER_VERSION {
+        return Err(OpenError::Version);
+    }
+    if outer.nonce != payload.nonce {
+        return Err(OpenError::Nonce);
+    }
+    Ok(())
 }
 
 fn seal_key(secret: &[u8; 32]) -> SealKey {
@@ -412,6 +467,11 @@ mod tests {
         )
     }
 
+    /// The base64url part of a token, between `v1:` and the first `.`.
+    fn sealed_part(t: &str) -> &str {
+        t[3..].split('.').next().unwrap()
+    }
+
     #[test]
     fn round_trip() {
         let s = Sealer::ephemeral();
@@ -419,9 +479,17 @@ mod tests {
         let t = s.seal(&p);
         assert!(t.starts_with("v1:"));
         assert!(t.len() < 400, "token is {} bytes", t.len());
-        assert!(t[3..]
+        let parts: Vec<&str> = t[3..].split('.').collect();
+        assert_eq!(parts.len(), 3, "{t}");
+        assert!(parts[0]
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(parts[1], p.nonce);
+        assert_eq!(parts[1].len(), 32);
+        assert!(parts[1]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert_eq!(parts[2], "V0");
         assert_eq!(s.open(&t), Ok(p.clone()));
         // Two seals of one payload differ.
         assert_ne!(s.seal(&p), t);
@@ -458,12 +526,16 @@ mod tests {
     fn tampering_any_byte_is_undecryptable() {
         let s = Sealer::ephemeral();
         let t = s.seal(&payload());
-        let raw = URL_SAFE_NO_PAD.decode(&t[3..]).unwrap();
+        let sealed = sealed_part(&t);
+        let outer = &t[3 + sealed.len()..];
+        let raw = URL_SAFE_NO_PAD.decode(sealed).unwrap();
         for i in 0..raw.len() {
             let mut bad = raw.clone();
             bad[i] ^= 0x01;
-            let bad = format!("v1:{}", URL_SAFE_NO_PAD.encode(&bad));
-            assert_eq!(s.open(&bad), Err(OpenError::Undecryptable), "byte {i}");
+            let bad = URL_SAFE_NO_PAD.encode(&bad);
+            for bad in [format!("v1:{bad}{outer}"), format!("v1:{bad}")] {
+                assert_eq!(s.open(&bad), Err(OpenError::Undecryptable), "byte {i}");
+            }
         }
         // Tampering with the text itself, character by character.
         for i in 0..t.len() {
@@ -472,9 +544,55 @@ mod tests {
             let bad = String::from_utf8(bytes).unwrap();
             assert!(s.open(&bad).is_err(), "char {i}");
         }
-        // Truncated and extended.
-        assert_eq!(s.open(&t[..t.len() - 1]), Err(OpenError::Undecryptable));
-        assert_eq!(s.open(&format!("{t}A")), Err(OpenError::Undecryptable));
+        // Truncated and extended: the sealed part, then the outer ones.
+        let old = format!("v1:{sealed}");
+        assert_eq!(s.open(&old[..old.len() - 1]), Err(OpenError::Undecryptable));
+        assert_eq!(s.open(&format!("{old}A")), Err(OpenError::Undecryptable));
+        assert_eq!(s.open(&t[..t.len() - 1]), Err(OpenError::Version));
+        assert_eq!(s.open(&format!("{t}A")), Err(OpenError::Version));
+    }
+
+    #[test]
+    fn outer_nonce_and_version_are_checked() {
+        let s = Sealer::ephemeral();
+        let p = payload();
+        let t = s.seal(&p);
+        let sealed = sealed_part(&t);
+        let nonce = &p.nonce;
+        // What the VA mobile app does: split at `.`, keep the first two
+        // parts apart, rebuild with `.V0`.
+        let parts: Vec<&str> = t.split('.').collect();
+        assert_eq!(
+            s.open(&format!("{}.{}.V0", parts[0], parts[1])),
+            Ok(p.clone())
+        );
+        // The earlier shape, the sealed part alone, still opens.
+        assert_eq!(s.open(&format!("v1:{sealed}")), Ok(p.clone()));
+        let other = "0".repeat(32);
+        let upper = nonce.to_ascii_uppercase();
+        for bad_nonce in [other.as_str(), "", &nonce[1..], &upper, "a.b"] {
+            let bad = format!("v1:{sealed}.{bad_nonce}.V0");
+            assert_eq!(s.open(&bad), Err(OpenError::Nonce), "{bad_nonce:?}");
+        }
+        for bad_version in ["V1", "v0", "", "V0 ", "V00"] {
+            let bad = format!("v1:{sealed}.{nonce}.{bad_version}");
+            assert_eq!(s.open(&bad), Err(OpenError::Version), "{bad_version:?}");
+        }
+        // The version is checked before the nonce.
+        assert_eq!(
+            s.open(&format!("v1:{sealed}.{other}.V9")),
+            Err(OpenError::Version)
+        );
+        // Wrong numbers of parts, or a sealed part that is not ours.
+        for bad in [
+            format!("v1:{sealed}."),
+            format!("v1:{sealed}.{nonce}"),
+            format!("v1:.{nonce}.V0"),
+            format!("v1:{sealed}A.{nonce}.V0"),
+            format!("{sealed}.{nonce}.V0"),
+        ] {
+            assert_eq!(s.open(&bad), Err(OpenError::Undecryptable), "{bad}");
+        }
     }
 
     #[test]
@@ -658,7 +776,7 @@ mod tests {
         assert_eq!(p.nonce, "07".repeat(16));
         let t = s.seal_with_nonce(&p, [9u8; SEAL_NONCE_LEN]);
         assert_eq!(s.open(&t), Ok(p));
-        let raw = URL_SAFE_NO_PAD.decode(&t[3..]).unwrap();
+        let raw = URL_SAFE_NO_PAD.decode(sealed_part(&t)).unwrap();
         assert_eq!(raw[KEY_ID_LEN..KEY_ID_LEN + NONCE_LEN], [9u8; NONCE_LEN]);
         let sealed = seal_successor_with_nonce(&t, "v1:next", [5u8; SEAL_NONCE_LEN]);
         assert_eq!(sealed[..NONCE_LEN], [5u8; NONCE_LEN]);
