@@ -5,6 +5,7 @@
 //! - [`app`]: everything built from one configuration (proxy, sign-in, metrics) and request dispatch.
 //! - [`config`]: `gateway.toml` parsed into a raw form, then validated into a typed [`config::Config`].
 //! - [`clock`]: injectable wall clock for expiry and grace windows.
+//! - [`cookie`]: the one reader of `Cookie` request headers (names and values), for every credential.
 //! - [`tokens`]: access JWTs (keys, `kid`, JWKS) and sealed `v1:` refresh tokens.
 //! - [`session`]: sessions, the rotation rules and the store trait, with memory and Redis backends.
 //! - [`sign_in`]: the SiS endpoints (refresh, revoke, logout, certs), their errors, cookies and CORS.
@@ -34,6 +35,7 @@ pub mod auth;
 pub mod body;
 pub mod clock;
 pub mod config;
+pub mod cookie;
 pub mod ctx;
 pub mod demo;
 pub mod metrics;

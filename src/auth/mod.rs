@@ -9,6 +9,7 @@
 
 mod cache;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use http::{Response, StatusCode};
 
 use crate::body::{empty, json_error, Body};
 use crate::config::{AuthMode, CookiesConfig, RouteConfig};
+use crate::cookie;
 use crate::proxy::headers::{remove_cookies, replace_cookie};
 use crate::session::service::RefreshError;
 use crate::sign_in::{cookies, params, SignIn};
@@ -49,8 +51,11 @@ pub struct Decision {
 pub struct Auth {
     skew: Duration,
     verified: VerifiedCache,
-    /// `cookies.access_name()`, formatted once.
+    /// `cookies.access_name()`, `refresh_name()`, `anti_csrf_name()`,
+    /// formatted once.
     access_name: String,
+    refresh_name: String,
+    anti_csrf_name: String,
 }
 
 impl Auth {
@@ -59,6 +64,8 @@ impl Auth {
             skew,
             verified: VerifiedCache::new(100_000),
             access_name: cookies.access_name(),
+            refresh_name: cookies.refresh_name(),
+            anti_csrf_name: cookies.anti_csrf_name(),
         }
     }
 
@@ -101,23 +108,23 @@ impl Auth {
         }
 
         let access_name = &self.access_name;
-        if let Some(token) = params::cookie(headers, access_name).filter(|t| !t.is_empty()) {
-            if let Ok(verified) = self.verify(sessions, token, now_secs) {
+        // Cookies are read by the one reader (raw, percent-encoded or
+        // quoted alike); a raw value is borrowed, not copied.
+        if let Some(token) = cookie::get(headers, access_name) {
+            if let Ok(verified) = self.verify(sessions, &token, now_secs) {
                 if verified.claims.exp > now_secs + skew {
                     decision.identity = Some(Identity {
                         verified,
-                        access_token: route.forward_bearer.then(|| token.into()),
+                        access_token: route.forward_bearer.then(|| (*token).into()),
                     });
                     return Ok(decision);
                 }
             }
         }
 
-        let refresh = params::cookie(headers, &cfg.refresh_name())
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned);
+        let refresh = cookie::get(headers, &self.refresh_name).map(Cow::into_owned);
         if let Some(refresh) = refresh {
-            let anti_csrf = params::cookie(headers, &cfg.anti_csrf_name()).map(str::to_owned);
+            let anti_csrf = cookie::get(headers, &self.anti_csrf_name).map(Cow::into_owned);
             match sessions
                 .refresh_inline(&refresh, anti_csrf.as_deref())
                 .await

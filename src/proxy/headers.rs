@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::wire::{hex_digit, list_elements, lists};
+use crate::wire::{list_elements, lists};
 
 /// Headers that are hop-by-hop whether or not `Connection` names them
 /// (RFC 9110 §7.6.1, plus the obsolete `Keep-Alive` and `Proxy-Connection`
@@ -340,48 +340,14 @@ pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) -> bool {
 
 /// Every `name=value` piece of a `Cookie` value, split on `;` and `,`.
 fn cookie_pairs(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    crate::wire::split_at_bytes(value, b';', b',')
+    crate::cookie::pieces(value)
 }
 
+/// Names are read by the gateway's one cookie reader ([`crate::cookie`]),
+/// so a cookie it reads as a credential is one it removes.
 fn names_match(pair: &[u8], names: &[&str]) -> bool {
-    let name = match memchr::memchr(b'=', pair) {
-        Some(i) => &pair[..i],
-        None => pair,
-    };
-    // Trimmed as `params::cookies` (and lenient upstream parsers) read a
-    // name: of Unicode whitespace (a no-break space, say) when it is UTF-8.
-    let name = match std::str::from_utf8(name) {
-        Ok(text) => text.trim().as_bytes(),
-        Err(_) => name.trim_ascii(),
-    };
-    let name = name
-        .strip_prefix(b"\"")
-        .and_then(|n| n.strip_suffix(b"\""))
-        .unwrap_or(name);
-    names
-        .iter()
-        .any(|n| decoded_eq_ignore_case(name, n.as_bytes()))
-}
-
-/// Compares `raw` (percent-decoded on the fly) with `target`, ASCII case-insensitively.
-fn decoded_eq_ignore_case(raw: &[u8], target: &[u8]) -> bool {
-    let mut i = 0;
-    let mut t = target.iter();
-    while i < raw.len() {
-        let mut b = raw[i];
-        if b == b'%' && i + 2 < raw.len() {
-            if let (Some(h), Some(l)) = (hex_digit(raw[i + 1]), hex_digit(raw[i + 2])) {
-                b = h << 4 | l;
-                i += 2;
-            }
-        }
-        match t.next() {
-            Some(&c) if c.eq_ignore_ascii_case(&b) => {}
-            _ => return false,
-        }
-        i += 1;
-    }
-    t.next().is_none()
+    let name = crate::cookie::piece_name(pair);
+    names.iter().any(|n| crate::cookie::name_is(name, n))
 }
 
 /// Replaces (or adds) the cookie `name` in the request's `Cookie` header with
@@ -714,7 +680,7 @@ mod tests {
             b"\"vagov_refresh_token\"=a; b=2",
             b"  vagov_refresh_token  =a; b=2",
             b"vagov_refresh_token; b=2",
-            // A no-break space around the name: `params::cookies` reads
+            // A no-break space around the name: `crate::cookie` reads
             // this as the refresh cookie, so it must not get through.
             b"vagov_refresh_token\xc2\xa0 = \xc2\xa0a; b=2",
             b"\xc2\xa0vagov_refresh_token=a; b=2",
@@ -743,16 +709,6 @@ mod tests {
     }
 
     #[test]
-    fn percent_decoding_compare() {
-        assert!(decoded_eq_ignore_case(b"a%62c", b"abc"));
-        assert!(!decoded_eq_ignore_case(b"a%6", b"ab"));
-        assert!(decoded_eq_ignore_case(b"a%6", b"a%6"));
-        assert!(decoded_eq_ignore_case(b"%", b"%"));
-        assert!(!decoded_eq_ignore_case(b"abc", b"ab"));
-        assert!(!decoded_eq_ignore_case(b"ab", b"abc"));
-    }
-
-    #[test]
     fn replace_cookie_swaps_value() {
         let mut h = map(&[
             ("cookie", b"a=1; vagov_access_token=old"),
@@ -767,7 +723,7 @@ mod tests {
         let mut h = map(&[("cookie", b"vagov_access_token\xc2\xa0 = \xc2\xa0\xc2\xa0")]);
         replace_cookie(&mut h, "vagov_access_token", "new");
         assert_eq!(
-            crate::sign_in::params::cookie(&h, "vagov_access_token"),
+            crate::cookie::get(&h, "vagov_access_token").as_deref(),
             Some("new")
         );
     }

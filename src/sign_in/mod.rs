@@ -11,6 +11,7 @@ pub mod cors;
 pub mod limit;
 pub mod params;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -297,10 +298,10 @@ impl SignIn {
     }
 
     /// The access token of a request: a Bearer header wins over the cookie.
-    fn access_token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
-        params::bearer(headers).or_else(|| {
-            params::cookie(headers, &self.cookies.access_name()).filter(|v| !v.is_empty())
-        })
+    fn access_token<'a>(&self, headers: &'a HeaderMap) -> Option<Cow<'a, str>> {
+        params::bearer(headers)
+            .map(Cow::Borrowed)
+            .or_else(|| crate::cookie::get(headers, &self.cookies.access_name()))
     }
 
     fn verified_access(&self, headers: &HeaderMap) -> Result<AccessClaims, Response<Body>> {
@@ -310,7 +311,7 @@ impl SignIn {
                 "Access token JWT is malformed",
             ));
         };
-        match self.sessions.verify_access(token) {
+        match self.sessions.verify_access(&token) {
             Ok(claims) => Ok(claims),
             Err(VerifyError::Expired(_)) => Err(json_error(
                 StatusCode::FORBIDDEN,
@@ -335,15 +336,24 @@ impl SignIn {
     }
 
     async fn logout(&self, req: Request<RequestBody>) -> Response<Body> {
-        let query_client = req.uri().query().and_then(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == "client_id")
-                .map(|(_, v)| v.into_owned())
-        });
+        // As in the Rails SiS, the client is named by the query alone, and
+        // nothing happens without a known one.
+        let client = req
+            .uri()
+            .query()
+            .and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "client_id")
+                    .map(|(_, v)| v)
+            })
+            .and_then(|id| self.sessions.client(&id).cloned());
+        let Some(client) = client else {
+            return json_error(StatusCode::BAD_REQUEST, "Client id is not valid");
+        };
         // An expired access token still names the session to end.
         let claims =
             self.access_token(req.headers())
-                .and_then(|t| match self.sessions.verify_access(t) {
+                .and_then(|t| match self.sessions.verify_access(&t) {
                     Ok(c) => Some(c),
                     Err(VerifyError::Expired(c)) => Some(*c),
                     Err(VerifyError::Invalid) => None,
@@ -353,12 +363,8 @@ impl SignIn {
                 return self.error(e.into(), None);
             }
         }
-        let client_id = query_client.or_else(|| claims.map(|c| c.client_id));
-        let redirect = client_id
-            .as_deref()
-            .and_then(|id| self.sessions.client(id))
-            .and_then(|c| c.logout_redirect_uri.clone());
-        let mut res = match redirect.and_then(|r| HeaderValue::from_str(&r).ok()) {
+        let redirect = client.logout_redirect_uri.as_deref();
+        let mut res = match redirect.and_then(|r| HeaderValue::from_str(r).ok()) {
             Some(location) => {
                 let mut r = Response::new(empty());
                 *r.status_mut() = StatusCode::FOUND;
@@ -437,12 +443,19 @@ impl SignIn {
         )
     }
 
+    /// The error table of SPEC §1: the status of each error (its message
+    /// is the error's text).
     fn error(&self, e: RefreshError, client: Option<&ClientConfig>) -> Response<Body> {
         let status = match e {
             RefreshError::NotDefined => StatusCode::BAD_REQUEST,
+            RefreshError::Undecryptable
+            | RefreshError::Version
+            | RefreshError::Nonce
+            | RefreshError::NoSession
+            | RefreshError::AntiCsrf
+            | RefreshError::Theft => StatusCode::UNAUTHORIZED,
             RefreshError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             RefreshError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::UNAUTHORIZED,
         };
         let mut res = json_error(status, &e.to_string());
         if e.session_gone() && client.is_some_and(|c| c.authentication == Authentication::Cookie) {

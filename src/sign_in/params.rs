@@ -1,10 +1,10 @@
 //! Where the refresh endpoint's inputs come from (SPEC §1): a query or
-//! form/JSON body parameter first, then the cookie of the same name. An empty
-//! value counts as missing.
+//! form/JSON body parameter first, then the cookie of the same name (read by
+//! [`crate::cookie`], as every cookie is). An empty value counts as missing.
 
 use std::borrow::Cow;
 
-use http::header::{HeaderMap, CONTENT_TYPE, COOKIE};
+use http::header::{HeaderMap, CONTENT_TYPE};
 use percent_encoding::percent_decode_str;
 
 /// The two credentials a sign-in call may carry.
@@ -76,15 +76,12 @@ pub fn credentials(
         }
     }
     let mut from_cookie = false;
-    if refresh.is_none() || anti_csrf.is_none() {
-        for (name, value) in cookies(headers) {
-            if refresh.is_none() && name == refresh_cookie {
-                refresh = nonempty(Cow::Borrowed(value));
-                from_cookie = refresh.is_some();
-            } else if anti_csrf.is_none() && name == anti_csrf_cookie {
-                anti_csrf = nonempty(Cow::Borrowed(value));
-            }
-        }
+    if refresh.is_none() {
+        refresh = crate::cookie::get(headers, refresh_cookie).map(Cow::into_owned);
+        from_cookie = refresh.is_some();
+    }
+    if anti_csrf.is_none() {
+        anti_csrf = crate::cookie::get(headers, anti_csrf_cookie).map(Cow::into_owned);
     }
     Ok(Credentials {
         refresh_token: refresh,
@@ -144,25 +141,6 @@ fn nonempty(value: Cow<'_, str>) -> Option<String> {
     (!decoded.is_empty()).then_some(decoded)
 }
 
-/// Every `name=value` pair of every `Cookie` header (RFC 6265 §5.4), tolerant
-/// of odd spacing; values keep their raw form, surrounding quotes removed. A
-/// pair that is not UTF-8 is skipped without hiding the others.
-pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .flat_map(|v| crate::wire::split_at_byte(v.as_bytes(), b';'))
-        .filter_map(|pair| {
-            let (name, value) = std::str::from_utf8(pair).ok()?.split_once('=')?;
-            let value = value.trim();
-            let value = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(value);
-            Some((name.trim(), value))
-        })
-}
-
 /// The token of an `Authorization: Bearer` header (RFC 6750 §2.1; the scheme
 /// is case-insensitive), when there is a non-empty one.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -170,11 +148,6 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let (scheme, token) = v.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-/// The first cookie called `name`.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    cookies(headers).find(|(n, _)| *n == name).map(|(_, v)| v)
 }
 
 #[cfg(test)]
@@ -259,24 +232,19 @@ mod tests {
     }
 
     #[test]
-    fn cookie_parsing_is_tolerant() {
-        let h = headers(&[
-            (
-                "cookie",
-                "  x = 1 ;;; broken ; vagov_refresh_token=\"v1%3Aq\"",
-            ),
-            ("cookie", "y=2"),
-        ]);
-        assert_eq!(cookie(&h, "x"), Some("1"));
-        assert_eq!(cookie(&h, "y"), Some("2"));
-        let c = credentials(None, &h, b"", RC, AC).unwrap();
-        assert_eq!(c.refresh_token.as_deref(), Some("v1:q"));
-        let mut h = HeaderMap::new();
-        h.insert(
-            COOKIE,
-            HeaderValue::from_bytes(b"a=\xff\xfe; b=ok").unwrap(),
-        );
-        assert_eq!(cookies(&h).collect::<Vec<_>>(), [("b", "ok")]);
+    fn cookies_raw_encoded_and_quoted() {
+        for cookie in [
+            "  x = 1 ;;; broken ; vagov_refresh_token=\"v1%3Aq\"",
+            "vagov_refresh_token=v1%3Aq; vagov_anti_csrf_token=\"a\"",
+            "vagov_refresh_token=v1:q",
+        ] {
+            let c = creds(None, &[("cookie", cookie)], "");
+            assert_eq!(c.refresh_token.as_deref(), Some("v1:q"), "{cookie}");
+            assert!(c.from_cookie);
+        }
+        let c = creds(None, &[("cookie", "vagov_anti_csrf_token=a%2Bb")], "");
+        assert_eq!(c.anti_csrf_token.as_deref(), Some("a+b"));
+        assert!(!c.from_cookie);
     }
 
     #[test]
