@@ -102,6 +102,20 @@ impl App {
         // state (store calls, signing) is far larger than a pass-through's,
         // and every request's future would otherwise be as large as theirs.
         if self.sign_in.matches(req.uri().path()) {
+            // Sign-in paths the gateway does not answer go to the login
+            // service, forwarded as a public route is (boxed, so the
+            // pass-through future does not grow by a second forward).
+            if let (false, Some(route)) = (
+                self.sign_in.intercepts(req.uri().path()),
+                self.proxy.sign_in_route(),
+            ) {
+                let response =
+                    crate::boxed!(self.proxy.forward(route, req, ctx, HeaderMap::new())).await;
+                return Handled {
+                    response,
+                    route: &route.stats,
+                };
+            }
             return Handled {
                 response: crate::boxed!(self.sign_in.handle(req, ctx)).await.into(),
                 route: &self.labels.sign_in,

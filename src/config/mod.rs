@@ -222,6 +222,32 @@ pub struct SignInConfig {
     pub failures_per_minute: u32,
     /// Exact origins (`scheme://host[:port]`) allowed credentialed CORS.
     pub cors_origins: Vec<String>,
+    /// The login service: every path under `path_prefix` that the gateway
+    /// does not answer itself goes here (SPEC §8); `None` answers them 404.
+    pub upstream: Option<Upstream>,
+}
+
+impl SignInConfig {
+    /// The route that sign-in paths the gateway does not answer are
+    /// forwarded on: a `public` route to `upstream`, so they are forwarded
+    /// as any public route is (refresh credentials stripped, method, query
+    /// and body intact).
+    pub fn upstream_route(&self) -> Option<RouteConfig> {
+        let upstream = self.upstream.clone()?;
+        Some(RouteConfig {
+            host: None,
+            path_prefix: self.path_prefix.clone(),
+            upstreams: vec![upstream],
+            auth: AuthMode::Public,
+            strip_prefix: false,
+            preserve_host: false,
+            forward_bearer: false,
+            login_url: None,
+            max_body: None,
+            identity_headers: IdentityHeaders::default(),
+            name: self.path_prefix.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -692,10 +718,18 @@ impl Validator {
                 ),
             }
         }
+        let upstream = si.upstream.and_then(|spec| match parse_upstream(&spec) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                self.problem("sign_in.upstream", e);
+                None
+            }
+        });
         let sign_in = SignInConfig {
             path_prefix,
             failures_per_minute,
             cors_origins,
+            upstream,
         };
 
         let c = raw.cookies;

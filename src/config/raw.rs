@@ -87,6 +87,7 @@ pub(crate) struct RawSignIn {
     pub(crate) path_prefix: Option<String>,
     pub(crate) failures_per_minute: Option<i64>,
     pub(crate) cors_origins: Option<Vec<String>>,
+    pub(crate) upstream: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -153,3 +153,24 @@ fn dev_default_is_valid() {
     assert_eq!(c.routes.len(), 1);
     assert_eq!(c.clients.len(), 2);
 }
+
+#[test]
+fn sign_in_upstream_is_validated_and_routed_publicly() {
+    for bad in ["ftp://x", "nope", "http://h/?q=1", "/relative"] {
+        let k = keys(&format!("[sign_in]\nupstream = \"{bad}\"\n"));
+        assert_eq!(k, ["sign_in.upstream"], "{bad}");
+    }
+    let c = Config::parse("", "t").unwrap();
+    assert!(c.sign_in.upstream.is_none());
+    assert!(c.sign_in.upstream_route().is_none());
+    let c = Config::parse(
+        "[sign_in]\npath_prefix = \"/v1/sis/\"\nupstream = \"http://127.0.0.1:3001/base/\"\n",
+        "t",
+    )
+    .unwrap();
+    let route = c.sign_in.upstream_route().unwrap();
+    assert_eq!(route.path_prefix, "/v1/sis");
+    assert_eq!(route.auth, AuthMode::Public);
+    assert_eq!(route.upstreams[0].authority.as_str(), "127.0.0.1:3001");
+    assert_eq!(route.upstreams[0].base_path, "/base");
+}

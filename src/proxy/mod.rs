@@ -75,8 +75,11 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// The route table and the upstream connection pools.
 pub struct Proxy {
-    /// Host-specific routes first, then by longest prefix: the first match wins.
+    /// Host-specific routes first, then by longest prefix: the first match
+    /// wins. The first `routed` are the route table; after them comes the
+    /// sign-in upstream's route, when there is one.
     routes: Arc<Vec<Route>>,
+    routed: usize,
     /// Some route names a host (else a request's host is not looked up).
     host_routes: bool,
     connector: Connector,
@@ -181,6 +184,7 @@ impl Proxy {
     /// be loaded.
     pub fn new(config: &Config, metrics: Arc<Metrics>, tunnels: Tunnels) -> anyhow::Result<Proxy> {
         let server = &config.server;
+        let sign_in_route = config.sign_in.upstream_route();
         let mut routes: Vec<Route> = config
             .routes
             .iter()
@@ -201,9 +205,22 @@ impl Proxy {
                 std::cmp::Reverse(r.config.path_prefix.len()),
             )
         });
+        // The sign-in upstream's route comes last, out of the route table
+        // (`routed`): only dispatch sends a request to it.
+        let routed = routes.len();
+        routes.extend(sign_in_route.iter().map(|r| Route {
+            config: r.clone(),
+            name: Arc::from(r.name.as_str()),
+            stats: metrics.route_stats(&r.name),
+            upstreams: UpstreamSet::new(
+                &r.upstreams,
+                server.upstream_cooldown,
+                UPSTREAM_POOL_IDLE_TIMEOUT,
+            ),
+        }));
 
         let mut strip_request: Vec<HeaderName> = vec![header::EXPECT];
-        for r in &config.routes {
+        for r in config.routes.iter().chain(&sign_in_route) {
             let ih = &r.identity_headers;
             for name in [&ih.user_uuid, &ih.session_handle, &ih.client_id] {
                 if !strip_request.contains(name) {
@@ -215,6 +232,7 @@ impl Proxy {
         let needs_tls = config
             .routes
             .iter()
+            .chain(&sign_in_route)
             .flat_map(|r| &r.upstreams)
             .any(|u| u.scheme == http::uri::Scheme::HTTPS);
         let tls = if needs_tls {
@@ -229,6 +247,7 @@ impl Proxy {
         spawn_pool_reaper(&routes);
         Ok(Proxy {
             routes,
+            routed,
             host_routes,
             connector: Connector {
                 connect_timeout: server.upstream_connect_timeout,
@@ -255,7 +274,7 @@ impl Proxy {
     /// case-insensitively, without port) before host-less ones, then the
     /// longest `path_prefix` that covers `path`.
     pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| {
+        self.routes[..self.routed].iter().find(|r| {
             let host_ok = match (&r.config.host, host) {
                 (None, _) => true,
                 (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
@@ -263,6 +282,12 @@ impl Proxy {
             };
             host_ok && r.covers(path)
         })
+    }
+
+    /// The `public` route to `sign_in.upstream`, for the sign-in paths the
+    /// gateway does not answer itself (SPEC §8).
+    pub fn sign_in_route(&self) -> Option<&Route> {
+        self.routes.get(self.routed)
     }
 
     /// The route for `req`, from its `Host` (or `:authority`) and path.

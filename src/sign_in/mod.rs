@@ -3,6 +3,8 @@
 //!
 //! - `POST refresh`, `POST revoke`, `GET revoke_all_sessions`, `GET logout`,
 //!   `GET openid_connect/certs`, each with credentialed CORS for listed origins.
+//! - Every other path under the prefix goes to `sign_in.upstream` (dispatched
+//!   in [`crate::app`]), or is 404 without it.
 //! - Error bodies are `{"errors":"<message>"}` with the exact SiS messages.
 
 pub mod admin;
@@ -207,15 +209,30 @@ impl SignIn {
         res
     }
 
-    async fn route(&self, req: Request<RequestBody>) -> Response<Body> {
-        let endpoint = req.uri().path()[self.prefix.len()..].trim_end_matches('/');
-        let (endpoint, allowed) = match endpoint {
+    /// The endpoint the gateway answers itself at `path` (one that
+    /// [`matches`](Self::matches)), and its method.
+    fn endpoint(&self, path: &str) -> Option<(Endpoint, Method)> {
+        let endpoint = path.get(self.prefix.len()..)?.trim_end_matches('/');
+        Some(match endpoint {
             "/refresh" => (Endpoint::Refresh, Method::POST),
             "/revoke" => (Endpoint::Revoke, Method::POST),
             "/revoke_all_sessions" => (Endpoint::RevokeAll, Method::GET),
             "/logout" => (Endpoint::Logout, Method::GET),
             "/openid_connect/certs" => (Endpoint::Certs, Method::GET),
-            _ => return json_error(StatusCode::NOT_FOUND, "Not found"),
+            _ => return None,
+        })
+    }
+
+    /// True when the gateway answers `path` (one that
+    /// [`matches`](Self::matches)) itself; other sign-in paths go to
+    /// `sign_in.upstream` when it is set (SPEC §8).
+    pub fn intercepts(&self, path: &str) -> bool {
+        self.endpoint(path).is_some()
+    }
+
+    async fn route(&self, req: Request<RequestBody>) -> Response<Body> {
+        let Some((endpoint, allowed)) = self.endpoint(req.uri().path()) else {
+            return json_error(StatusCode::NOT_FOUND, "Not found");
         };
         if req.method() != allowed {
             let mut r = json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
