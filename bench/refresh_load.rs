@@ -77,7 +77,7 @@ struct Args {
 }
 
 struct Session {
-    /// The current refresh token without its `v1:` prefix: base64url only,
+    /// The current refresh token without its `v1:` prefix: base64url, `.` and hex only,
     /// so it goes into a form body as it is.
     token: Vec<u8>,
     alive: bool,
@@ -120,7 +120,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut shares: Vec<Vec<Session>> = (0..args.workers).map(|_| Vec::new()).collect();
     for (i, t) in tokens.into_iter().enumerate() {
         let token = plain_token(t.as_bytes()).with_context(|| {
-            "the admin API returned a refresh token that is not v1: + base64url"
+            "the admin API returned a refresh token that is not v1:<base64url>.<nonce>.V0"
         })?;
         shares[i % args.workers].push(Session {
             token: token.to_vec(),
@@ -298,7 +298,7 @@ const FORM_PREFIX: &[u8] = b"refresh_token=v1%3A";
 
 /// A complete HTTP/1.1 refresh request presenting the token whose base64url
 /// part is `token` as a form body (`refresh_token=v1%3A…`), written into
-/// `out`. Base64url needs no encoding, so the token is copied as it is.
+/// `out`. Base64url and `.` need no encoding, so the token is copied as it is.
 fn build_request(out: &mut Vec<u8>, head: &[u8], token: &[u8]) {
     out.clear();
     out.extend_from_slice(head);
@@ -535,10 +535,10 @@ async fn worker(
     stats
 }
 
-/// The base64url part of `data.refresh_token` of a refresh answer
+/// The part after `v1:` of `data.refresh_token` of a refresh answer
 /// (`{"data":{"access_token":"…","refresh_token":"v1:…"}}`). Tokens are
-/// base64url after `v1:`, so they hold no JSON escapes; anything else is
-/// rejected rather than guessed at.
+/// base64url, `.` and hex after `v1:`, so they hold no JSON escapes; anything
+/// else is rejected rather than guessed at.
 fn next_token(body: &[u8]) -> Option<&[u8]> {
     const KEY: &[u8] = b"\"refresh_token\":\"";
     let body = body.strip_prefix(b"{\"data\":{")?;
@@ -561,23 +561,24 @@ fn next_token(body: &[u8]) -> Option<&[u8]> {
     plain_token(&rest[..len])
 }
 
-/// The part after `v1:` of a token that is `v1:` + base64url (no padding).
+/// The part after `v1:` of a token that is `v1:<base64url>.<hex>.V0` (or
+/// the earlier `v1:<base64url>`): bytes a form body carries unencoded.
 fn plain_token(token: &[u8]) -> Option<&[u8]> {
     let rest = token.strip_prefix(b"v1:")?;
     // Byte by byte without an early exit, so the loop needs no branch per byte.
     let ok = rest
         .iter()
-        .fold(!rest.is_empty(), |ok, &b| ok & BASE64URL[usize::from(b)]);
+        .fold(!rest.is_empty(), |ok, &b| ok & TOKEN_BYTES[usize::from(b)]);
     ok.then_some(rest)
 }
 
-/// The bytes of the base64url alphabet.
-const BASE64URL: [bool; 256] = {
+/// The bytes of the base64url alphabet, and the `.` between a token's parts.
+const TOKEN_BYTES: [bool; 256] = {
     let mut t = [false; 256];
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
+        t[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.';
         b += 1;
     }
     t
