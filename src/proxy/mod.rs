@@ -185,20 +185,17 @@ impl Proxy {
     pub fn new(config: &Config, metrics: Arc<Metrics>, tunnels: Tunnels) -> anyhow::Result<Proxy> {
         let server = &config.server;
         let sign_in_route = config.sign_in.upstream_route();
-        let mut routes: Vec<Route> = config
-            .routes
-            .iter()
-            .map(|r| Route {
-                config: r.clone(),
-                name: Arc::from(r.name.as_str()),
-                stats: metrics.route_stats(&r.name),
-                upstreams: UpstreamSet::new(
-                    &r.upstreams,
-                    server.upstream_cooldown,
-                    UPSTREAM_POOL_IDLE_TIMEOUT,
-                ),
-            })
-            .collect();
+        let route = |r: &RouteConfig| Route {
+            config: r.clone(),
+            name: Arc::from(r.name.as_str()),
+            stats: metrics.route_stats(&r.name),
+            upstreams: UpstreamSet::new(
+                &r.upstreams,
+                server.upstream_cooldown,
+                UPSTREAM_POOL_IDLE_TIMEOUT,
+            ),
+        };
+        let mut routes: Vec<Route> = config.routes.iter().map(route).collect();
         routes.sort_by_key(|r| {
             (
                 r.config.host.is_none(),
@@ -208,16 +205,7 @@ impl Proxy {
         // The sign-in upstream's route comes last, out of the route table
         // (`routed`): only dispatch sends a request to it.
         let routed = routes.len();
-        routes.extend(sign_in_route.iter().map(|r| Route {
-            config: r.clone(),
-            name: Arc::from(r.name.as_str()),
-            stats: metrics.route_stats(&r.name),
-            upstreams: UpstreamSet::new(
-                &r.upstreams,
-                server.upstream_cooldown,
-                UPSTREAM_POOL_IDLE_TIMEOUT,
-            ),
-        }));
+        routes.extend(sign_in_route.iter().map(route));
 
         let mut strip_request: Vec<HeaderName> = vec![header::EXPECT];
         for r in config.routes.iter().chain(&sign_in_route) {
