@@ -22,7 +22,6 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use ::redis::{
     Client, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, ProtocolVersion, RedisConnectionInfo,
     RedisError, RedisFuture, RedisResult, Script, ServerErrorKind, Value,
@@ -69,10 +68,7 @@ enum Backend {
     },
     /// The master is asked of the sentinels on first use, and again after
     /// an error that suggests it moved (connection lost, timeout, READONLY).
-    Sentinel {
-        sentinel: Box<tokio::sync::Mutex<SentinelClient>>,
-        master: std::sync::Mutex<Option<ConnectionManager>>,
-    },
+    Sentinel(Box<Sentinel>),
 }
 
 impl fmt::Debug for RedisStore {
@@ -83,7 +79,7 @@ impl fmt::Debug for RedisStore {
                 &match self.inner.backend {
                     Backend::Single(_) => "single",
                     Backend::Cluster { .. } => "cluster",
-                    Backend::Sentinel { .. } => "sentinel",
+                    Backend::Sentinel(_) => "sentinel",
                 },
             )
             .field("prefix", &self.inner.prefix)
@@ -126,6 +122,65 @@ impl Single {
         let m = lazy_manager(self.client.clone(), self.timeout)?;
         local.push((id, m.clone()));
         Ok(m)
+    }
+}
+
+/// The sentinels of one master, and the master they last named.
+struct Sentinel {
+    sentinels: Vec<Client>,
+    name: String,
+    /// Held by the one caller that asks the sentinels.
+    lookup: tokio::sync::Mutex<()>,
+    master: std::sync::Mutex<Option<ConnectionManager>>,
+}
+
+impl Sentinel {
+    /// Asks the sentinels in turn for the master's address, as the Sentinel
+    /// client protocol has it: `SENTINEL GET-MASTER-ADDR-BY-NAME`, then `ROLE`
+    /// on the named node, which must answer that it is a master. That address
+    /// is the promoted replica's as soon as a failover promotes it, while
+    /// `SENTINEL MASTERS` keeps naming the old master until the failover has
+    /// reconfigured every replica.
+    async fn find_master(&self) -> RedisResult<Client> {
+        let mut last = None;
+        for sentinel in &self.sentinels {
+            match self.master_named_by(sentinel).await {
+                Ok(client) => return Ok(client),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one sentinel"))
+    }
+
+    async fn master_named_by(&self, sentinel: &Client) -> RedisResult<Client> {
+        let mut conn = sentinel.get_multiplexed_async_connection().await?;
+        let addr: Option<(String, u16)> = ::redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(&self.name)
+            .query_async(&mut conn)
+            .await?;
+        let not_master = || {
+            RedisError::from((
+                ErrorKind::MasterNameNotFoundBySentinel,
+                "no master of that name found through the sentinels",
+            ))
+        };
+        let (host, port) = addr.ok_or_else(not_master)?;
+        let info = (host, port).into_connection_info()?;
+        let settings = RedisConnectionInfo::default().set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(settings))?;
+        let mut node = client.get_multiplexed_async_connection().await?;
+        let role: Vec<Value> = ::redis::cmd("ROLE").query_async(&mut node).await?;
+        let is_master = match role.first() {
+            Some(Value::BulkString(b)) => b == b"master",
+            Some(Value::SimpleString(s)) => s == "master",
+            _ => false,
+        };
+        if is_master {
+            Ok(client)
+        } else {
+            Err(not_master())
+        }
     }
 }
 
@@ -214,21 +269,23 @@ impl RedisStore {
         master: &str,
         cfg: &StoreConfig,
     ) -> Result<RedisStore, StoreError> {
-        let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(
-            RedisConnectionInfo::default().set_protocol(ProtocolVersion::RESP3),
-        );
-        let client = SentinelClient::build(
-            sentinels.to_vec(),
-            master,
-            Some(node),
-            SentinelServerType::Master,
-        )
-        .map_err(config_error)?;
+        let sentinels = sentinels
+            .iter()
+            .map(|url| Client::open(url.as_str()))
+            .collect::<RedisResult<Vec<Client>>>()
+            .map_err(config_error)?;
+        if sentinels.is_empty() {
+            return Err(StoreError::Unavailable(
+                "invalid redis configuration: no sentinels".into(),
+            ));
+        }
         Ok(Self::with_backend(
-            Backend::Sentinel {
-                sentinel: Box::new(tokio::sync::Mutex::new(client)),
+            Backend::Sentinel(Box::new(Sentinel {
+                sentinels,
+                name: master.to_owned(),
+                lookup: tokio::sync::Mutex::new(()),
                 master: std::sync::Mutex::new(None),
-            },
+            })),
             cfg,
         ))
     }
@@ -285,18 +342,18 @@ impl RedisStore {
                 .get_or_try_init(|| client.get_async_connection())
                 .await
                 .map(|c| Conn::Cluster(c.clone())),
-            Backend::Sentinel { sentinel, master } => {
-                if let Some(m) = lock(master).clone() {
+            Backend::Sentinel(sentinel) => {
+                if let Some(m) = lock(&sentinel.master).clone() {
                     return Ok(Conn::Single(m));
                 }
                 // One lookup at a time; the others then find its result.
-                let mut sentinel = sentinel.lock().await;
-                if let Some(m) = lock(master).clone() {
+                let _lookup = sentinel.lookup.lock().await;
+                if let Some(m) = lock(&sentinel.master).clone() {
                     return Ok(Conn::Single(m));
                 }
-                let client = sentinel.async_get_client().await?;
+                let client = sentinel.find_master().await?;
                 let m = lazy_manager(client, self.inner.timeout)?;
-                *lock(master) = Some(m.clone());
+                *lock(&sentinel.master) = Some(m.clone());
                 Ok(Conn::Single(m))
             }
         }
@@ -306,9 +363,10 @@ impl RedisStore {
     /// outer timeout), forget it so the next operation asks the sentinels.
     /// Returns whether it did.
     fn forget_master(&self, e: Option<&RedisError>) -> bool {
-        let Backend::Sentinel { master, .. } = &self.inner.backend else {
+        let Backend::Sentinel(sentinel) = &self.inner.backend else {
             return false;
         };
+        let master = &sentinel.master;
         let moved = e.is_none_or(|e| {
             e.is_io_error()
                 || e.is_timeout()
