@@ -653,7 +653,7 @@ impl Sessions {
         let outcome = self
             .store
             .revoke_token(RevokeRequest {
-                handle: payload.session_handle,
+                handle: payload.session_handle.clone(),
                 presented_hash: presented_hash.clone(),
                 parent_hash: payload.parent_hash,
                 now_ms: self.clock.now_ms(),
@@ -667,7 +667,10 @@ impl Sessions {
         match outcome {
             RevokeOutcome::Revoked => Ok(client),
             RevokeOutcome::Theft => {
-                tracing::warn!("revoke with a rotated-away refresh token; session revoked");
+                tracing::warn!(
+                    session_handle = %payload.session_handle,
+                    "revoke with a rotated-away refresh token; session revoked"
+                );
                 Err(RefreshError::Theft)
             }
             RevokeOutcome::NoSession => Err(RefreshError::NoSession),
