@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::gateway::{GatewayProcess, TestGateway};
-use common::redis::RedisServer;
+use common::redis::{wait_replicated, RedisSentinel, RedisServer};
 use common::upstream::TestUpstream;
 use common::{keep_alive_get, refresh_api};
 use reqwest::StatusCode;
@@ -250,6 +250,234 @@ async fn frozen_redis_answers_503_in_time_while_public_routes_serve() {
     let again = refresh_until_ok(&http, &url, &token).await;
     assert_eq!(next, again, "replays converge on one successor");
     refresh_until_ok(&http, &url, &next).await;
+}
+
+/// What chained refreshes saw while the store was in trouble.
+#[derive(Default, Debug)]
+struct ChainStats {
+    rotations: usize,
+    unavailable: usize,
+    lost: usize,
+}
+
+/// Refreshes `token` over and over, alternating between the `urls` of
+/// several gateway instances, until `stop`: 200 advances the chain, 503
+/// keeps its token for the next try; any other answer loses the session
+/// and ends the chain. Returns the last token and what was seen.
+async fn chain(
+    http: reqwest::Client,
+    urls: Arc<Vec<String>>,
+    mut token: String,
+    stop: Arc<AtomicBool>,
+) -> (String, ChainStats) {
+    let mut stats = ChainStats::default();
+    for i in 0..100_000usize {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        match refresh_api(&http, &urls[i % urls.len()], &token).await {
+            (StatusCode::OK, Ok(next)) => {
+                token = next;
+                stats.rotations += 1;
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, Err(body))
+                if body.contains("Session store unavailable") =>
+            {
+                stats.unavailable += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => {
+                eprintln!("session lost: {other:?}");
+                stats.lost += 1;
+                break;
+            }
+        }
+    }
+    (token, stats)
+}
+
+/// Refreshes each token once through `url`, all at once; each must answer
+/// 200 on this first try. Returns the successors.
+async fn first_try(
+    http: &reqwest::Client,
+    url: &str,
+    tokens: &[String],
+    when: &str,
+) -> Vec<String> {
+    let answers =
+        futures_util::future::join_all(tokens.iter().map(|t| refresh_api(http, url, t))).await;
+    answers
+        .into_iter()
+        .map(|(st, next)| {
+            assert_eq!(st, StatusCode::OK, "first refresh {when}: {next:?}");
+            next.unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_refreshes_on_two_instances_lose_no_session_to_pauses_and_a_restart() {
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let cfg = config(&redis.url(), &upstream.url, "", "");
+    let a = TestGateway::start(cfg.as_str());
+    let b = TestGateway::start(cfg.as_str());
+    let urls = Arc::new(vec![a.url(REFRESH), b.url(REFRESH)]);
+    let http = http_client();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut chains = Vec::new();
+    for _ in 0..12 {
+        let s = create(&http, &a, "mobile").await;
+        let token = s["refresh_token"].as_str().unwrap().to_owned();
+        chains.push(tokio::spawn(chain(
+            http.clone(),
+            urls.clone(),
+            token,
+            stop.clone(),
+        )));
+    }
+
+    // Two pauses around a restart, each long enough for calls to time out.
+    let redis = tokio::task::spawn_blocking(move || {
+        let mut redis = redis;
+        let nap = |ms| std::thread::sleep(Duration::from_millis(ms));
+        nap(300);
+        redis.pause();
+        nap(400);
+        redis.resume();
+        nap(300);
+        redis.stop();
+        nap(300);
+        redis.restart();
+        nap(300);
+        redis.pause();
+        nap(400);
+        redis.resume();
+        nap(300);
+        redis
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+
+    let mut total = ChainStats::default();
+    let mut last = Vec::new();
+    for c in chains {
+        let (token, stats) = c.await.unwrap();
+        total.rotations += stats.rotations;
+        total.unavailable += stats.unavailable;
+        total.lost += stats.lost;
+        last.push(token);
+    }
+    eprintln!(
+        "{} rotations, {} × 503, {} sessions lost",
+        total.rotations, total.unavailable, total.lost
+    );
+    assert_eq!(total.lost, 0, "sessions lost");
+    assert!(total.unavailable > 0, "the outages were seen");
+    // Every session's last token still refreshes, on either instance.
+    for (i, token) in last.iter().enumerate() {
+        let next = refresh_until_ok(&http, &urls[i % 2], token).await;
+        refresh_until_ok(&http, &urls[(i + 1) % 2], &next).await;
+    }
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_refreshes_after_sigcont_and_after_a_restart_answer_200() {
+    let mut redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let cfg = config(&redis.url(), &upstream.url, "", "");
+    // A has talked to Redis before the pause; B meets Redis for the first
+    // time while it is paused.
+    let a = TestGateway::start(cfg.as_str());
+    let b = TestGateway::start(cfg.as_str());
+    let http = http_client();
+    let mut tokens = Vec::new();
+    for _ in 0..6 {
+        let s = create(&http, &a, "mobile").await;
+        tokens.push(s["refresh_token"].as_str().unwrap().to_owned());
+    }
+    let tokens = first_try(&http, &a.url(REFRESH), &tokens, "before the pause").await;
+
+    redis.pause();
+    // Calls on both instances time out meanwhile; their connections (and
+    // B's first connection attempts) fail.
+    for gw in [&a, &b] {
+        for t in &tokens {
+            let (st, _) = refresh_api(&http, &gw.url(REFRESH), t).await;
+            assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(2 * STORE_TIMEOUT_MS)).await;
+    redis.resume();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The rotations that timed out may have run once Redis woke up: the same
+    // tokens then replay onto their successors, 200 all the same.
+    let (on_a, on_b) = tokens.split_at(3);
+    let mut next = first_try(&http, &a.url(REFRESH), on_a, "after SIGCONT").await;
+    next.extend(first_try(&http, &b.url(REFRESH), on_b, "after SIGCONT").await);
+
+    let redis = tokio::task::spawn_blocking(move || {
+        redis.stop();
+        std::thread::sleep(Duration::from_millis(300));
+        redis.restart();
+        redis
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (on_a, on_b) = next.split_at(3);
+    first_try(&http, &b.url(REFRESH), on_a, "after a restart").await;
+    first_try(&http, &a.url(REFRESH), on_b, "after a restart").await;
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_refreshes_after_a_sentinel_failover_answer_200() {
+    let master = RedisServer::start();
+    let replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port().to_string()]);
+    let sentinel = RedisSentinel::start("sis", master.port(), 1);
+    let upstream = TestUpstream::start().await;
+    let url = format!(
+        "redis+sentinel://{}/sis",
+        sentinel.url().trim_start_matches("redis://")
+    );
+    let cfg = config(&url, &upstream.url, "", "");
+    let a = TestGateway::start(cfg.as_str());
+    let b = TestGateway::start(cfg.as_str());
+    let http = http_client();
+    let mut tokens = Vec::new();
+    for _ in 0..6 {
+        let s = create(&http, &a, "mobile").await;
+        tokens.push(s["refresh_token"].as_str().unwrap().to_owned());
+    }
+    // Both instances have their connections to the master.
+    let (on_a, on_b) = tokens.split_at(3);
+    let mut next = first_try(&http, &a.url(REFRESH), on_a, "before the failover").await;
+    next.extend(first_try(&http, &b.url(REFRESH), on_b, "before the failover").await);
+    wait_replicated(&master, Duration::from_secs(5));
+
+    assert_eq!(sentinel.cli(&["SENTINEL", "FAILOVER", "sis"]), "OK");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while sentinel.master_port("sis") != Some(replica.port()) {
+        assert!(
+            Instant::now() < deadline,
+            "sentinel failover did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The old master is demoted now rather than at the sentinel's next round.
+    let new_port = replica.port().to_string();
+    assert_eq!(master.cli(&["REPLICAOF", "127.0.0.1", &new_port]), "OK");
+
+    // The instances still hold connections to the old master: its READONLY
+    // answer sends the call to the new master at once.
+    let (on_a, on_b) = next.split_at(3);
+    first_try(&http, &b.url(REFRESH), on_a, "after the failover").await;
+    first_try(&http, &a.url(REFRESH), on_b, "after the failover").await;
 }
 
 /// How a [`DyingUpstream`] frames the response it abandons.

@@ -191,7 +191,7 @@ async fn api_client_rotation_and_error_table() {
         "u-1",
         "mobile",
     );
-    let foreign = sealer.seal_with_version(&payload, 2);
+    let foreign = sealer.seal_with_version(&payload, 0xff);
     let (st, body) = env.refresh_api(&foreign, None).await;
     assert_eq!(
         (st, error_of(&body)),

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use common::redis::{wait_replicated, RedisCluster, RedisSentinel, RedisServer};
 use sis_gateway::config::{StoreConfig, StoreUrl};
 use sis_gateway::session::{
-    NewSession, RotateOutcome, RotateRequest, RotatedSession, SessionRecord, SessionStore, Store,
-    StoreError,
+    MemorySnapshot, NewSession, RevokeOutcome, RevokeRequest, RotateOutcome, RotateRequest,
+    RotatedSession, SessionRecord, SessionStore, Store, StoreError,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -91,6 +91,7 @@ fn rotation(handle: &str, presented: &str, new: &str, now: u64) -> RotateRequest
     RotateRequest {
         handle: handle.into(),
         presented_hash: hash(presented),
+        parent_hash: None,
         new_hash: hash(new),
         sealed_successor: format!("sealed({new})").into_bytes(),
         now_ms: now,
@@ -98,6 +99,91 @@ fn rotation(handle: &str, presented: &str, new: &str, now: u64) -> RotateRequest
         refresh_ttl_ms: REFRESH_TTL,
         max_age_ms: MAX_AGE,
     }
+}
+
+/// A rotation presenting `presented`, a successor token that carries its
+/// parent's hash.
+fn child_rotation(
+    handle: &str,
+    parent: &str,
+    presented: &str,
+    new: &str,
+    now: u64,
+) -> RotateRequest {
+    RotateRequest {
+        parent_hash: Some(hash(parent)),
+        ..rotation(handle, presented, new, now)
+    }
+}
+
+fn revocation(handle: &str, presented: &str, parent: Option<&str>, now: u64) -> RevokeRequest {
+    RevokeRequest {
+        handle: handle.into(),
+        presented_hash: hash(presented),
+        parent_hash: parent.map(hash),
+        now_ms: now,
+        grace_ms: GRACE,
+        max_age_ms: MAX_AGE,
+    }
+}
+
+/// One session as it was, to be put back later: the store losing writes.
+enum Snapshot {
+    Memory(MemorySnapshot),
+    /// DUMP of the session key and its remaining TTL.
+    Redis(String, Vec<u8>, i64),
+}
+
+impl Harness {
+    async fn snapshot(&self, handle: &str) -> Snapshot {
+        match (&self.store, &self.redis) {
+            (Store::Memory(m), _) => Snapshot::Memory(m.snapshot(handle).expect("session exists")),
+            (Store::Redis(r), Some(server)) => {
+                let key = r.session_key(handle);
+                let mut c = raw_redis(server).await;
+                let dump: Vec<u8> = ::redis::cmd("DUMP")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                let ttl: i64 = ::redis::cmd("PTTL")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                assert!(ttl > 0, "session key has a TTL");
+                Snapshot::Redis(key, dump, ttl)
+            }
+            _ => unreachable!("a Redis store has its server"),
+        }
+    }
+
+    async fn restore(&self, snapshot: Snapshot) {
+        match (&self.store, snapshot) {
+            (Store::Memory(m), Snapshot::Memory(s)) => m.restore(s),
+            (Store::Redis(_), Snapshot::Redis(key, dump, ttl)) => {
+                let mut c = raw_redis(self.redis.as_ref().unwrap()).await;
+                let () = ::redis::cmd("RESTORE")
+                    .arg(&key)
+                    .arg(ttl)
+                    .arg(dump)
+                    .arg("REPLACE")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+            }
+            _ => unreachable!("snapshot of another backend"),
+        }
+    }
+}
+
+/// A plain connection to a test server, for what the store does not do.
+async fn raw_redis(server: &RedisServer) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }
 
 async fn create(store: &Store, handle: &str, user: &str, now: u64) {
@@ -199,7 +285,9 @@ async fn grace_zero_replay_is_theft(h: Harness) {
     let mut r = rotation("h1", "h1-0", "t1", T0 + MIN);
     r.grace_ms = 0;
     expect_rotated(s.rotate(r.clone()).await.unwrap());
+    // A replay brings a successor of its own.
     r.now_ms += 1;
+    r.new_hash = hash("t1-replay");
     assert!(matches!(s.rotate(r).await.unwrap(), RotateOutcome::Theft));
     assert_eq!(get(s, "h1", T0 + MIN).await, None);
 }
@@ -387,31 +475,250 @@ async fn list_and_revoke_user(h: Harness) {
 async fn concurrent_rotates_converge(h: Harness) {
     let s = &h.store;
     create(s, "h1", "u1", T0).await;
+    // Each racer brings a successor of its own, as real requests do.
     let tasks: Vec<_> = (0..100)
-        .map(|_| {
+        .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { s.rotate(rotation("h1", "h1-0", "t1", T0 + MIN)).await })
+            tokio::spawn(async move {
+                let new = format!("t1-{i}");
+                (
+                    new.clone(),
+                    s.rotate(rotation("h1", "h1-0", &new, T0 + MIN)).await,
+                )
+            })
         })
         .collect();
-    let (mut rotated, mut replayed) = (0, 0);
+    let (mut winners, mut blobs) = (Vec::new(), Vec::new());
     for t in tasks {
-        match t.await.unwrap().unwrap() {
-            RotateOutcome::Rotated(_) => rotated += 1,
+        let (new, outcome) = t.await.unwrap();
+        match outcome.unwrap() {
+            RotateOutcome::Rotated(_) => winners.push(new),
             RotateOutcome::Replay {
                 sealed_successor, ..
-            } => {
-                assert_eq!(sealed_successor, b"sealed(t1)");
-                replayed += 1;
-            }
+            } => blobs.push(sealed_successor),
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!((rotated, replayed), (1, 99));
+    assert_eq!((winners.len(), blobs.len()), (1, 99));
+    let winner = &winners[0];
+    let sealed = format!("sealed({winner})").into_bytes();
+    assert!(blobs.iter().all(|b| *b == sealed));
+    expect_rotated(
+        s.rotate(rotation("h1", winner, "t2", T0 + 2 * MIN))
+            .await
+            .unwrap(),
+    );
+}
+
+async fn lost_rotation_rolls_forward(h: Harness) {
+    let s = &h.store;
+    create(s, "h1", "u1", T0).await;
+    let before = h.snapshot("h1").await;
+    // The client gets t1 from this rotation; then the store loses it (an
+    // asynchronous replica promoted, a backup restored).
+    expect_rotated(
+        s.rotate(rotation("h1", "h1-0", "t1", T0 + MIN))
+            .await
+            .unwrap(),
+    );
+    h.restore(before).await;
+    assert_eq!(get(s, "h1", T0 + MIN).await, Some(record("h1", "u1", T0)));
+
+    // t1's parent is current: it rotates as if the lost step had landed.
+    let rolled = match s
+        .rotate(child_rotation("h1", "h1-0", "t1", "t2", T0 + 2 * MIN))
+        .await
+        .unwrap()
+    {
+        RotateOutcome::RolledForward(r) => r,
+        other => panic!("expected RolledForward, got {other:?}"),
+    };
+    assert_eq!(rolled.refresh_exp_ms, T0 + 2 * MIN + REFRESH_TTL);
+    // t1 is now the previous token: its replays converge on t2.
+    let (_, blob) = expect_replay(
+        s.rotate(child_rotation(
+            "h1",
+            "h1-0",
+            "t1",
+            "t2-other",
+            T0 + 2 * MIN + SEC,
+        ))
+        .await
+        .unwrap(),
+    );
+    assert_eq!(blob, b"sealed(t2)");
+    // The chain continues.
+    expect_rotated(
+        s.rotate(child_rotation("h1", "t1", "t2", "t3", T0 + 3 * MIN))
+            .await
+            .unwrap(),
+    );
+    expect_rotated(
+        s.rotate(child_rotation("h1", "t2", "t3", "t4", T0 + 4 * MIN))
+            .await
+            .unwrap(),
+    );
+    // The original token is theft afterwards.
+    assert!(matches!(
+        s.rotate(rotation("h1", "h1-0", "x", T0 + 5 * MIN))
+            .await
+            .unwrap(),
+        RotateOutcome::Theft
+    ));
+    assert_eq!(get(s, "h1", T0 + 5 * MIN).await, None);
+}
+
+async fn successor_of_a_token_never_current_is_theft(h: Harness) {
+    let s = &h.store;
+    // Its parent was never a token of the session.
+    create(s, "h1", "u1", T0).await;
+    assert!(matches!(
+        s.rotate(child_rotation("h1", "stranger", "t1", "t2", T0 + MIN))
+            .await
+            .unwrap(),
+        RotateOutcome::Theft
+    ));
+    assert_eq!(get(s, "h1", T0 + MIN).await, None);
+
+    // Its parent was current once, but no longer: a sibling of the token the
+    // session moved to.
+    create(s, "h2", "u1", T0).await;
+    expect_rotated(
+        s.rotate(rotation("h2", "h2-0", "t1", T0 + MIN))
+            .await
+            .unwrap(),
+    );
+    assert!(matches!(
+        s.rotate(child_rotation(
+            "h2",
+            "h2-0",
+            "t1-sibling",
+            "t2",
+            T0 + MIN + SEC
+        ))
+        .await
+        .unwrap(),
+        RotateOutcome::Theft
+    ));
+    assert_eq!(get(s, "h2", T0 + MIN + SEC).await, None);
+
+    // Two rotations lost: the grandchild's parent is not current either.
+    create(s, "h3", "u1", T0).await;
+    let before = h.snapshot("h3").await;
+    expect_rotated(
+        s.rotate(rotation("h3", "h3-0", "t1", T0 + MIN))
+            .await
+            .unwrap(),
+    );
+    expect_rotated(
+        s.rotate(child_rotation("h3", "h3-0", "t1", "t2", T0 + 2 * MIN))
+            .await
+            .unwrap(),
+    );
+    h.restore(before).await;
+    assert!(matches!(
+        s.rotate(child_rotation("h3", "t1", "t2", "t3", T0 + 3 * MIN))
+            .await
+            .unwrap(),
+        RotateOutcome::Theft
+    ));
+}
+
+async fn resent_rotation_is_answered_alike(h: Harness) {
+    let s = &h.store;
+    create(s, "h1", "u1", T0).await;
+    // Even with replays disabled, the same request sent twice (its first
+    // answer lost) rotates once and answers the same both times.
+    let r = RotateRequest {
+        grace_ms: 0,
+        ..rotation("h1", "h1-0", "t1", T0 + MIN)
+    };
+    let first = expect_rotated(s.rotate(r.clone()).await.unwrap());
+    let again = expect_rotated(s.rotate(r).await.unwrap());
+    assert_eq!(first, again);
     expect_rotated(
         s.rotate(rotation("h1", "t1", "t2", T0 + 2 * MIN))
             .await
             .unwrap(),
     );
+    // Once the successor moved on, the same request is theft as any replay.
+    assert!(matches!(
+        s.rotate(rotation("h1", "h1-0", "t1", T0 + 2 * MIN + SEC))
+            .await
+            .unwrap(),
+        RotateOutcome::Theft
+    ));
+}
+
+async fn revoke_token_classifies(h: Harness) {
+    let s = &h.store;
+    let now = T0 + MIN;
+    // The current token.
+    create(s, "h1", "u1", T0).await;
+    assert_eq!(
+        s.revoke_token(revocation("h1", "h1-0", None, now))
+            .await
+            .unwrap(),
+        RevokeOutcome::Revoked
+    );
+    assert_eq!(get(s, "h1", now).await, None);
+    assert_eq!(
+        s.revoke_token(revocation("h1", "h1-0", None, now))
+            .await
+            .unwrap(),
+        RevokeOutcome::NoSession
+    );
+    // The rotated-away token inside its replay window.
+    create(s, "h2", "u1", T0).await;
+    expect_rotated(s.rotate(rotation("h2", "h2-0", "t1", now)).await.unwrap());
+    assert_eq!(
+        s.revoke_token(revocation("h2", "h2-0", None, now + SEC))
+            .await
+            .unwrap(),
+        RevokeOutcome::Revoked
+    );
+    assert_eq!(get(s, "h2", now).await, None);
+    // Outside it: theft, and the session is gone all the same.
+    create(s, "h3", "u1", T0).await;
+    expect_rotated(s.rotate(rotation("h3", "h3-0", "t1", now)).await.unwrap());
+    assert_eq!(
+        s.revoke_token(revocation("h3", "h3-0", None, now + GRACE))
+            .await
+            .unwrap(),
+        RevokeOutcome::Theft
+    );
+    assert_eq!(get(s, "h3", now + GRACE).await, None);
+    assert!(matches!(
+        s.rotate(child_rotation("h3", "h3-0", "t1", "t2", now + GRACE))
+            .await
+            .unwrap(),
+        RotateOutcome::NoSession
+    ));
+    // A token the session never had.
+    create(s, "h4", "u1", T0).await;
+    assert_eq!(
+        s.revoke_token(revocation("h4", "nope", Some("nope-0"), now))
+            .await
+            .unwrap(),
+        RevokeOutcome::Theft
+    );
+    // The successor whose rotation the store lost.
+    create(s, "h5", "u1", T0).await;
+    assert_eq!(
+        s.revoke_token(revocation("h5", "t1", Some("h5-0"), now))
+            .await
+            .unwrap(),
+        RevokeOutcome::Revoked
+    );
+    // An expired session.
+    create(s, "h6", "u1", T0).await;
+    assert_eq!(
+        s.revoke_token(revocation("h6", "h6-0", None, T0 + REFRESH_TTL))
+            .await
+            .unwrap(),
+        RevokeOutcome::NoSession
+    );
+    assert!(s.list_user("u1", now, MAX_AGE).await.unwrap().is_empty());
 }
 
 async fn ping(h: Harness) {
@@ -452,6 +759,10 @@ suite!(
     revoke,
     list_and_revoke_user,
     concurrent_rotates_converge,
+    lost_rotation_rolls_forward,
+    successor_of_a_token_never_current_is_theft,
+    resent_rotation_is_answered_alike,
+    revoke_token_classifies,
     ping,
 );
 
@@ -615,22 +926,17 @@ async fn redis_paused_times_out_then_recovers() {
     assert!(matches!(err, StoreError::Timeout), "{err:?}");
     server.resume();
     // The timed-out rotation may have run once Redis woke up; either way the
-    // same request now converges on one successor.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match s.rotate(rotation("h1", "h1-0", "t1", T0 + MIN + SEC)).await {
-            Ok(RotateOutcome::Rotated(_)) => break,
-            Ok(RotateOutcome::Replay {
-                sealed_successor, ..
-            }) => {
-                assert_eq!(sealed_successor, b"sealed(t1)");
-                break;
-            }
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(e) if Instant::now() < deadline => eprintln!("after resume: {e}"),
-            Err(e) => panic!("store did not recover: {e}"),
-        }
+    // same request now converges on one successor, on the first try: the
+    // connection that failed during the pause is not handed out again.
+    match s.rotate(rotation("h1", "h1-0", "t1", T0 + MIN + SEC)).await {
+        Ok(RotateOutcome::Rotated(_)) => {}
+        Ok(RotateOutcome::Replay {
+            sealed_successor, ..
+        }) => assert_eq!(sealed_successor, b"sealed(t1)"),
+        other => panic!("first call after the pause: {other:?}"),
     }
+    s.get("h1", T0 + MIN + SEC, MAX_AGE).await.unwrap();
+    s.ping().await.unwrap();
     expect_rotated(
         s.rotate(rotation("h1", "t1", "t2", T0 + 2 * MIN))
             .await
@@ -752,4 +1058,31 @@ async fn redis_sentinel_follows_failover() {
     };
     assert_eq!(rec.refresh_exp_ms, T0 + 2 * MIN + REFRESH_TTL);
     assert!(replica.cli(&["HGET", "t:s:{h1}", "cur"]) == hash("t2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_connection_attempt_during_pause_is_not_handed_out() {
+    let h = redis().await;
+    let server = h.redis.as_ref().unwrap();
+    create(&h.store, "h1", "u1", T0).await;
+    // A second store, as a second worker would have: its first connection
+    // attempt starts while Redis is paused and times out.
+    let s = Store::connect(&redis_config(StoreUrl::Redis(server.url())))
+        .await
+        .unwrap();
+    server.pause();
+    let err = fails_fast(s.get("h1", T0, MAX_AGE)).await;
+    assert!(matches!(err, StoreError::Timeout), "{err:?}");
+    tokio::time::sleep(TIMEOUT * 2).await;
+    server.resume();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The failed attempt is not the answer: the call is sent on a fresh
+    // connection and succeeds on the first try.
+    let started = Instant::now();
+    expect_rotated(
+        s.rotate(rotation("h1", "h1-0", "t1", T0 + MIN))
+            .await
+            .unwrap(),
+    );
+    assert!(started.elapsed() < TIMEOUT);
 }

@@ -15,7 +15,8 @@ use crate::clock::SharedClock;
 use crate::config::{ClientConfig, Config};
 use crate::metrics::Metrics;
 use crate::session::store::{
-    NewSession, RotateOutcome, RotateRequest, SessionRecord, SessionStore, Store, StoreError,
+    NewSession, RevokeOutcome, RevokeRequest, RotateOutcome, RotateRequest, SessionRecord,
+    SessionStore, Store, StoreError,
 };
 use crate::tokens::jwt::{AccessClaims, AccessTokens, VerifyError};
 use crate::tokens::seal::{
@@ -476,6 +477,20 @@ impl Sessions {
         }
     }
 
+    /// The session of the token with this hash is gone: forget the result
+    /// that handed it out and the result it was answered with.
+    fn forget_token(&self, hash: &str) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(older) = recent.by_successor.remove(hash) {
+            recent.by_presented.remove(&older);
+        }
+        if let Some((bundle, _)) = recent.by_presented.remove(hash) {
+            recent
+                .by_successor
+                .remove(&bundle.claims.refresh_token_hash);
+        }
+    }
+
     async fn rotate(
         &self,
         presented: &str,
@@ -485,12 +500,15 @@ impl Sessions {
     ) -> Result<Bundle, RefreshError> {
         let random = RotationRandom::draw();
         let handle = payload.session_handle.clone();
+        // The successor names its parent, so a store that loses this
+        // rotation can still roll it forward (SPEC §2).
         let next = RefreshPayload::with_random(
             payload.session_handle,
             payload.user_uuid,
             payload.client_id,
             &random.payload(),
-        );
+        )
+        .with_parent(presented_hash);
         let next_token = self.sealer.seal_with_nonce(&next, random.seal_nonce());
         let next_hash = token_hash(&next_token);
         let started = std::time::Instant::now();
@@ -499,6 +517,7 @@ impl Sessions {
             .rotate(RotateRequest {
                 handle,
                 presented_hash: presented_hash.to_owned(),
+                parent_hash: payload.parent_hash,
                 new_hash: next_hash.clone(),
                 sealed_successor: seal_successor_with_nonce(
                     presented,
@@ -515,12 +534,13 @@ impl Sessions {
         let outcome = outcome.map_err(|e| RefreshError::from_store(e, &self.metrics))?;
         self.metrics.rotation(match &outcome {
             RotateOutcome::Rotated(_) => "ok",
+            RotateOutcome::RolledForward(_) => "rolled_forward",
             RotateOutcome::Replay { .. } => "replay",
             RotateOutcome::Theft => "theft",
             RotateOutcome::NoSession => "expired",
         });
         match outcome {
-            RotateOutcome::Rotated(session) => {
+            RotateOutcome::Rotated(session) | RotateOutcome::RolledForward(session) => {
                 self.forget_predecessor(presented_hash);
                 let record =
                     session.into_record(&next.session_handle, &next.user_uuid, &next.client_id);
@@ -624,17 +644,40 @@ impl Sessions {
         })
     }
 
-    /// Revokes the session a valid refresh token belongs to.
+    /// Revokes the session a refresh token belongs to. As in the Rails SiS,
+    /// a token the session has rotated away (outside its replay window)
+    /// revokes the session all the same but answers [`RefreshError::Theft`].
     pub async fn revoke(
         &self,
         refresh_token: &str,
         anti_csrf: Option<&str>,
     ) -> Result<Arc<ClientConfig>, RefreshError> {
         let (payload, client) = self.open(refresh_token, anti_csrf)?;
-        if self.store.revoke(&payload.session_handle).await? {
-            Ok(client)
-        } else {
-            Err(RefreshError::NoSession)
+        let presented_hash = token_hash(refresh_token);
+        let outcome = self
+            .store
+            .revoke_token(RevokeRequest {
+                handle: payload.session_handle.clone(),
+                presented_hash: presented_hash.clone(),
+                parent_hash: payload.parent_hash,
+                now_ms: self.clock.now_ms(),
+                grace_ms: self.grace.as_millis() as u64,
+                max_age_ms: self.max_age_ms(),
+            })
+            .await?;
+        // Whatever the outcome, nothing about this token is served from
+        // memory any more.
+        self.forget_token(&presented_hash);
+        match outcome {
+            RevokeOutcome::Revoked => Ok(client),
+            RevokeOutcome::Theft => {
+                tracing::warn!(
+                    session_handle = %payload.session_handle,
+                    "revoke with a rotated-away refresh token; session revoked"
+                );
+                Err(RefreshError::Theft)
+            }
+            RevokeOutcome::NoSession => Err(RefreshError::NoSession),
         }
     }
 

@@ -15,10 +15,12 @@
 //! the tokens it sealed for as long as it stays configured. The additional data binds
 //! the `v1` prefix and the key id.
 //!
-//! The plaintext is `[inner version][field]*5`, each field a LEB128 length followed
-//! by UTF-8 bytes, in the order of [`RefreshPayload`]'s fields. Nothing about it is
-//! trusted before the tag checks out, and the decoder rejects anything but exactly
-//! five well-formed fields.
+//! The plaintext is `[inner version][field]*n`, each field a LEB128 length followed
+//! by UTF-8 bytes, in the order of [`RefreshPayload`]'s fields. Inner version 2
+//! has six fields, the sixth the parent token's hash (empty for a session's first
+//! token); inner version 1, sealed by earlier builds, has the first five and
+//! opens with no parent. Nothing about it is trusted before the tag checks out,
+//! and the decoder rejects anything but exactly the fields of its version.
 //!
 //! Nonces are random, so one sealing key should not seal more than about 2^32
 //! tokens (at 10,000 rotations/s, five days of uninterrupted peak load); rotate
@@ -40,13 +42,15 @@ const OUTER_VERSION: &str = "V0";
 /// Additional data: the outer format version, then the key id.
 const AAD_LABEL: &[u8] = b"v1";
 const KEY_ID_LABEL: &[u8] = b"sis-gateway refresh-token key id v1\0";
-/// The only inner version this gateway accepts.
-const INNER_VERSION: u8 = 1;
+/// The inner version this gateway seals: six fields, the parent hash last.
+const INNER_VERSION: u8 = 2;
+/// The inner version of earlier builds: five fields, no parent hash. Still opened.
+const INNER_VERSION_NO_PARENT: u8 = 1;
 const KEY_ID_LEN: usize = 8;
 const TAG_LEN: usize = 16;
 /// Longer inputs are rejected before any decoding.
 const MAX_TOKEN_LEN: usize = 4096;
-const FIELDS: usize = 5;
+const FIELDS: usize = 6;
 
 const SUCCESSOR_SALT: &[u8] = b"sis-gateway successor salt v1";
 const SUCCESSOR_INFO: &[u8] = b"sis-gateway successor key v1";
@@ -66,6 +70,10 @@ pub struct RefreshPayload {
     pub anti_csrf_token: String,
     /// Random part: two tokens of one session never look alike.
     pub nonce: String,
+    /// [`token_hash`](super::token_hash) of the token this one succeeds;
+    /// `None` for a session's first token (and for tokens of inner version 1).
+    /// Lets a store that lost the rotation to this token roll it forward.
+    pub parent_hash: Option<String>,
 }
 
 impl RefreshPayload {
@@ -97,7 +105,14 @@ impl RefreshPayload {
             client_id: client_id.into(),
             anti_csrf_token: hex(anti_csrf),
             nonce: hex(nonce),
+            parent_hash: None,
         }
+    }
+
+    /// The same payload, naming the token it succeeds by its hash.
+    pub fn with_parent(mut self, parent_hash: impl Into<String>) -> Self {
+        self.parent_hash = Some(parent_hash.into());
+        self
     }
 }
 
@@ -109,6 +124,7 @@ impl fmt::Debug for RefreshPayload {
             .field("client_id", &self.client_id)
             .field("anti_csrf_token", &"[redacted]")
             .field("nonce", &"[redacted]")
+            .field("parent_hash", &self.parent_hash)
             .finish()
     }
 }
@@ -208,13 +224,21 @@ impl Sealer {
 
     fn seal_inner(&self, p: &RefreshPayload, version: u8, nonce: [u8; NONCE_LEN]) -> String {
         let k = &self.keys[0];
-        let fields = [
+        let parent = p.parent_hash.as_deref().unwrap_or("");
+        let all: [&str; FIELDS] = [
             &p.session_handle,
             &p.user_uuid,
             &p.client_id,
             &p.anti_csrf_token,
             &p.nonce,
+            parent,
         ];
+        // Version 1 (tests only) has no parent field.
+        let fields = if version == INNER_VERSION_NO_PARENT {
+            &all[..FIELDS - 1]
+        } else {
+            &all[..]
+        };
         let body_len: usize = fields.iter().map(|f| f.len() + 5).sum();
         let mut buf = Vec::with_capacity(KEY_ID_LEN + NONCE_LEN + 1 + body_len + TAG_LEN);
         buf.extend_from_slice(&k.id);
@@ -375,23 +399,26 @@ fn take_field(input: &mut &[u8]) -> Option<String> {
 
 fn decode_payload(plain: &[u8]) -> Result<RefreshPayload, OpenError> {
     let (&version, mut rest) = plain.split_first().ok_or(OpenError::Undecryptable)?;
-    if version != INNER_VERSION {
-        return Err(OpenError::Version);
-    }
+    let count = match version {
+        INNER_VERSION => FIELDS,
+        INNER_VERSION_NO_PARENT => FIELDS - 1,
+        _ => return Err(OpenError::Version),
+    };
     let mut fields: [String; FIELDS] = Default::default();
-    for f in &mut fields {
+    for f in &mut fields[..count] {
         *f = take_field(&mut rest).ok_or(OpenError::Undecryptable)?;
     }
     if !rest.is_empty() {
         return Err(OpenError::Undecryptable);
     }
-    let [session_handle, user_uuid, client_id, anti_csrf_token, nonce] = fields;
+    let [session_handle, user_uuid, client_id, anti_csrf_token, nonce, parent] = fields;
     Ok(RefreshPayload {
         session_handle,
         user_uuid,
         client_id,
         anti_csrf_token,
         nonce,
+        parent_hash: (!parent.is_empty()).then_some(parent),
     })
 }
 
@@ -618,9 +645,29 @@ mod tests {
     }
 
     #[test]
+    fn parent_hash_round_trips() {
+        let s = Sealer::ephemeral();
+        let p = payload().with_parent(super::super::token_hash("v1:parent"));
+        let t = s.seal(&p);
+        assert!(t.len() < 400, "token is {} bytes", t.len());
+        assert_eq!(s.open(&t), Ok(p.clone()));
+        // A first token carries no parent.
+        assert_eq!(s.open(&s.seal(&payload())).unwrap().parent_hash, None);
+    }
+
+    #[test]
+    fn five_field_tokens_keep_opening() {
+        // Sealed by an earlier build: inner version 1, five fields.
+        let s = Sealer::ephemeral();
+        let p = payload();
+        let t = s.seal_with_version(&p.clone().with_parent("ignored"), 1);
+        assert_eq!(s.open(&t), Ok(p));
+    }
+
+    #[test]
     fn foreign_inner_version() {
         let s = Sealer::ephemeral();
-        let t = s.seal_with_version(&payload(), 2);
+        let t = s.seal_with_version(&payload(), 3);
         assert_eq!(s.open(&t), Err(OpenError::Version));
         let t = s.seal_with_version(&payload(), 0);
         assert_eq!(s.open(&t), Err(OpenError::Version));
@@ -685,6 +732,9 @@ mod tests {
             vec![1, 0, 0, 0, 0, 1, 0xff],
             vec![1, 0x80, 0x00, 0, 0, 0, 0],
             vec![1, 0xff, 0xff, 0xff, 0xff, 0x0f],
+            vec![2, 0, 0, 0, 0, 0],
+            vec![2, 0, 0, 0, 0, 0, 0, 0],
+            vec![2, 0, 0, 0, 0, 0, 2, b'a'],
         ];
         for plain in cases {
             let mut buf = k.id.to_vec();

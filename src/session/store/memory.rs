@@ -7,14 +7,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use super::{NewSession, RotateOutcome, RotateRequest, SessionRecord, SessionStore, StoreError};
+use super::{
+    NewSession, RevokeOutcome, RevokeRequest, RotateOutcome, RotateRequest, SessionRecord,
+    SessionStore, StoreError,
+};
 
 /// How often the sweeper drops expired sessions.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One stored session: the record plus the token state of SPEC §2.
 #[derive(Debug, Clone)]
-struct Entry {
+pub(super) struct Entry {
     record: SessionRecord,
     cur: String,
     prev: Option<String>,
@@ -117,7 +120,35 @@ impl MemoryStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// A copy of one session as it is now, for tests that make the store
+    /// lose writes (as a promoted asynchronous replica or a restored backup
+    /// does): take a snapshot, rotate, then [`restore`](Self::restore) it.
+    #[doc(hidden)]
+    pub fn snapshot(&self, handle: &str) -> Option<MemorySnapshot> {
+        let inner = self.shared.lock();
+        inner
+            .sessions
+            .get(handle)
+            .map(|e| MemorySnapshot(handle.to_owned(), e.clone()))
+    }
+
+    /// Puts a session back as it was at [`snapshot`](Self::snapshot).
+    #[doc(hidden)]
+    pub fn restore(&self, snapshot: MemorySnapshot) {
+        let MemorySnapshot(handle, entry) = snapshot;
+        let mut inner = self.shared.lock();
+        inner.remove(&handle);
+        let user = entry.record.user_uuid.clone();
+        inner.sessions.insert(handle.clone(), entry);
+        inner.users.entry(user).or_default().insert(handle);
+    }
 }
+
+/// One session as [`MemoryStore::snapshot`] saw it.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct MemorySnapshot(String, Entry);
 
 async fn sweeper(shared: Weak<Shared>) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -132,6 +163,11 @@ async fn sweeper(shared: Weak<Shared>) {
     }
 }
 
+/// Whether a presented token's sealed parent hash names `cur`.
+fn is_parent(parent_hash: Option<&str>, cur: &str) -> bool {
+    parent_hash.is_some_and(|p| !p.is_empty() && p == cur)
+}
+
 /// The rotation rules applied to one entry; the flag says the session must
 /// be deleted. `rotate.lua` is the same logic for Redis.
 fn rotate_entry(entry: &mut Entry, r: &RotateRequest) -> (RotateOutcome, bool) {
@@ -140,17 +176,28 @@ fn rotate_entry(entry: &mut Entry, r: &RotateRequest) -> (RotateOutcome, bool) {
     if r.now_ms >= rec.refresh_exp_ms || r.now_ms >= max_exp {
         return (RotateOutcome::NoSession, true);
     }
-    if r.presented_hash == entry.cur {
-        entry.prev = Some(std::mem::replace(&mut entry.cur, r.new_hash.clone()));
+    let current = r.presented_hash == entry.cur;
+    if current || is_parent(r.parent_hash.as_deref(), &entry.cur) {
+        // Current, or the successor of current whose rotation the store
+        // lost: either way the presented token is the one rotated away.
+        entry.prev = Some(r.presented_hash.clone());
+        entry.cur = r.new_hash.clone();
         entry.prev_until_ms = r.now_ms.saturating_add(r.grace_ms);
         entry.succ = r.sealed_successor.clone();
         entry.record.refresh_exp_ms = r.now_ms.saturating_add(r.refresh_ttl_ms).min(max_exp);
+        let session = (&entry.record).into();
+        return if current {
+            (RotateOutcome::Rotated(session), false)
+        } else {
+            (RotateOutcome::RolledForward(session), false)
+        };
+    }
+    let is_prev = entry.prev.as_deref() == Some(r.presented_hash.as_str());
+    if is_prev && entry.cur == r.new_hash {
+        // This very request, applied before and sent again.
         return (RotateOutcome::Rotated((&entry.record).into()), false);
     }
-    if entry.prev.as_deref() == Some(r.presented_hash.as_str())
-        && r.grace_ms > 0
-        && r.now_ms < entry.prev_until_ms
-    {
+    if is_prev && r.grace_ms > 0 && r.now_ms < entry.prev_until_ms {
         return (
             RotateOutcome::Replay {
                 session: (&entry.record).into(),
@@ -160,6 +207,25 @@ fn rotate_entry(entry: &mut Entry, r: &RotateRequest) -> (RotateOutcome, bool) {
         );
     }
     (RotateOutcome::Theft, true)
+}
+
+/// The revoke rules applied to one entry (`revoke.lua` for Redis); the
+/// session is deleted whatever the outcome.
+fn revoke_entry(entry: &Entry, r: &RevokeRequest) -> RevokeOutcome {
+    let rec = &entry.record;
+    if !rec.is_live(r.now_ms, r.max_age_ms) {
+        return RevokeOutcome::NoSession;
+    }
+    let good = r.presented_hash == entry.cur
+        || is_parent(r.parent_hash.as_deref(), &entry.cur)
+        || (entry.prev.as_deref() == Some(r.presented_hash.as_str())
+            && r.grace_ms > 0
+            && r.now_ms < entry.prev_until_ms);
+    if good {
+        RevokeOutcome::Revoked
+    } else {
+        RevokeOutcome::Theft
+    }
 }
 
 impl SessionStore for MemoryStore {
@@ -214,6 +280,15 @@ impl SessionStore for MemoryStore {
 
     async fn revoke(&self, handle: &str) -> Result<bool, StoreError> {
         Ok(self.shared.lock().remove(handle).is_some())
+    }
+
+    async fn revoke_token(&self, r: RevokeRequest) -> Result<RevokeOutcome, StoreError> {
+        self.shared.saw(r.now_ms);
+        let mut inner = self.shared.lock();
+        Ok(match inner.remove(&r.handle) {
+            Some(entry) => revoke_entry(&entry, &r),
+            None => RevokeOutcome::NoSession,
+        })
     }
 
     async fn list_user(
@@ -297,6 +372,7 @@ mod tests {
         let r = RotateRequest {
             handle: "a".into(),
             presented_hash: "nope".into(),
+            parent_hash: Some("nope either".into()),
             new_hash: "h1".into(),
             sealed_successor: vec![1],
             now_ms: 1_100,

@@ -15,10 +15,24 @@
 //!   `now + grace`, with `sealed_successor` kept for the replays), `new_hash`
 //!   becomes current, `refresh_exp = min(now + refresh_ttl, created_at + max_age)`
 //!   → [`RotateOutcome::Rotated`];
+//! - the presented token's sealed parent hash is the current one: the store
+//!   lost the rotation that minted the presented token (an asynchronous replica
+//!   promoted, a backup restored); it rotates as if that step had landed, the
+//!   presented hash becoming `prev` exactly as above →
+//!   [`RotateOutcome::RolledForward`];
+//! - presented hash is `prev` and `new_hash` is already current: this very
+//!   request was applied before and is being sent again after its answer was
+//!   lost → [`RotateOutcome::Rotated`] again, nothing changes;
 //! - presented hash is `prev`, `grace > 0` and `now < prev_until` →
 //!   [`RotateOutcome::Replay`] with the blob stored by the first rotation
 //!   (nothing changes);
 //! - anything else → the session is deleted, [`RotateOutcome::Theft`].
+//!
+//! Revoking with a token ([`SessionStore::revoke_token`]) classifies it the
+//! same way and deletes the session whatever the answer: current, the lost
+//! successor of current, or `prev` inside its replay window →
+//! [`RevokeOutcome::Revoked`]; any other token of a live session →
+//! [`RevokeOutcome::Theft`].
 //!
 //! Backends: [`MemoryStore`] (one process, tests and development) and
 //! [`RedisStore`] (single node, cluster or Sentinel), both behind [`Store`].
@@ -28,7 +42,7 @@ mod redis;
 
 use std::future::Future;
 
-pub use self::memory::MemoryStore;
+pub use self::memory::{MemorySnapshot, MemoryStore};
 pub use self::redis::RedisStore;
 
 use crate::config::{StoreConfig, StoreUrl};
@@ -71,6 +85,8 @@ pub struct NewSession {
 pub struct RotateRequest {
     pub handle: String,
     pub presented_hash: String,
+    /// The parent hash sealed in the presented token, when it has one.
+    pub parent_hash: Option<String>,
     pub new_hash: String,
     /// The successor token sealed under a key derived from the presented one;
     /// handed back unchanged to replays of the presented token.
@@ -124,6 +140,10 @@ pub enum RotateOutcome {
     /// The presented hash was current; `new_hash` is now current and the
     /// session carries the new `refresh_exp_ms`.
     Rotated(RotatedSession),
+    /// The presented token's parent was current: the rotation that minted it
+    /// had been lost by the store and is now applied, together with this one.
+    /// The caller proceeds as for [`RotateOutcome::Rotated`].
+    RolledForward(RotatedSession),
     /// The presented hash was the previous one, inside its replay window, and
     /// its successor is still current: the blob stored at the first rotation.
     Replay {
@@ -132,6 +152,31 @@ pub enum RotateOutcome {
     },
     /// The session existed but the presented hash is neither current nor a
     /// valid replay: the session has been deleted.
+    Theft,
+    /// Missing, past its refresh expiry or past its absolute lifetime.
+    NoSession,
+}
+
+/// A revoke with a refresh token: which token it was.
+#[derive(Clone, Debug)]
+pub struct RevokeRequest {
+    pub handle: String,
+    pub presented_hash: String,
+    /// The parent hash sealed in the presented token, when it has one.
+    pub parent_hash: Option<String>,
+    pub now_ms: u64,
+    /// Replay window of the rotated-away token; 0 disables replays.
+    pub grace_ms: u64,
+    pub max_age_ms: u64,
+}
+
+/// What a revoke with a token found. The session is deleted in every case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    /// The token was current (or the lost successor of current, or inside
+    /// its replay window).
+    Revoked,
+    /// The token was one the session had rotated away.
     Theft,
     /// Missing, past its refresh expiry or past its absolute lifetime.
     NoSession,
@@ -169,6 +214,13 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Deletes a session; `true` when there was one.
     fn revoke(&self, handle: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes a session and says, in the same atomic step, whether the
+    /// presented token was still good (module docs).
+    fn revoke_token(
+        &self,
+        r: RevokeRequest,
+    ) -> impl Future<Output = Result<RevokeOutcome, StoreError>> + Send;
 
     /// The live sessions of a user, oldest first.
     fn list_user(
@@ -253,6 +305,10 @@ impl SessionStore for Store {
 
     async fn revoke(&self, handle: &str) -> Result<bool, StoreError> {
         delegate!(self, st => st.revoke(handle))
+    }
+
+    async fn revoke_token(&self, r: RevokeRequest) -> Result<RevokeOutcome, StoreError> {
+        delegate!(self, st => st.revoke_token(r))
     }
 
     async fn list_user(

@@ -22,7 +22,6 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use ::redis::{
     Client, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, ProtocolVersion, RedisConnectionInfo,
     RedisError, RedisFuture, RedisResult, Script, ServerErrorKind, Value,
@@ -31,13 +30,14 @@ use futures_util::future::join_all;
 
 use super::memory::sort_records;
 use super::{
-    NewSession, RotateOutcome, RotateRequest, RotatedSession, SessionRecord, SessionStore,
-    StoreError,
+    NewSession, RevokeOutcome, RevokeRequest, RotateOutcome, RotateRequest, RotatedSession,
+    SessionRecord, SessionStore, StoreError,
 };
 use crate::config::StoreConfig;
 
 const ROTATE_LUA: &str = include_str!("rotate.lua");
 const INDEX_ADD_LUA: &str = include_str!("index_add.lua");
+const REVOKE_LUA: &str = include_str!("revoke.lua");
 
 /// Record fields, in the order `get` reads them.
 const RECORD_FIELDS: [&str; 5] = ["user", "client", "attrs", "created", "exp"];
@@ -54,6 +54,7 @@ struct Inner {
     timeout: Duration,
     rotate: Script,
     index_add: Script,
+    revoke: Script,
 }
 
 enum Backend {
@@ -67,10 +68,7 @@ enum Backend {
     },
     /// The master is asked of the sentinels on first use, and again after
     /// an error that suggests it moved (connection lost, timeout, READONLY).
-    Sentinel {
-        sentinel: Box<tokio::sync::Mutex<SentinelClient>>,
-        master: std::sync::Mutex<Option<ConnectionManager>>,
-    },
+    Sentinel(Box<Sentinel>),
 }
 
 impl fmt::Debug for RedisStore {
@@ -81,7 +79,7 @@ impl fmt::Debug for RedisStore {
                 &match self.inner.backend {
                     Backend::Single(_) => "single",
                     Backend::Cluster { .. } => "cluster",
-                    Backend::Sentinel { .. } => "sentinel",
+                    Backend::Sentinel(_) => "sentinel",
                 },
             )
             .field("prefix", &self.inner.prefix)
@@ -124,6 +122,65 @@ impl Single {
         let m = lazy_manager(self.client.clone(), self.timeout)?;
         local.push((id, m.clone()));
         Ok(m)
+    }
+}
+
+/// The sentinels of one master, and the master they last named.
+struct Sentinel {
+    sentinels: Vec<Client>,
+    name: String,
+    /// Held by the one caller that asks the sentinels.
+    lookup: tokio::sync::Mutex<()>,
+    master: std::sync::Mutex<Option<ConnectionManager>>,
+}
+
+impl Sentinel {
+    /// Asks the sentinels in turn for the master's address, as the Sentinel
+    /// client protocol has it: `SENTINEL GET-MASTER-ADDR-BY-NAME`, then `ROLE`
+    /// on the named node, which must answer that it is a master. That address
+    /// is the promoted replica's as soon as a failover promotes it, while
+    /// `SENTINEL MASTERS` keeps naming the old master until the failover has
+    /// reconfigured every replica.
+    async fn find_master(&self) -> RedisResult<Client> {
+        let mut last = None;
+        for sentinel in &self.sentinels {
+            match self.master_named_by(sentinel).await {
+                Ok(client) => return Ok(client),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one sentinel"))
+    }
+
+    async fn master_named_by(&self, sentinel: &Client) -> RedisResult<Client> {
+        let mut conn = sentinel.get_multiplexed_async_connection().await?;
+        let addr: Option<(String, u16)> = ::redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(&self.name)
+            .query_async(&mut conn)
+            .await?;
+        let not_master = || {
+            RedisError::from((
+                ErrorKind::MasterNameNotFoundBySentinel,
+                "no master of that name found through the sentinels",
+            ))
+        };
+        let (host, port) = addr.ok_or_else(not_master)?;
+        let info = (host, port).into_connection_info()?;
+        let settings = RedisConnectionInfo::default().set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(settings))?;
+        let mut node = client.get_multiplexed_async_connection().await?;
+        let role: Vec<Value> = ::redis::cmd("ROLE").query_async(&mut node).await?;
+        let is_master = match role.first() {
+            Some(Value::BulkString(b)) => b == b"master",
+            Some(Value::SimpleString(s)) => s == "master",
+            _ => false,
+        };
+        if is_master {
+            Ok(client)
+        } else {
+            Err(not_master())
+        }
     }
 }
 
@@ -212,21 +269,23 @@ impl RedisStore {
         master: &str,
         cfg: &StoreConfig,
     ) -> Result<RedisStore, StoreError> {
-        let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(
-            RedisConnectionInfo::default().set_protocol(ProtocolVersion::RESP3),
-        );
-        let client = SentinelClient::build(
-            sentinels.to_vec(),
-            master,
-            Some(node),
-            SentinelServerType::Master,
-        )
-        .map_err(config_error)?;
+        let sentinels = sentinels
+            .iter()
+            .map(|url| Client::open(url.as_str()))
+            .collect::<RedisResult<Vec<Client>>>()
+            .map_err(config_error)?;
+        if sentinels.is_empty() {
+            return Err(StoreError::Unavailable(
+                "invalid redis configuration: no sentinels".into(),
+            ));
+        }
         Ok(Self::with_backend(
-            Backend::Sentinel {
-                sentinel: Box::new(tokio::sync::Mutex::new(client)),
+            Backend::Sentinel(Box::new(Sentinel {
+                sentinels,
+                name: master.to_owned(),
+                lookup: tokio::sync::Mutex::new(()),
                 master: std::sync::Mutex::new(None),
-            },
+            })),
             cfg,
         ))
     }
@@ -261,6 +320,7 @@ impl RedisStore {
                 timeout: cfg.timeout,
                 rotate: Script::new(ROTATE_LUA),
                 index_add: Script::new(INDEX_ADD_LUA),
+                revoke: Script::new(REVOKE_LUA),
             }),
         }
     }
@@ -282,18 +342,18 @@ impl RedisStore {
                 .get_or_try_init(|| client.get_async_connection())
                 .await
                 .map(|c| Conn::Cluster(c.clone())),
-            Backend::Sentinel { sentinel, master } => {
-                if let Some(m) = lock(master).clone() {
+            Backend::Sentinel(sentinel) => {
+                if let Some(m) = lock(&sentinel.master).clone() {
                     return Ok(Conn::Single(m));
                 }
                 // One lookup at a time; the others then find its result.
-                let mut sentinel = sentinel.lock().await;
-                if let Some(m) = lock(master).clone() {
+                let _lookup = sentinel.lookup.lock().await;
+                if let Some(m) = lock(&sentinel.master).clone() {
                     return Ok(Conn::Single(m));
                 }
-                let client = sentinel.async_get_client().await?;
+                let client = sentinel.find_master().await?;
                 let m = lazy_manager(client, self.inner.timeout)?;
-                *lock(master) = Some(m.clone());
+                *lock(&sentinel.master) = Some(m.clone());
                 Ok(Conn::Single(m))
             }
         }
@@ -301,10 +361,12 @@ impl RedisStore {
 
     /// After an error that may mean the master moved (or none at all: an
     /// outer timeout), forget it so the next operation asks the sentinels.
-    fn forget_master(&self, e: Option<&RedisError>) {
-        let Backend::Sentinel { master, .. } = &self.inner.backend else {
-            return;
+    /// Returns whether it did.
+    fn forget_master(&self, e: Option<&RedisError>) -> bool {
+        let Backend::Sentinel(sentinel) = &self.inner.backend else {
+            return false;
         };
+        let master = &sentinel.master;
         let moved = e.is_none_or(|e| {
             e.is_io_error()
                 || e.is_timeout()
@@ -317,11 +379,34 @@ impl RedisStore {
         if moved {
             lock(master).take();
         }
+        moved
     }
 
-    /// Runs `op` on a connection within `store.timeout`. A refused connection
-    /// means nothing was sent, so `op` is tried once more on a fresh one: the
-    /// first request after Redis comes back then succeeds.
+    /// Runs `op` on a connection within `store.timeout`. When the connection
+    /// turns out dead (SPEC §7), `op` is sent once more on a fresh one, so the
+    /// first call after Redis comes back from a restart, a pause or a failover
+    /// succeeds instead of failing with the old connection's error.
+    ///
+    /// A dead connection is one that was refused, closed or reset, whose last
+    /// connection attempt failed or timed out (the connection manager hands
+    /// that failure to the next caller at once, before sending anything and
+    /// while it starts a fresh attempt), or, behind Sentinel, a master that
+    /// answers READONLY (a demoted node executes no write). Only one re-send:
+    /// while Redis is down every call fails fast rather than spinning.
+    ///
+    /// Not every such error proves the command was never sent: a connection
+    /// reset may come after the command went out and ran. Every operation is
+    /// therefore safe to send twice. Writes of `create` and deletes are
+    /// idempotent (a re-sent revoke of a session that the first send deleted
+    /// answers "no session"). A rotation is keyed by its `new_hash`, random
+    /// per request: if the first send ran, the session now has `new_hash` as
+    /// current and the presented hash as previous, and `rotate.lua` answers
+    /// the re-send exactly as it answered the first, changing nothing; if it
+    /// did not run, the re-send is the first. The re-sent rotation cannot
+    /// mint a second successor nor, by itself, be taken for theft; it meets
+    /// theft only if, in the milliseconds between the two sends, another
+    /// holder of the presented token replayed it and already rotated the
+    /// successor it got, which the client's own retry would meet as well.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
         F: Fn(Conn) -> Fut,
@@ -334,11 +419,15 @@ impl RedisStore {
                     Ok(conn) => op(conn).await,
                     Err(e) => Err(e),
                 };
-                if let Err(e) = &result {
-                    self.forget_master(Some(e));
-                }
+                let moved = match &result {
+                    Err(e) => self.forget_master(Some(e)),
+                    Ok(_) => false,
+                };
                 match result {
-                    Err(e) if e.is_connection_refusal() && !retried => retried = true,
+                    Err(e) if !retried && (moved || dead_connection(&e)) => {
+                        tracing::debug!(error = %e, "store connection dead; sending again");
+                        retried = true;
+                    }
                     other => return other,
                 }
             }
@@ -374,6 +463,13 @@ impl RedisStore {
     }
 }
 
+/// The error of a connection that is dead (see [`RedisStore::run`]): any
+/// I/O failure, refusals, resets, closed connections and failed connection
+/// attempts included.
+fn dead_connection(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
 /// A connection manager that connects on first use. No retry loop inside
 /// it: an operation while Redis is down fails at once and the next one tries
 /// a fresh connection, instead of every caller waiting out a backoff.
@@ -383,6 +479,18 @@ fn lazy_manager(client: Client, timeout: Duration) -> RedisResult<ConnectionMana
         .set_response_timeout(Some(timeout))
         .set_number_of_retries(0);
     ConnectionManager::new_lazy_with_config(client, config)
+}
+
+/// Runs an `EVALSHA` of `script`, loading the script first when the node
+/// does not have it yet (or flushed it).
+async fn eval_sha(mut c: Conn, call: &Cmd, script: &Script) -> RedisResult<Vec<Vec<u8>>> {
+    match call.query_async(&mut c).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(&mut c).await?;
+            call.query_async(&mut c).await
+        }
+        other => other,
+    }
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -519,9 +627,14 @@ impl SessionStore for RedisStore {
         // buffer sized for all of them.
         let key = self.session_key(&r.handle);
         // The name, the script's hash and the numbers fit in the 128.
-        let size =
-            128 + key.len() + r.presented_hash.len() + r.new_hash.len() + r.sealed_successor.len();
-        let mut call = ::redis::Cmd::with_capacity(11, size);
+        let parent = r.parent_hash.as_deref().unwrap_or("");
+        let size = 128
+            + key.len()
+            + r.presented_hash.len()
+            + r.new_hash.len()
+            + r.sealed_successor.len()
+            + parent.len();
+        let mut call = ::redis::Cmd::with_capacity(12, size);
         call.arg("EVALSHA")
             .arg(self.inner.rotate.get_hash())
             .arg(1)
@@ -532,22 +645,9 @@ impl SessionStore for RedisStore {
             .arg(r.now_ms)
             .arg(r.grace_ms)
             .arg(r.refresh_ttl_ms)
-            .arg(r.max_age_ms);
-        let reply: Vec<Vec<u8>> = self
-            .run(|mut c| {
-                let call = &call;
-                async move {
-                    match call.query_async(&mut c).await {
-                        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                            // Not loaded on this node yet (or flushed): load, then run.
-                            self.inner.rotate.load_async(&mut c).await?;
-                            call.query_async(&mut c).await
-                        }
-                        other => other,
-                    }
-                }
-            })
-            .await?;
+            .arg(r.max_age_ms)
+            .arg(parent);
+        let reply: Vec<Vec<u8>> = self.run(|c| eval_sha(c, &call, &self.inner.rotate)).await?;
         let mut reply = reply.into_iter();
         let tag = reply.next().unwrap_or_default();
         match tag.as_slice() {
@@ -563,6 +663,7 @@ impl SessionStore for RedisStore {
                 })
             }
             b"rotated" => Ok(RotateOutcome::Rotated(rotated(reply)?)),
+            b"rolled" => Ok(RotateOutcome::RolledForward(rotated(reply)?)),
             b"replay" => {
                 let mut rest: Vec<Vec<u8>> = reply.collect();
                 let sealed_successor = rest.pop().ok_or_else(|| corrupt("replay lacks succ"))?;
@@ -609,6 +710,33 @@ impl SessionStore for RedisStore {
             self.unindex(&user, handle).await;
         }
         Ok(deleted > 0)
+    }
+
+    async fn revoke_token(&self, r: RevokeRequest) -> Result<RevokeOutcome, StoreError> {
+        let mut call = ::redis::cmd("EVALSHA");
+        call.arg(self.inner.revoke.get_hash())
+            .arg(1)
+            .arg(self.session_key(&r.handle))
+            .arg(&r.presented_hash)
+            .arg(r.parent_hash.as_deref().unwrap_or(""))
+            .arg(r.now_ms)
+            .arg(r.grace_ms)
+            .arg(r.max_age_ms);
+        let reply: Vec<Vec<u8>> = self.run(|c| eval_sha(c, &call, &self.inner.revoke)).await?;
+        let mut reply = reply.into_iter();
+        let tag = reply.next().unwrap_or_default();
+        if let Some(user) = reply.next().filter(|u| !u.is_empty()) {
+            self.unindex(&text(user, "user")?, &r.handle).await;
+        }
+        match tag.as_slice() {
+            b"missing" | b"expired" => Ok(RevokeOutcome::NoSession),
+            b"revoked" => Ok(RevokeOutcome::Revoked),
+            b"theft" => Ok(RevokeOutcome::Theft),
+            other => Err(corrupt(format_args!(
+                "unexpected revoke reply {:?}",
+                String::from_utf8_lossy(other)
+            ))),
+        }
     }
 
     async fn list_user(
