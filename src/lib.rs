@@ -9,6 +9,7 @@
 //! - [`session`]: sessions, the rotation rules and the store trait, with memory and Redis backends.
 //! - [`sign_in`]: the SiS endpoints (refresh, revoke, logout, certs), their errors, cookies and CORS.
 //! - [`auth`]: route auth modes and single-flight inline refresh on pass-through routes.
+//! - [`target`]: the request target settled before dispatch: normalized path, one authority (SPEC §5a).
 //! - [`proxy`]: route table, the pooled HTTP/1.1 upstream client, header operations, upgrades.
 //! - [`server`]: listeners, TLS, connection limits, the HTTP/1.1 connection loop ([`server::h1`];
 //!   HTTP/2 and the admin listener are hyper's), request dispatch, access log, graceful shutdown.
@@ -41,6 +42,7 @@ pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod sign_in;
+pub mod target;
 pub(crate) mod timer;
 pub mod tokens;
 pub(crate) mod wire;

@@ -376,11 +376,7 @@ fn encode_request_head(
         field(dst, b"host", host.as_bytes());
     }
     for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::HOST
-            || name == X_REQUEST_ID
-        {
+        if super::policy::written_by_gateway(name) {
             continue;
         }
         field(dst, name.as_str().as_bytes(), value.as_bytes());
