@@ -258,6 +258,15 @@ async fn one_authority_per_request() {
     .await;
     s.refused("OPTIONS", "*", "", 400, "Invalid request target")
         .await;
+
+    // HTTP/1.0 without Host on a `preserve_host` route: the upstream still
+    // gets one Host, its own.
+    s.upstream.clear();
+    let res = raw(s.gw.addr, b"GET /x HTTP/1.0\r\n\r\n").await;
+    assert_eq!(res.status, 200, "{res:?}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let got = s.upstream.only_request();
+    assert_eq!(got.all("host"), [s.upstream.addr.to_string().as_str()]);
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@ mod error;
 pub mod headers;
 pub mod policy;
 pub mod pool;
+mod probe;
 mod tunnel;
 pub mod upstream;
 
@@ -41,6 +42,8 @@ pub use self::error::ProxyError;
 use self::headers::{Forwarded, ForwardedFor};
 use self::policy::RequestPolicy;
 use self::pool::{Connector, SendError};
+#[doc(hidden)]
+pub use self::probe::{Outcome, Probe};
 pub use self::tunnel::{ClientUpgrade, Tunnels};
 use self::upstream::{UpstreamSet, UpstreamTarget};
 
@@ -402,17 +405,14 @@ impl Proxy {
             client_host,
             forwarded,
         } = out;
-        let preserve_host = route.config.preserve_host;
         let mut body = ForwardBody::new(body, route.config.max_body);
         let mut last = None;
         for target in route.upstreams.candidates() {
             let added = pool::Added {
                 target: (target, &path),
-                host: if preserve_host {
-                    client_host.as_ref()
-                } else {
-                    Some(&target.host)
-                },
+                // (An HTTP/1.0 client may send no `Host`: the upstream's
+                // is sent then.)
+                host: client_host.as_ref().unwrap_or(&target.host),
                 request_id: ctx.request_id.as_bytes(),
                 forwarded: &forwarded,
             };
