@@ -10,7 +10,8 @@
 //! - [`sign_in`]: the SiS endpoints (refresh, revoke, logout, certs), their errors, cookies and CORS.
 //! - [`auth`]: route auth modes and single-flight inline refresh on pass-through routes.
 //! - [`target`]: the request target settled before dispatch: normalized path, one authority (SPEC §5a).
-//! - [`proxy`]: route table, the pooled HTTP/1.1 upstream client, header operations, upgrades.
+//! - [`proxy`]: route table, the pooled HTTP/1.1 upstream client, header operations and the one
+//!   request header policy (`proxy::policy`), upgrades.
 //! - [`server`]: listeners, TLS, connection limits, the HTTP/1.1 connection loop ([`server::h1`];
 //!   HTTP/2 and the admin listener are hyper's), request dispatch, access log, graceful shutdown.
 //! - `wire`: HTTP/1 body decoding and buffer-less socket reads, shared by both sides.
