@@ -116,10 +116,15 @@ pub fn admit<B>(req: &mut Request<B>, rules: PathRules) -> Result<(), TargetErro
         // Asterisk-form, or nothing a route could match.
         return Err(TargetError::Form);
     }
-    let Cow::Owned(normal) = normalize_path(path, rules)? else {
+    let normal = normalize_path(path, rules)?;
+    // `http://h?q` has an empty path: its request line upstream needs `/`.
+    let origin_form = uri
+        .path_and_query()
+        .is_none_or(|pq| pq.as_str().starts_with('/'));
+    if origin_form && matches!(normal, Cow::Borrowed(_)) {
         return Ok(());
-    };
-    let mut pq = normal;
+    }
+    let mut pq = normal.into_owned();
     if let Some(query) = uri.query() {
         pq.push('?');
         pq.push_str(query);
@@ -407,6 +412,9 @@ mod tests {
         assert_eq!(r.uri().path(), "/y");
         assert_eq!(r.uri().query(), Some("q=.."));
         assert_eq!(r.uri().authority().unwrap().as_str(), "www.example");
+        let mut r = req("GET", "http://www.example?q", &["h"]);
+        admit(&mut r, PathRules::default()).unwrap();
+        assert_eq!(r.uri().path_and_query().unwrap(), "/?q");
     }
 
     #[test]

@@ -227,6 +227,10 @@ async fn one_authority_per_request() {
     assert_eq!(got.all("host"), ["www.example"]);
     assert_eq!(got.all("x-forwarded-host"), ["www.example"]);
     assert!(!s.upstream.received().contains("admin.example"));
+    // An absolute-form target with an empty path goes upstream as `/`.
+    let res = s.send("GET", "http://www.example?q=..", "", "").await;
+    assert_eq!(res.status, 200, "{res:?}");
+    assert_eq!(s.upstream.only_request().line, "GET /?q=.. HTTP/1.1");
 
     // And the other way round: the target's authority picks the required
     // route, whatever Host says.
