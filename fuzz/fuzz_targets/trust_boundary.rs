@@ -72,7 +72,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(f.value, b"0");
         }
         if name == "upgrade" {
-            assert!(f.value.eq_ignore_ascii_case(b"websocket"), "{:?}", f.value);
+            // Each protocol offered is `websocket` or `websocket/<version>`.
+            for p in f.value.split(|&b| b == b',') {
+                let name = p.trim_ascii().split(|&b| b == b'/').next().unwrap();
+                assert!(name.eq_ignore_ascii_case(b"websocket"), "{:?}", f.value);
+            }
         }
         headers.append(
             HeaderName::from_bytes(name.as_bytes()).unwrap(),
