@@ -64,8 +64,17 @@ impl RequestPolicy {
         for r in &config.routes {
             let ih = &r.identity_headers;
             for name in [&ih.user_uuid, &ih.session_handle, &ih.client_id] {
-                if !strip.contains(name) {
-                    strip.push(name.clone());
+                // An identity header named with `_` is also read from its
+                // `-` spelling by CGI-style upstreams.
+                let hyphens = name.as_str().replace('_', "-");
+                let spellings = [
+                    Some(name.clone()),
+                    HeaderName::from_bytes(hyphens.as_bytes()).ok(),
+                ];
+                for spelling in spellings.into_iter().flatten() {
+                    if !strip.contains(&spelling) {
+                        strip.push(spelling);
+                    }
                 }
             }
         }
@@ -147,14 +156,12 @@ impl RequestPolicy {
     }
 }
 
-/// True when `name`, with `_` read as `-`, is `reserved` (both lower case,
-/// as header map names are).
+/// True when `name` and `reserved` are the same with `_` and `-` read
+/// alike (both lower case, as header map names are).
 fn reads_as(name: &HeaderName, reserved: &HeaderName) -> bool {
     let (a, b) = (name.as_str().as_bytes(), reserved.as_str().as_bytes());
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|(&x, &y)| x == y || (x == b'_' && y == b'-'))
+    let fold = |c: u8| if c == b'_' { b'-' } else { c };
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == fold(y))
 }
 
 /// The protocols of `asked` (a comma-separated `Upgrade` value, RFC 9110
@@ -271,6 +278,20 @@ mod tests {
         let mut left = names(&h);
         left.sort_unstable();
         assert_eq!(left, ["x_custom", "x_sis_other", "x_sis_user_uuid"]);
+    }
+
+    #[test]
+    fn identity_names_with_underscores_cover_both_spellings() {
+        let text = "[server]\nunderscores_in_headers = true\n[cookies]\nrefresh_path = \"/\"\n[[routes]]\nupstream = \"http://127.0.0.1:1\"\nidentity_headers = { user_uuid = \"X_Remote_User\" }\n";
+        let p = RequestPolicy::new(&Config::parse(text, "t").unwrap());
+        let mut h = map(&[
+            ("x-remote-user", "victim"),
+            ("x_remote_user", "victim"),
+            ("x-remote_user", "victim"),
+            ("x_remote_other", "1"),
+        ]);
+        p.apply(&mut h, None, hop());
+        assert_eq!(names(&h), ["x_remote_other"]);
     }
 
     #[test]
