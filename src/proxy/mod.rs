@@ -410,8 +410,8 @@ impl Proxy {
         for target in route.upstreams.candidates() {
             let added = pool::Added {
                 target: (target, &path),
-                // (An HTTP/1.0 client may send no `Host`: the upstream's
-                // is sent then.)
+                // The client's with `preserve_host`; else, and when an
+                // HTTP/1.0 client sent none, the upstream's.
                 host: client_host.as_ref().unwrap_or(&target.host),
                 request_id: ctx.request_id.as_bytes(),
                 forwarded: &forwarded,
