@@ -24,6 +24,7 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub auth: Auth,
     labels: Labels,
+    path_rules: crate::target::PathRules,
 }
 
 /// Metrics of requests that are not routed.
@@ -80,6 +81,7 @@ impl App {
         };
         Ok(App {
             auth: Auth::new(config.tokens.refresh_skew, &config.cookies),
+            path_rules: crate::target::PathRules::of(&config.server),
             config: Arc::new(config),
             proxy,
             sign_in,
@@ -90,11 +92,13 @@ impl App {
 
     /// Answers one request on the public listener: a sign-in endpoint, or a
     /// routed pass-through.
-    pub async fn handle(&self, req: Request<RequestBody>, ctx: &RequestCtx) -> Handled<'_> {
-        if let Some(problem) = proxy::headers::host_problem(req.version(), req.headers(), req.uri())
-        {
+    pub async fn handle(&self, mut req: Request<RequestBody>, ctx: &RequestCtx) -> Handled<'_> {
+        // One path and one authority, settled before anything reads them
+        // (SPEC §5a).
+        if let Err(e) = crate::target::admit(&mut req, self.path_rules) {
             return Handled {
-                response: crate::body::json_error(http::StatusCode::BAD_REQUEST, problem).into(),
+                response: crate::body::json_error(http::StatusCode::BAD_REQUEST, &e.to_string())
+                    .into(),
                 route: &self.labels.no_route,
             };
         }

@@ -10,7 +10,9 @@
 //! - [`session`]: sessions, the rotation rules and the store trait, with memory and Redis backends.
 //! - [`sign_in`]: the SiS endpoints (refresh, revoke, logout, certs), their errors, cookies and CORS.
 //! - [`auth`]: route auth modes and single-flight inline refresh on pass-through routes.
-//! - [`proxy`]: route table, the pooled HTTP/1.1 upstream client, header operations, upgrades.
+//! - [`target`]: the request target settled before dispatch: normalized path, one authority (SPEC §5a).
+//! - [`proxy`]: route table, the pooled HTTP/1.1 upstream client, header operations and the one
+//!   request header policy (`proxy::policy`), upgrades.
 //! - [`server`]: listeners, TLS, connection limits, the HTTP/1.1 connection loop ([`server::h1`];
 //!   HTTP/2 and the admin listener are hyper's), request dispatch, access log, graceful shutdown.
 //! - `wire`: HTTP/1 body decoding and buffer-less socket reads, shared by both sides.
@@ -43,6 +45,7 @@ pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod sign_in;
+pub mod target;
 pub(crate) mod timer;
 pub mod tokens;
 pub(crate) mod wire;

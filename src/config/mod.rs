@@ -112,7 +112,22 @@ pub struct ServerConfig {
     /// How long an upstream that refused a connection is skipped.
     pub upstream_cooldown: Duration,
     pub watch_config: bool,
+    /// Runs of `/` in a path are merged into one (SPEC §5a).
+    pub merge_slashes: bool,
+    /// What becomes of `%2F`, `%5C` and a raw `\` in a path (SPEC §5a).
+    pub escaped_slashes: EscapedSlashes,
+    /// Request fields whose name holds `_` are forwarded (SPEC §5a).
+    pub underscores_in_headers: bool,
     pub tls: Option<TlsConfig>,
+}
+
+/// `server.escaped_slashes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    /// 400 for an encoded `/` or `\`, or a raw `\`, in a path.
+    Reject,
+    /// Forwarded as they are; routes match on the undecoded path.
+    Keep,
 }
 
 #[derive(Debug, Clone)]
@@ -245,6 +260,8 @@ impl SignInConfig {
             login_url: None,
             max_body: None,
             identity_headers: IdentityHeaders::default(),
+            // Sign-in is plain request and response: no tunnel is offered.
+            upgrades: Vec::new(),
             name: self.path_prefix.clone(),
         })
     }
@@ -317,6 +334,9 @@ pub struct RouteConfig {
     pub login_url: Option<String>,
     pub max_body: Option<u64>,
     pub identity_headers: IdentityHeaders,
+    /// Protocols an `Upgrade` may ask for and be tunnelled (lower case,
+    /// `name` or `name/version`); others are removed (SPEC §5a).
+    pub upgrades: Vec<String>,
     /// A stable name for logs and metrics: `host` + `path_prefix`.
     pub name: String,
 }
@@ -576,6 +596,19 @@ impl Validator {
                 DEFAULT_UPSTREAM_COOLDOWN,
             ),
             watch_config: s.watch_config.unwrap_or(false),
+            merge_slashes: s.merge_slashes.unwrap_or(true),
+            escaped_slashes: match s.escaped_slashes.as_deref().unwrap_or("reject") {
+                "reject" => EscapedSlashes::Reject,
+                "keep" => EscapedSlashes::Keep,
+                other => {
+                    self.problem(
+                        "server.escaped_slashes",
+                        format!("{other:?} is not one of reject, keep"),
+                    );
+                    EscapedSlashes::Reject
+                }
+            },
+            underscores_in_headers: s.underscores_in_headers.unwrap_or(false),
             tls,
         };
 
@@ -959,6 +992,22 @@ impl Validator {
                 self.problem(key("login_url"), format!("{login:?} is not a URL"));
             }
         }
+        let mut upgrades = Vec::new();
+        for (j, p) in rr
+            .upgrades
+            .unwrap_or_else(|| vec!["websocket".to_owned()])
+            .into_iter()
+            .enumerate()
+        {
+            if is_upgrade_protocol(&p) {
+                upgrades.push(p.to_ascii_lowercase());
+            } else {
+                self.problem(
+                    format!("routes[{i}].upgrades[{j}]"),
+                    format!("{p:?} is not a protocol name like \"websocket\" (RFC 9110 §7.8)"),
+                );
+            }
+        }
         let host = rr.host.map(|h| h.to_ascii_lowercase());
         if upstreams.is_empty() {
             return None;
@@ -975,7 +1024,21 @@ impl Validator {
             login_url: rr.login_url,
             max_body,
             identity_headers,
+            upgrades,
         })
+    }
+}
+
+/// `name` or `name/version`, each an RFC 9110 token.
+fn is_upgrade_protocol(p: &str) -> bool {
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    match p.split_once('/') {
+        Some((name, version)) => token(name) && token(version),
+        None => token(p),
     }
 }
 

@@ -33,6 +33,9 @@ pub(crate) struct RawServer {
     pub(crate) max_header_size: Option<String>,
     pub(crate) upstream_cooldown: Option<String>,
     pub(crate) watch_config: Option<bool>,
+    pub(crate) merge_slashes: Option<bool>,
+    pub(crate) escaped_slashes: Option<String>,
+    pub(crate) underscores_in_headers: Option<bool>,
     pub(crate) tls: Option<RawTls>,
 }
 
@@ -116,4 +119,5 @@ pub(crate) struct RawRoute {
     pub(crate) login_url: Option<String>,
     pub(crate) max_body: Option<String>,
     pub(crate) identity_headers: Option<BTreeMap<String, String>>,
+    pub(crate) upgrades: Option<Vec<String>>,
 }

@@ -174,3 +174,35 @@ fn sign_in_upstream_is_validated_and_routed_publicly() {
     assert_eq!(route.upstreams[0].authority.as_str(), "127.0.0.1:3001");
     assert_eq!(route.upstreams[0].base_path, "/base");
 }
+
+#[test]
+fn trust_boundary_keys() {
+    let c = Config::parse("[[routes]]\nupstream = \"http://a\"\n", "t").unwrap();
+    assert!(c.server.merge_slashes);
+    assert_eq!(c.server.escaped_slashes, EscapedSlashes::Reject);
+    assert!(!c.server.underscores_in_headers);
+    assert_eq!(c.routes[0].upgrades, ["websocket"]);
+    let c = Config::parse(
+        "[server]\nmerge_slashes = false\nescaped_slashes = \"keep\"\nunderscores_in_headers = true\n[[routes]]\nupstream = \"http://a\"\nupgrades = [\"WebSocket\", \"foo/2\"]\n",
+        "t",
+    )
+    .unwrap();
+    assert!(!c.server.merge_slashes);
+    assert_eq!(c.server.escaped_slashes, EscapedSlashes::Keep);
+    assert!(c.server.underscores_in_headers);
+    assert_eq!(c.routes[0].upgrades, ["websocket", "foo/2"]);
+    let k = keys(
+        "[server]\nescaped_slashes = \"decode\"\n[[routes]]\nupstream = \"http://a\"\nupgrades = [\"web socket\", \"\", \"a/\"]\n",
+    );
+    assert_eq!(
+        k,
+        [
+            "server.escaped_slashes",
+            "routes[0].upgrades[0]",
+            "routes[0].upgrades[1]",
+            "routes[0].upgrades[2]"
+        ]
+    );
+    let k = keys("[server]\nmerge_slashes = \"yes\"\n");
+    assert_eq!(k, ["server.merge_slashes"]);
+}

@@ -371,24 +371,6 @@ pub fn replace_cookie(headers: &mut HeaderMap, name: &str, value: &str) {
     }
 }
 
-/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`; any
-/// request carrying several is invalid. Returns the problem, if any, for a 400.
-pub fn host_problem(
-    version: http::Version,
-    headers: &HeaderMap,
-    uri: &http::Uri,
-) -> Option<&'static str> {
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let first = hosts.next();
-    if hosts.next().is_some() {
-        return Some("Multiple Host headers");
-    }
-    if version == http::Version::HTTP_11 && first.is_none() && uri.authority().is_none() {
-        return Some("Missing Host header");
-    }
-    None
-}
-
 /// The host the client asked for, from `Host` or the HTTP/2 `:authority`
 /// (RFC 9110 §7.2), without port, for route matching (hosts compare
 /// case-insensitively). Returns `None` when absent or not valid UTF-8.
@@ -423,26 +405,6 @@ fn strip_port(authority: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_rules() {
-        let uri: http::Uri = "/x".parse().unwrap();
-        let mut h = HeaderMap::new();
-        assert_eq!(
-            host_problem(http::Version::HTTP_11, &h, &uri),
-            Some("Missing Host header")
-        );
-        assert_eq!(host_problem(http::Version::HTTP_10, &h, &uri), None);
-        let abs: http::Uri = "http://a.gov/x".parse().unwrap();
-        assert_eq!(host_problem(http::Version::HTTP_2, &h, &abs), None);
-        h.append(header::HOST, HeaderValue::from_static("a.gov"));
-        assert_eq!(host_problem(http::Version::HTTP_11, &h, &uri), None);
-        h.append(header::HOST, HeaderValue::from_static("b.gov"));
-        assert_eq!(
-            host_problem(http::Version::HTTP_11, &h, &uri),
-            Some("Multiple Host headers")
-        );
-    }
 
     fn map(pairs: &[(&str, &[u8])]) -> HeaderMap {
         let mut h = HeaderMap::new();

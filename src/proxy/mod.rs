@@ -16,7 +16,9 @@ pub mod body;
 pub mod coarse;
 mod error;
 pub mod headers;
+pub mod policy;
 pub mod pool;
+mod probe;
 mod tunnel;
 pub mod upstream;
 
@@ -38,7 +40,10 @@ use crate::wire::RawFields;
 use self::body::ForwardBody;
 pub use self::error::ProxyError;
 use self::headers::{Forwarded, ForwardedFor};
+use self::policy::RequestPolicy;
 use self::pool::{Connector, SendError};
+#[doc(hidden)]
+pub use self::probe::{Outcome, Probe};
 pub use self::tunnel::{ClientUpgrade, Tunnels};
 use self::upstream::{UpstreamSet, UpstreamTarget};
 
@@ -83,11 +88,8 @@ pub struct Proxy {
     /// Some route names a host (else a request's host is not looked up).
     host_routes: bool,
     connector: Connector,
-    /// `{prefix}refresh_token`, `{prefix}anti_csrf_token`: never forwarded.
-    secret_cookies: [String; 2],
-    /// Removed from every request: every route's identity header names (only
-    /// the gateway sets them) and `Expect` (answered on the client's hop).
-    strip_request: Vec<HeaderName>,
+    /// Which request fields go upstream.
+    policy: RequestPolicy,
     trusted_proxies: Vec<IpNet>,
     upstream_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -207,16 +209,6 @@ impl Proxy {
         let routed = routes.len();
         routes.extend(sign_in_route.iter().map(route));
 
-        let mut strip_request: Vec<HeaderName> = vec![header::EXPECT];
-        for r in config.routes.iter().chain(&sign_in_route) {
-            let ih = &r.identity_headers;
-            for name in [&ih.user_uuid, &ih.session_handle, &ih.client_id] {
-                if !strip_request.contains(name) {
-                    strip_request.push(name.clone());
-                }
-            }
-        }
-
         let needs_tls = config
             .routes
             .iter()
@@ -241,11 +233,7 @@ impl Proxy {
                 connect_timeout: server.upstream_connect_timeout,
                 tls,
             },
-            secret_cookies: [
-                config.cookies.refresh_name(),
-                config.cookies.anti_csrf_name(),
-            ],
-            strip_request,
+            policy: RequestPolicy::new(config),
             trusted_proxies: server.trusted_proxies.clone(),
             upstream_timeout: server.upstream_timeout,
             metrics,
@@ -303,9 +291,10 @@ impl Proxy {
     }
 
     /// Turns the client's request into the one sent upstream: rejects a
-    /// `Content-Length` over `max_body` (413), strips hop-by-hop headers
-    /// (keeping an upgrade), the refresh and anti-CSRF cookies and every
-    /// identity header, sets `X-Forwarded-*`, and picks the path.
+    /// `Content-Length` over `max_body` (413), applies the header policy
+    /// (see [`policy`]: hop-by-hop fields, an upgrade the route allows,
+    /// secret cookies, identity headers, `_` names, `X-Forwarded-*`), and
+    /// picks the path.
     pub fn prepare<'r>(
         &self,
         route: &'r Route,
@@ -320,11 +309,10 @@ impl Proxy {
                 return Err(ProxyError::BodyTooLarge);
             }
         }
-        let upgrade = (req.version() == Version::HTTP_11
-            && headers::is_upgrade_request(req.headers()))
-        .then(|| req.headers().get(header::UPGRADE).cloned())
-        .flatten()
-        .map(|protocols| (ClientUpgrade::take(&mut req), protocols));
+        let upgrade = self
+            .policy
+            .upgrade_offer(&route.config, req.version(), req.headers())
+            .map(|protocols| (ClientUpgrade::take(&mut req), protocols));
 
         let (mut parts, body) = req.into_parts();
         let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -333,18 +321,9 @@ impl Proxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let h = &mut parts.headers;
-        headers::strip_hop_by_hop(h);
-        // hyper answers `Expect: 100-continue` on this hop when the body is
-        // first read, so `Expect` goes with the identity headers.
-        headers::remove_all(h, &self.strip_request);
-        if let Some((_, protocols)) = &upgrade {
-            headers::set_upgrade(h, protocols.clone());
-        }
-        let [refresh, anti_csrf] = &self.secret_cookies;
-        headers::remove_cookies(h, &[refresh.as_str(), anti_csrf.as_str()]);
-        let forwarded = headers::forwarded(
-            h,
+        let forwarded = self.policy.apply(
+            &mut parts.headers,
+            upgrade.as_ref().map(|(_, protocols)| protocols),
             ForwardedFor {
                 peer: ctx.peer.ip().to_canonical(),
                 trusted: is_trusted(&self.trusted_proxies, ctx.peer.ip()),
@@ -439,17 +418,14 @@ impl Proxy {
             client_host,
             forwarded,
         } = out;
-        let preserve_host = route.config.preserve_host;
         let mut body = ForwardBody::new(body, route.config.max_body);
         let mut last = None;
         for target in route.upstreams.candidates() {
             let added = pool::Added {
                 target: (target, &path),
-                host: if preserve_host {
-                    client_host.as_ref()
-                } else {
-                    Some(&target.host)
-                },
+                // The client's with `preserve_host`; else, and when an
+                // HTTP/1.0 client sent none, the upstream's.
+                host: client_host.as_ref().unwrap_or(&target.host),
                 request_id: ctx.request_id.as_bytes(),
                 forwarded: &forwarded,
             };

@@ -214,7 +214,7 @@ impl ExchangeError {
 
 /// How the request body goes on the wire.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum ReqFraming {
+pub(super) enum ReqFraming {
     None,
     Length,
     Chunked,
@@ -345,8 +345,8 @@ impl Connector {
 pub struct Added<'a> {
     /// Where the request goes on this upstream: its base path and the path.
     pub target: (&'a UpstreamTarget, &'a PathAndQuery),
-    /// `Host`, first; none at all when `None`.
-    pub host: Option<&'a HeaderValue>,
+    /// `Host`, first.
+    pub host: &'a HeaderValue,
     pub request_id: &'a [u8],
     /// `X-Forwarded-*`, whose fields the map no longer holds.
     pub forwarded: &'a Forwarded,
@@ -355,7 +355,7 @@ pub struct Added<'a> {
 /// `METHOD path HTTP/1.1`, `Host`, the headers, the fields in `added`, and
 /// the body framing: the exact length when known, else chunked. The
 /// request's own framing fields, `Host` and `X-Request-Id` are replaced.
-fn encode_request_head(
+pub(super) fn encode_request_head(
     parts: &http::request::Parts,
     added: &Added<'_>,
     hint: &SizeHint,
@@ -372,15 +372,9 @@ fn encode_request_head(
     let (target, path) = added.target;
     target.write_target(path, dst);
     dst.extend_from_slice(b" HTTP/1.1\r\n");
-    if let Some(host) = added.host {
-        field(dst, b"host", host.as_bytes());
-    }
+    field(dst, b"host", added.host.as_bytes());
     for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::HOST
-            || name == X_REQUEST_ID
-        {
+        if super::policy::written_by_gateway(name) {
             continue;
         }
         field(dst, name.as_str().as_bytes(), value.as_bytes());

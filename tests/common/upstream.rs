@@ -323,3 +323,202 @@ pub fn closed_port_url() -> String {
     drop(listener);
     format!("http://{addr}")
 }
+
+/// The bytes of each connection a [`RecordingUpstream`] accepted.
+type Recorded = Arc<std::sync::Mutex<Vec<Arc<std::sync::Mutex<Vec<u8>>>>>>;
+
+/// A raw TCP upstream that keeps the exact bytes of every connection. It
+/// answers each request head (and its Content-Length or chunked body) with
+/// `200` and `Connection: close`, then keeps reading until the gateway
+/// closes, so whatever else the gateway sends on that connection is kept
+/// too. An upgrade request is answered `101` with its own `Upgrade` value,
+/// and the connection then echoes what it reads; a path holding
+/// `force101` is answered `101` with `Upgrade: h2c` whatever was asked.
+pub struct RecordingUpstream {
+    pub addr: SocketAddr,
+    pub url: String,
+    connections: Recorded,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RecordingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RecordingUpstream {
+    pub async fn start() -> RecordingUpstream {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Recorded::default();
+        let all = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+                all.lock().unwrap().push(kept.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut seen = Vec::new();
+                    let mut answered = false;
+                    let mut tunnel = false;
+                    loop {
+                        let read =
+                            tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                                .await;
+                        let n = match read {
+                            Ok(Ok(n)) if n > 0 => n,
+                            _ => return,
+                        };
+                        kept.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if tunnel {
+                            if stream.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        if answered {
+                            continue;
+                        }
+                        let Some(answer) = recorded_answer(&seen) else {
+                            continue;
+                        };
+                        answered = true;
+                        tunnel = answer.starts_with(b"HTTP/1.1 101");
+                        if stream.write_all(&answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RecordingUpstream {
+            addr,
+            url: format!("http://{addr}"),
+            connections,
+            task,
+        }
+    }
+
+    /// The bytes of every connection so far, in the order they were accepted.
+    pub fn connections(&self) -> Vec<Vec<u8>> {
+        self.connections
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.lock().unwrap().clone())
+            .collect()
+    }
+
+    /// Everything received, on every connection, as text.
+    pub fn received(&self) -> String {
+        String::from_utf8_lossy(&self.connections().concat()).into_owned()
+    }
+
+    /// How many request lines were received, on every connection.
+    pub fn request_count(&self) -> usize {
+        self.received().matches(" HTTP/1.1\r\n").count()
+    }
+
+    /// The only request received: its head (request line and fields, lower
+    /// case names) and what followed it. Panics unless exactly one request
+    /// came, on one connection.
+    pub fn only_request(&self) -> RecordedRequest {
+        let conns = self.connections();
+        assert_eq!(conns.len(), 1, "connections: {:?}", self.received());
+        assert_eq!(self.request_count(), 1, "requests: {:?}", self.received());
+        let bytes = &conns[0];
+        let end = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a whole request head");
+        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let line = lines.next().unwrap().to_owned();
+        let fields = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        RecordedRequest {
+            line,
+            fields,
+            rest: bytes[end + 4..].to_vec(),
+        }
+    }
+
+    /// Forgets what was received so far.
+    pub fn clear(&self) {
+        self.connections.lock().unwrap().clear();
+    }
+}
+
+/// One request as a [`RecordingUpstream`] received it.
+#[derive(Debug)]
+pub struct RecordedRequest {
+    /// `GET /path HTTP/1.1`
+    pub line: String,
+    /// Names in lower case, in order.
+    pub fields: Vec<(String, String)>,
+    /// The bytes after the head (the body).
+    pub rest: Vec<u8>,
+}
+
+impl RecordedRequest {
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.fields
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.all(name).first().copied()
+    }
+
+    /// Whether some field name, with `_` read as `-`, is `name`.
+    pub fn has_like(&self, name: &str) -> bool {
+        self.fields.iter().any(|(k, _)| k.replace('_', "-") == name)
+    }
+}
+
+/// The answer to a request whose bytes so far are `seen`, once its head and
+/// body are complete.
+fn recorded_answer(seen: &[u8]) -> Option<Vec<u8>> {
+    let end = seen.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+    let body = &seen[end + 4..];
+    let field = |name: &str| {
+        head.split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    if let Some(len) = field("content-length").and_then(|l| l.parse::<usize>().ok()) {
+        if body.len() < len {
+            return None;
+        }
+    } else if field("transfer-encoding").is_some() && !body.ends_with(b"0\r\n\r\n") {
+        return None;
+    }
+    let line = head.split("\r\n").next().unwrap_or("");
+    if line.contains("force101") {
+        return Some(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                .to_vec(),
+        );
+    }
+    if let Some(protocol) = field("upgrade") {
+        return Some(
+            format!("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n")
+                .into_bytes(),
+        );
+    }
+    Some(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec())
+}

@@ -612,3 +612,15 @@ pub fn parse_request_stream(data: &[u8], read_size: usize) -> usize {
     }
     whole
 }
+
+/// Parses one request head from `bytes` as the server does; `None` when it
+/// is incomplete or refused. For [`crate::proxy::Probe`].
+pub(crate) fn parse_head(bytes: &[u8]) -> Option<http::request::Parts> {
+    let head = parse::parse(&mut BytesMut::from(bytes), 64 * 1024).ok()??;
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = head.method;
+    parts.uri = head.uri;
+    parts.version = head.version;
+    parts.headers = head.headers;
+    Some(parts)
+}
