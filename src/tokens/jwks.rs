@@ -1,0 +1,179 @@
+//! The access-token keys of a login service the gateway fronts (SPEC §8):
+//! a JWKS read from a file, and verification of that service's tokens.
+//!
+//! Only RS256 and ES256 (P-256) signing keys are used; keys of other kinds,
+//! and keys marked for encryption, are left out. Upstream tokens are met on
+//! sign-in answers, not on every request, so `jsonwebtoken` verifies them.
+
+use std::fmt;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Longer tokens are refused before any decoding.
+const MAX_JWT_LEN: usize = 16 * 1024;
+
+struct UpstreamKey {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// The verification keys of the login service. Never empty.
+pub struct UpstreamKeys {
+    keys: Vec<UpstreamKey>,
+}
+
+impl fmt::Debug for UpstreamKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kids: Vec<_> = self
+            .keys
+            .iter()
+            .map(|k| (k.kid.as_deref().unwrap_or("(no kid)"), k.alg))
+            .collect();
+        f.debug_struct("UpstreamKeys").field("keys", &kids).finish()
+    }
+}
+
+/// What the gateway takes from a verified upstream access token.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpstreamClaims {
+    pub sub: String,
+    pub client_id: String,
+    pub exp: u64,
+    #[serde(default)]
+    pub iat: u64,
+    #[serde(default)]
+    pub iss: Option<String>,
+    #[serde(default)]
+    pub aud: Option<Value>,
+    #[serde(default)]
+    pub session_handle: Option<String>,
+    #[serde(default)]
+    pub user_attributes: Option<Value>,
+}
+
+/// Why an upstream access token was not accepted.
+#[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamVerifyError {
+    #[error("the access token has expired")]
+    Expired,
+    #[error("the access token does not verify against the adopt JWKS")]
+    Invalid,
+}
+
+impl UpstreamKeys {
+    /// Reads a JWKS spec: `file:PATH`. The message of an error is for
+    /// `sign_in.adopt.jwks`.
+    pub fn load(spec: &str) -> Result<UpstreamKeys, String> {
+        if spec.starts_with("https://") || spec.starts_with("http://") {
+            return Err(format!(
+                "{spec:?}: only file:PATH is supported yet (fetching a JWKS URL is not)"
+            ));
+        }
+        let Some(path) = spec.strip_prefix("file:") else {
+            return Err(format!("{spec:?} must be file:PATH"));
+        };
+        let text = std::fs::read(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+        Self::parse(&text).map_err(|e| format!("{path:?}: {e}"))
+    }
+
+    /// Parses a JWKS document (`{"keys":[…]}`).
+    pub fn parse(json: &[u8]) -> Result<UpstreamKeys, String> {
+        #[derive(Deserialize)]
+        struct Set {
+            keys: Vec<Value>,
+        }
+        let set: Set =
+            serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let mut keys = Vec::new();
+        for (i, raw) in set.keys.into_iter().enumerate() {
+            let name = match raw.get("kid").and_then(Value::as_str) {
+                Some(kid) => format!("key {kid:?}"),
+                None => format!("key #{i}"),
+            };
+            if !matches!(raw.get("kty").and_then(Value::as_str), Some("RSA" | "EC")) {
+                continue;
+            }
+            let jwk: Jwk = serde_json::from_value(raw).map_err(|e| format!("{name}: {e}"))?;
+            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+                continue;
+            }
+            let alg = match (&jwk.algorithm, jwk.common.key_algorithm) {
+                (AlgorithmParameters::RSA(_), None | Some(KeyAlgorithm::RS256)) => Algorithm::RS256,
+                (AlgorithmParameters::EllipticCurve(ec), None | Some(KeyAlgorithm::ES256))
+                    if ec.curve == EllipticCurve::P256 =>
+                {
+                    Algorithm::ES256
+                }
+                _ => continue,
+            };
+            let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("{name}: {e}"))?;
+            keys.push(UpstreamKey {
+                kid: jwk.common.key_id,
+                alg,
+                key,
+            });
+        }
+        if keys.is_empty() {
+            return Err("no RS256 or ES256 signing key in the set".into());
+        }
+        Ok(UpstreamKeys { keys })
+    }
+
+    /// The number of usable keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Never true: a set without a usable key is not loaded.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Verifies `token`'s signature with the key its `kid` names (or, without
+    /// a `kid`, a key of its `alg`), then `iss` when `issuer` is set, then
+    /// `exp` against `now_secs`. Never panics, whatever `token` is.
+    pub fn verify(
+        &self,
+        token: &str,
+        issuer: Option<&str>,
+        now_secs: u64,
+    ) -> Result<UpstreamClaims, UpstreamVerifyError> {
+        use UpstreamVerifyError::*;
+        if token.len() > MAX_JWT_LEN {
+            return Err(Invalid);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Invalid)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| {
+                k.alg == header.alg
+                    && match (&header.kid, &k.kid) {
+                        (Some(want), Some(have)) => want == have,
+                        (None, _) => true,
+                        (Some(_), None) => false,
+                    }
+            })
+            .ok_or(Invalid)?;
+        let mut v = Validation::new(key.alg);
+        // Expiry is checked below against the gateway's clock.
+        v.validate_exp = false;
+        v.validate_aud = false;
+        v.required_spec_claims = ["exp", "sub"].iter().map(|s| s.to_string()).collect();
+        if let Some(iss) = issuer {
+            v.set_issuer(&[iss]);
+            v.required_spec_claims.insert("iss".into());
+        }
+        let data =
+            jsonwebtoken::decode::<UpstreamClaims>(token, &key.key, &v).map_err(|_| Invalid)?;
+        let claims = data.claims;
+        if now_secs >= claims.exp {
+            return Err(Expired);
+        }
+        Ok(claims)
+    }
+}
