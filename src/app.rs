@@ -109,8 +109,21 @@ impl App {
                 self.sign_in.intercepts(req.uri().path()),
                 self.proxy.sign_in_route(),
             ) {
+                if !self.sign_in.adopts() {
+                    let response =
+                        crate::boxed!(self.proxy.forward(route, req, ctx, HeaderMap::new())).await;
+                    return Handled {
+                        response,
+                        route: &route.stats,
+                    };
+                }
+                // Its answers may carry a bundle of its own, which must be
+                // read to be adopted: ask for them unencoded.
+                let mut req = req;
+                req.headers_mut().remove(header::ACCEPT_ENCODING);
                 let response =
                     crate::boxed!(self.proxy.forward(route, req, ctx, HeaderMap::new())).await;
+                let response = crate::boxed!(self.sign_in.adopt(response)).await;
                 return Handled {
                     response,
                     route: &route.stats,

@@ -8,6 +8,7 @@
 //! - Error bodies are `{"errors":"<message>"}` with the exact SiS messages.
 
 pub mod admin;
+pub mod adopt;
 pub mod cookies;
 pub mod cors;
 pub mod limit;
@@ -71,6 +72,9 @@ pub struct SignIn {
     admin_token: Option<crate::config::Secret>,
     limiter: Arc<limit::FailureLimiter>,
     clock: SharedClock,
+    /// `[sign_in.adopt]`: answers of the login service carrying a bundle of
+    /// its own are adopted.
+    adopter: Option<adopt::Adopter>,
 }
 
 impl SignIn {
@@ -149,8 +153,14 @@ impl SignIn {
         access: AccessTokens,
         limiter: Arc<limit::FailureLimiter>,
     ) -> SignIn {
+        let adopter = config
+            .sign_in
+            .adopt
+            .as_ref()
+            .map(|a| adopt::Adopter::new(a, &config.cookies, &metrics));
         let sessions = Sessions::new(config, store, sealer, access, clock.clone(), metrics);
         SignIn {
+            adopter,
             prefix: config.sign_in.path_prefix.clone(),
             cookies: config.cookies.clone(),
             refresh_cookie: config.cookies.refresh_name(),

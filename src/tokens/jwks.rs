@@ -177,3 +177,85 @@ impl UpstreamKeys {
         Ok(claims)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Algorithm as Alg;
+    use crate::tokens::{generate_pem, AccessTokens};
+
+    struct Signer {
+        pem: Vec<u8>,
+        kid: String,
+        jwks: Value,
+    }
+
+    fn signer() -> Signer {
+        let pem = generate_pem(Alg::Rs256).unwrap();
+        let t = AccessTokens::from_pem(std::slice::from_ref(&pem)).unwrap();
+        Signer {
+            kid: t.kid().to_owned(),
+            jwks: t.jwks(),
+            pem,
+        }
+    }
+
+    fn token(s: &Signer, kid: Option<&str>, claims: Value) -> String {
+        let mut h = jsonwebtoken::Header::new(Algorithm::RS256);
+        h.kid = kid.map(str::to_owned);
+        let k = jsonwebtoken::EncodingKey::from_rsa_pem(&s.pem).unwrap();
+        jsonwebtoken::encode(&h, &claims, &k).unwrap()
+    }
+
+    fn claims(iss: &str, exp: u64) -> Value {
+        serde_json::json!({"iss": iss, "sub": "u", "client_id": "web", "exp": exp,
+            "user_attributes": {"email": "a@b"}})
+    }
+
+    #[test]
+    fn verifies_signature_issuer_and_expiry() {
+        let s = signer();
+        let keys = UpstreamKeys::parse(s.jwks.to_string().as_bytes()).unwrap();
+        let good = token(&s, Some(&s.kid), claims("va.gov sign in", 1000));
+        let c = keys.verify(&good, Some("va.gov sign in"), 999).unwrap();
+        assert_eq!((c.sub.as_str(), c.client_id.as_str()), ("u", "web"));
+        assert_eq!(keys.verify(&good, None, 999).unwrap().exp, 1000);
+        assert_eq!(
+            keys.verify(&good, Some("va.gov sign in"), 1000)
+                .unwrap_err(),
+            UpstreamVerifyError::Expired
+        );
+        assert_eq!(
+            keys.verify(&good, Some("other"), 999).unwrap_err(),
+            UpstreamVerifyError::Invalid
+        );
+        // Without a `kid`, a key of the token's algorithm is used.
+        let no_kid = token(&s, None, claims("va.gov sign in", 1000));
+        assert!(keys.verify(&no_kid, None, 999).is_ok());
+
+        // Another key, an unknown kid, tampering, garbage: invalid.
+        let other = signer();
+        let invalid = [
+            token(&other, Some(&s.kid), claims("va.gov sign in", 1000)),
+            token(&s, Some("nope"), claims("va.gov sign in", 1000)),
+            {
+                let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+                parts[1] = URL_SAFE_NO_PAD.encode(claims("va.gov sign in", 9999).to_string());
+                parts.join(".")
+            },
+            "garbage".into(),
+            String::new(),
+            "a.b.c".into(),
+        ];
+        for t in invalid {
+            assert_eq!(
+                keys.verify(&t, None, 999).unwrap_err(),
+                UpstreamVerifyError::Invalid,
+                "{t}"
+            );
+        }
+    }
+
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+}
