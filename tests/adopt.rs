@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use common::gateway::{echoed, echoed_headers};
 use common::gateway::{temp_path, TestGateway};
 use common::redis::RedisServer;
+use common::upstream::TestUpstream;
 use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -85,6 +87,11 @@ const UPSTREAM_ANTI_CSRF: &str = "5e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b";
 /// (`rogue=1`) or an expired token (`expired=1`). It counts every call.
 struct StandIn {
     url: String,
+    /// An echoing upstream for the gateway's routes.
+    apps: String,
+    _apps: TestUpstream,
+    key: Arc<Key>,
+    rogue: Arc<Key>,
     calls: Arc<AtomicUsize>,
     jwks_file: std::path::PathBuf,
 }
@@ -92,6 +99,7 @@ struct StandIn {
 async fn stand_in() -> StandIn {
     let key = Arc::new(Key::new());
     let rogue = Arc::new(Key::new());
+    let (key_kept, rogue_kept) = (key.clone(), rogue.clone());
     let jwks_file = temp_path("upstream-jwks.json");
     std::fs::write(&jwks_file, key.jwks.to_string()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -196,8 +204,13 @@ async fn stand_in() -> StandIn {
             });
         }
     });
+    let apps = TestUpstream::start().await;
     StandIn {
         url,
+        apps: apps.url.clone(),
+        _apps: apps,
+        key: key_kept,
+        rogue: rogue_kept,
         calls,
         jwks_file,
     }
@@ -210,6 +223,7 @@ fn gateway(redis: &RedisServer, login: &StandIn) -> TestGateway {
 url = "{}"
 [cookies]
 secure = false
+refresh_path = "/"
 [sign_in]
 upstream = "{}"
 [sign_in.adopt]
@@ -223,12 +237,19 @@ client_id = "web"
 authentication = "cookie"
 anti_csrf = true
 [[routes]]
-path_prefix = "/"
-upstream = "http://127.0.0.1:9"
+path_prefix = "/app"
+upstream = "{}"
+auth = "session"
+[[routes]]
+path_prefix = "/api"
+upstream = "{}"
+auth = "required"
 "#,
         redis.url(),
         login.url,
-        login.jwks_file.display()
+        login.jwks_file.display(),
+        login.apps,
+        login.apps,
     ))
 }
 
@@ -409,10 +430,8 @@ async fn a_browser_callback_is_adopted_with_the_gateways_cookies() {
         .iter()
         .find(|c| c.starts_with("vagov_refresh_token="))
         .unwrap();
-    assert!(
-        refresh_cookie.contains("Path=/v0/sign_in/refresh"),
-        "{refresh_cookie}"
-    );
+    // The gateway's attributes, not the stand-in's.
+    assert!(refresh_cookie.contains("Path=/;"), "{refresh_cookie}");
 
     // The browser's refresh goes to the gateway alone.
     let calls = login.calls.load(Ordering::SeqCst);
@@ -485,5 +504,68 @@ async fn answers_without_a_bundle_pass_as_they_came() {
     assert_eq!(
         res.text().await.unwrap(),
         r#"{"data":{"active":true},"refresh_token":null}"#
+    );
+}
+
+#[tokio::test]
+async fn the_login_services_access_tokens_are_accepted_until_they_expire() {
+    let redis = RedisServer::start();
+    let login = stand_in().await;
+    let gw = gateway(&redis, &login);
+    let http = http();
+    let token = login.key.access_token("web", now_secs() + 300);
+
+    // As a Bearer header, and as the percent-encoded cookie the Rails
+    // service wrote.
+    let encoded = percent_encoding::utf8_percent_encode(&token, percent_encoding::NON_ALPHANUMERIC)
+        .to_string();
+    for req in [
+        http.get(gw.url("/app/x")).bearer_auth(&token),
+        http.get(gw.url("/api/x")).bearer_auth(&token),
+        http.get(gw.url("/app/x"))
+            .header("cookie", format!("vagov_access_token={encoded}")),
+    ] {
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let seen = echoed_headers(&res.json().await.unwrap());
+        assert_eq!(echoed(&seen, "x-sis-user-uuid"), ["user-uuid-1"]);
+        assert_eq!(echoed(&seen, "x-sis-client-id"), ["web"]);
+        assert_eq!(
+            echoed(&seen, "x-sis-session-handle"),
+            ["9a4c4f0f-6a38-4c07-9d7d-2a26b3f0f3ad"]
+        );
+    }
+
+    // Signed by a key not in the JWKS: no identity, 401 where one is needed.
+    let rogue = login.rogue.access_token("web", now_secs() + 300);
+    let res = http
+        .get(gw.url("/app/x"))
+        .bearer_auth(&rogue)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let seen = echoed_headers(&res.json().await.unwrap());
+    assert!(echoed(&seen, "x-sis-user-uuid").is_empty());
+    let res = http
+        .get(gw.url("/api/x"))
+        .bearer_auth(&rogue)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    // Expired: 403, as for the gateway's own.
+    let expired = login.key.access_token("web", now_secs() - 1);
+    let res = http
+        .get(gw.url("/api/x"))
+        .bearer_auth(&expired)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        res.text().await.unwrap(),
+        r#"{"errors":"Access token has expired"}"#
     );
 }

@@ -33,7 +33,8 @@ use crate::config::{AdoptConfig, CookiesConfig};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::proxy::Reply;
 use crate::session::service::{Bundle, CreateError};
-use crate::tokens::jwks::{UpstreamKeys, UpstreamVerifyError};
+use crate::tokens::jwks::{UpstreamClaims, UpstreamKeys, UpstreamVerifyError};
+use crate::tokens::jwt::{AccessClaims, VerifyError};
 
 /// JSON answers of the login service larger than this are not read: one
 /// that may carry a bundle is refused (502) rather than passed on unread.
@@ -213,6 +214,35 @@ async fn read_limited(mut body: Body) -> Option<Bytes> {
     Some(out.freeze())
 }
 
+/// An access token of the login service as the gateway's own claims, for
+/// identity headers: what it does not carry is left empty.
+fn as_access_claims(c: UpstreamClaims) -> AccessClaims {
+    let aud = match c.aud {
+        Some(Value::String(a)) => vec![a],
+        Some(Value::Array(a)) => a
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    AccessClaims {
+        iss: c.iss.unwrap_or_default(),
+        aud,
+        client_id: c.client_id,
+        sub: c.sub,
+        jti: String::new(),
+        iat: c.iat,
+        exp: c.exp,
+        session_handle: c.session_handle.unwrap_or_default(),
+        refresh_token_hash: String::new(),
+        parent_refresh_token_hash: None,
+        anti_csrf_token: String::new(),
+        last_regeneration_time: 0,
+        version: "V0".into(),
+        user_attributes: c.user_attributes.unwrap_or(Value::Null),
+    }
+}
+
 fn not_adopted() -> Response<Body> {
     json_error(StatusCode::BAD_GATEWAY, NOT_ADOPTED)
 }
@@ -306,6 +336,26 @@ impl SignIn {
         res.into()
     }
 
+    /// An access token of the gateway's, or, with `[sign_in.adopt]`, one of
+    /// the login service's that verifies against its JWKS (until it expires).
+    pub fn verify_access(&self, token: &str) -> Result<AccessClaims, VerifyError> {
+        let own = self.sessions.verify_access(token);
+        let (Err(VerifyError::Invalid), Some(adopter)) = (&own, &self.adopter) else {
+            return own;
+        };
+        let now_secs = self.sessions.now_ms() / 1000;
+        match adopter
+            .keys
+            .verify(token, adopter.issuer.as_deref(), now_secs)
+        {
+            Ok(c) if !c.sub.is_empty() => Ok(as_access_claims(c)),
+            Err(UpstreamVerifyError::Expired(c)) => {
+                Err(VerifyError::Expired(Box::new(as_access_claims(*c))))
+            }
+            _ => Err(VerifyError::Invalid),
+        }
+    }
+
     /// Verifies the login service's access token and opens a session of
     /// the gateway's own for its user and client.
     async fn open_adopted(&self, adopter: &Adopter, token: &str) -> Result<Bundle, Response<Body>> {
@@ -322,7 +372,7 @@ impl SignIn {
             }
             Err(e) => {
                 adopter.count(match e {
-                    UpstreamVerifyError::Expired => "expired",
+                    UpstreamVerifyError::Expired(_) => "expired",
                     UpstreamVerifyError::Invalid => "invalid",
                 });
                 tracing::warn!(reason = %e, "a sign-in of the login service was not adopted");

@@ -338,7 +338,7 @@ impl SignIn {
                 "Access token JWT is malformed",
             ));
         };
-        match self.sessions.verify_access(&token) {
+        match self.verify_access(&token) {
             Ok(claims) => Ok(claims),
             Err(VerifyError::Expired(_)) => Err(json_error(
                 StatusCode::FORBIDDEN,

@@ -38,7 +38,7 @@ impl fmt::Debug for UpstreamKeys {
 }
 
 /// What the gateway takes from a verified upstream access token.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct UpstreamClaims {
     pub sub: String,
     pub client_id: String,
@@ -56,10 +56,11 @@ pub struct UpstreamClaims {
 }
 
 /// Why an upstream access token was not accepted.
-#[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(thiserror::Error, Debug, Clone, PartialEq)]
 pub enum UpstreamVerifyError {
+    /// Signed by one of the keys, but `exp` has passed.
     #[error("the access token has expired")]
-    Expired,
+    Expired(Box<UpstreamClaims>),
     #[error("the access token does not verify against the adopt JWKS")]
     Invalid,
 }
@@ -172,7 +173,7 @@ impl UpstreamKeys {
             jsonwebtoken::decode::<UpstreamClaims>(token, &key.key, &v).map_err(|_| Invalid)?;
         let claims = data.claims;
         if now_secs >= claims.exp {
-            return Err(Expired);
+            return Err(Expired(Box::new(claims)));
         }
         Ok(claims)
     }
@@ -220,11 +221,10 @@ mod tests {
         let c = keys.verify(&good, Some("va.gov sign in"), 999).unwrap();
         assert_eq!((c.sub.as_str(), c.client_id.as_str()), ("u", "web"));
         assert_eq!(keys.verify(&good, None, 999).unwrap().exp, 1000);
-        assert_eq!(
-            keys.verify(&good, Some("va.gov sign in"), 1000)
-                .unwrap_err(),
-            UpstreamVerifyError::Expired
-        );
+        assert!(matches!(
+            keys.verify(&good, Some("va.gov sign in"), 1000),
+            Err(UpstreamVerifyError::Expired(c)) if c.sub == "u"
+        ));
         assert_eq!(
             keys.verify(&good, Some("other"), 999).unwrap_err(),
             UpstreamVerifyError::Invalid
