@@ -123,7 +123,7 @@ impl App {
                 req.headers_mut().remove(header::ACCEPT_ENCODING);
                 let response =
                     crate::boxed!(self.proxy.forward(route, req, ctx, HeaderMap::new())).await;
-                let response = crate::boxed!(self.sign_in.adopt(response)).await;
+                let response = crate::boxed!(self.sign_in.adopt(response, ctx)).await;
                 return Handled {
                     response,
                     route: &route.stats,

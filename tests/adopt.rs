@@ -569,3 +569,129 @@ async fn the_login_services_access_tokens_are_accepted_until_they_expire() {
         r#"{"errors":"Access token has expired"}"#
     );
 }
+
+/// The gateway binary on `config`, logging JSON; every stdout line is kept.
+struct Logged {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Logged {
+    fn spawn(config: &str) -> Logged {
+        use std::io::BufRead;
+        let path = temp_path("adopt-gateway.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = std::process::Command::new(common::gateway::binary())
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let kept = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["message"] == "public listener ready" {
+                        let _ = tx.send(v["addr"].as_str().unwrap().parse().unwrap());
+                    }
+                }
+                kept.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the gateway reports its listener");
+        Logged { child, addr, lines }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_access_log_says_when_an_answer_was_adopted_and_never_holds_a_token() {
+    let login = stand_in().await;
+    let gw = Logged::spawn(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[sign_in]
+upstream = "{}"
+[sign_in.adopt]
+jwks = "file:{}"
+[[clients]]
+client_id = "mobile"
+authentication = "api"
+[[routes]]
+path_prefix = "/"
+upstream = "{}"
+"#,
+        login.url,
+        login.jwks_file.display(),
+        login.apps,
+    ));
+    let http = http();
+    let res = http.post(gw.url("/v0/sign_in/token")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    let gateway_refresh = body["data"]["refresh_token"].as_str().unwrap().to_owned();
+    let gateway_access = body["data"]["access_token"].as_str().unwrap().to_owned();
+    let res = http
+        .post(gw.url("/v0/sign_in/token?rogue=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+
+    // The access lines are written as the answers go out; give them a moment.
+    let mut access: Vec<Value> = Vec::new();
+    for _ in 0..50 {
+        access = gw
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "access" && v["path"] == "/v0/sign_in/token")
+            .collect();
+        if access.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(access.len(), 2, "{access:?}");
+    assert_eq!(access[0]["adoption"], "adopted", "{}", access[0]);
+    assert_eq!(access[0]["status"], 200);
+    assert_eq!(access[1]["adoption"], "invalid", "{}", access[1]);
+    assert_eq!(access[1]["status"], 502);
+
+    let all = gw.lines.lock().unwrap().join("\n");
+    assert!(
+        all.contains("adopted a sign-in of the login service"),
+        "{all}"
+    );
+    for secret in [
+        "c3RhbmQtaW4tc2VhbGVk",
+        UPSTREAM_ANTI_CSRF,
+        gateway_refresh.as_str(),
+        gateway_access.as_str(),
+    ] {
+        assert!(!all.contains(secret), "{secret} in the log:\n{all}");
+    }
+    // No JWT (the stand-in's, signed or rogue) either.
+    assert!(!all.contains("eyJ"), "{all}");
+}

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use super::SignIn;
 use crate::body::{json_error, Body};
 use crate::config::{AdoptConfig, CookiesConfig};
+use crate::ctx::RequestCtx;
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::proxy::Reply;
 use crate::session::service::{Bundle, CreateError};
@@ -77,10 +78,13 @@ impl Adopter {
         }
     }
 
-    fn count(&self, outcome: &'static str) {
+    /// Counts an answer that carried a bundle, and names its outcome in the
+    /// request's access log line.
+    fn count(&self, ctx: &RequestCtx, outcome: &'static str) {
         self.outcomes
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+        let _ = ctx.adoption.set(outcome);
     }
 }
 
@@ -256,7 +260,7 @@ impl SignIn {
     /// The login service's answer, with a bundle of its own replaced by
     /// the gateway's (see the module docs). Answers without a bundle are
     /// passed on as they came (a JSON one read and given back).
-    pub async fn adopt(&self, reply: Reply) -> Reply {
+    pub async fn adopt(&self, reply: Reply, ctx: &RequestCtx) -> Reply {
         let Some(adopter) = &self.adopter else {
             return reply;
         };
@@ -273,7 +277,7 @@ impl SignIn {
                 .flatten()
                 .unwrap_or(0);
             if encoded || declared > MAX_JSON as u64 {
-                adopter.count("unreadable");
+                adopter.count(ctx, "unreadable");
                 tracing::warn!(
                     encoded,
                     declared,
@@ -285,7 +289,7 @@ impl SignIn {
             let bytes = match tokio::time::timeout(BODY_TIMEOUT, read_limited(body)).await {
                 Ok(Some(bytes)) => bytes,
                 _ => {
-                    adopter.count("unreadable");
+                    adopter.count(ctx, "unreadable");
                     tracing::warn!(
                         "a JSON answer of the login service was too large, slow or broken to read for adoption"
                     );
@@ -298,7 +302,7 @@ impl SignIn {
         let json_token = match json.as_ref().map(json_bundle) {
             Some(Ok(t)) => t.map(str::to_owned),
             Some(Err(())) => {
-                adopter.count("invalid");
+                adopter.count(ctx, "invalid");
                 tracing::warn!("a token bundle of the login service has no access token");
                 return not_adopted().into();
             }
@@ -310,15 +314,15 @@ impl SignIn {
             return res.into();
         }
         let Some(token) = json_token.or(cookies.access_token) else {
-            adopter.count("invalid");
+            adopter.count(ctx, "invalid");
             tracing::warn!("a token bundle of the login service has no access token");
             return not_adopted().into();
         };
-        let bundle = match self.open_adopted(adopter, &token).await {
+        let bundle = match self.open_adopted(adopter, &token, ctx).await {
             Ok(b) => b,
             Err(res) => return res.into(),
         };
-        adopter.count("adopted");
+        adopter.count(ctx, "adopted");
         tracing::info!(
             client_id = %bundle.client.client_id,
             session_handle = %bundle.session.handle,
@@ -358,7 +362,12 @@ impl SignIn {
 
     /// Verifies the login service's access token and opens a session of
     /// the gateway's own for its user and client.
-    async fn open_adopted(&self, adopter: &Adopter, token: &str) -> Result<Bundle, Response<Body>> {
+    async fn open_adopted(
+        &self,
+        adopter: &Adopter,
+        token: &str,
+        ctx: &RequestCtx,
+    ) -> Result<Bundle, Response<Body>> {
         let now_secs = self.sessions.now_ms() / 1000;
         let claims = match adopter
             .keys
@@ -366,15 +375,18 @@ impl SignIn {
         {
             Ok(c) if !c.sub.is_empty() => c,
             Ok(_) => {
-                adopter.count("invalid");
+                adopter.count(ctx, "invalid");
                 tracing::warn!("a sign-in of the login service names no user (empty sub)");
                 return Err(not_adopted());
             }
             Err(e) => {
-                adopter.count(match e {
-                    UpstreamVerifyError::Expired(_) => "expired",
-                    UpstreamVerifyError::Invalid => "invalid",
-                });
+                adopter.count(
+                    ctx,
+                    match e {
+                        UpstreamVerifyError::Expired(_) => "expired",
+                        UpstreamVerifyError::Invalid => "invalid",
+                    },
+                );
                 tracing::warn!(reason = %e, "a sign-in of the login service was not adopted");
                 return Err(not_adopted());
             }
@@ -390,7 +402,7 @@ impl SignIn {
         {
             Ok(b) => Ok(b),
             Err(CreateError::UnknownClient) => {
-                adopter.count("unknown_client");
+                adopter.count(ctx, "unknown_client");
                 tracing::warn!(
                     client_id = %claims.client_id,
                     "a sign-in of the login service names a client that is not configured"
@@ -398,14 +410,14 @@ impl SignIn {
                 Err(not_adopted())
             }
             Err(CreateError::Store(_)) => {
-                adopter.count("store_error");
+                adopter.count(ctx, "store_error");
                 Err(json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Session store unavailable",
                 ))
             }
             Err(CreateError::Internal) => {
-                adopter.count("store_error");
+                adopter.count(ctx, "store_error");
                 Err(json_error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "Internal error",
