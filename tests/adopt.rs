@@ -536,6 +536,15 @@ async fn the_login_services_access_tokens_are_accepted_until_they_expire() {
         );
     }
 
+    // revoke_all_sessions takes it as the gateway's own.
+    let res = http
+        .get(gw.url("/v0/sign_in/revoke_all_sessions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
     // Signed by a key not in the JWKS: no identity, 401 where one is needed.
     let rogue = login.rogue.access_token("web", now_secs() + 300);
     let res = http
