@@ -87,6 +87,8 @@ const UPSTREAM_ANTI_CSRF: &str = "5e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b";
 /// (`rogue=1`) or an expired token (`expired=1`). It counts every call.
 struct StandIn {
     url: String,
+    /// The JWKS of the key not published in `jwks_file`.
+    rogue_jwks: Value,
     /// An echoing upstream for the gateway's routes.
     apps: String,
     _apps: TestUpstream,
@@ -206,6 +208,7 @@ async fn stand_in() -> StandIn {
     });
     let apps = TestUpstream::start().await;
     StandIn {
+        rogue_jwks: rogue_kept.jwks.clone(),
         url,
         apps: apps.url.clone(),
         _apps: apps,
@@ -582,6 +585,7 @@ async fn the_login_services_access_tokens_are_accepted_until_they_expire() {
 /// The gateway binary on `config`, logging JSON; every stdout line is kept.
 struct Logged {
     child: std::process::Child,
+    config: std::path::PathBuf,
     addr: std::net::SocketAddr,
     lines: Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -616,7 +620,12 @@ impl Logged {
         let addr = rx
             .recv_timeout(std::time::Duration::from_secs(20))
             .expect("the gateway reports its listener");
-        Logged { child, addr, lines }
+        Logged {
+            child,
+            config: path,
+            addr,
+            lines,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -703,4 +712,55 @@ upstream = "{}"
     }
     // No JWT (the stand-in's, signed or rogue) either.
     assert!(!all.contains("eyJ"), "{all}");
+}
+
+#[tokio::test]
+async fn the_jwks_is_read_again_on_reload() {
+    let login = stand_in().await;
+    let jwks = temp_path("reloaded-jwks.json");
+    std::fs::copy(&login.jwks_file, &jwks).unwrap();
+    let gw = Logged::spawn(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[sign_in]
+upstream = "{}"
+[sign_in.adopt]
+jwks = "file:{}"
+[[clients]]
+client_id = "mobile"
+authentication = "api"
+"#,
+        login.url,
+        jwks.display(),
+    ));
+    let http = http();
+    let status = |path: &'static str| {
+        let http = http.clone();
+        let url = gw.url(path);
+        async move { http.post(url).send().await.unwrap().status() }
+    };
+    assert_eq!(
+        status("/v0/sign_in/token?rogue=1").await,
+        StatusCode::BAD_GATEWAY
+    );
+
+    // The login service rotated to the other key: publish it and reload.
+    std::fs::write(&jwks, login.rogue_jwks.to_string()).unwrap();
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &gw.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let config = gw.config.display().to_string();
+    for _ in 0..100 {
+        let lines = gw.lines.lock().unwrap().join("\n");
+        if lines.contains("configuration reloaded") && lines.contains(&config) {
+            break;
+        }
+        drop(lines);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status("/v0/sign_in/token?rogue=1").await, StatusCode::OK);
+    assert_eq!(status("/v0/sign_in/token").await, StatusCode::BAD_GATEWAY);
 }
