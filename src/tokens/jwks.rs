@@ -148,29 +148,33 @@ impl UpstreamKeys {
             return Err(Invalid);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| Invalid)?;
-        let key = self
-            .keys
-            .iter()
-            .find(|k| {
-                k.alg == header.alg
-                    && match (&header.kid, &k.kid) {
-                        (Some(want), Some(have)) => want == have,
-                        (None, _) => true,
-                        (Some(_), None) => false,
-                    }
-            })
-            .ok_or(Invalid)?;
-        let mut v = Validation::new(key.alg);
-        // Expiry is checked below against the gateway's clock.
-        v.validate_exp = false;
-        v.validate_aud = false;
-        v.required_spec_claims = ["exp", "sub"].iter().map(|s| s.to_string()).collect();
-        if let Some(iss) = issuer {
-            v.set_issuer(&[iss]);
-            v.required_spec_claims.insert("iss".into());
+        // The key the `kid` names; without one, each key of the algorithm
+        // in turn (a set holds few keys).
+        let candidates = self.keys.iter().filter(|k| {
+            k.alg == header.alg
+                && match (&header.kid, &k.kid) {
+                    (Some(want), Some(have)) => want == have,
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                }
+        });
+        let mut verified = None;
+        for key in candidates {
+            let mut v = Validation::new(key.alg);
+            // Expiry is checked below against the gateway's clock.
+            v.validate_exp = false;
+            v.validate_aud = false;
+            v.required_spec_claims = ["exp", "sub"].iter().map(|s| s.to_string()).collect();
+            if let Some(iss) = issuer {
+                v.set_issuer(&[iss]);
+                v.required_spec_claims.insert("iss".into());
+            }
+            if let Ok(data) = jsonwebtoken::decode::<UpstreamClaims>(token, &key.key, &v) {
+                verified = Some(data);
+                break;
+            }
         }
-        let data =
-            jsonwebtoken::decode::<UpstreamClaims>(token, &key.key, &v).map_err(|_| Invalid)?;
+        let data = verified.ok_or(Invalid)?;
         let claims = data.claims;
         if now_secs >= claims.exp {
             return Err(Expired(Box::new(claims)));
@@ -232,6 +236,10 @@ mod tests {
         // Without a `kid`, a key of the token's algorithm is used.
         let no_kid = token(&s, None, claims("va.gov sign in", 1000));
         assert!(keys.verify(&no_kid, None, 999).is_ok());
+        // ... whichever of several it is signed with.
+        let two = serde_json::json!({"keys": [signer().jwks["keys"][0], s.jwks["keys"][0]]});
+        let two = UpstreamKeys::parse(two.to_string().as_bytes()).unwrap();
+        assert!(two.verify(&no_kid, None, 999).is_ok());
 
         // Another key, an unknown kid, tampering, garbage: invalid.
         let other = signer();
