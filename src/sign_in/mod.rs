@@ -5,6 +5,9 @@
 //!   `GET openid_connect/certs`, each with credentialed CORS for listed origins.
 //! - Every other path under the prefix goes to `sign_in.upstream` (dispatched
 //!   in [`crate::app`]), or is 404 without it.
+//! - With `[sign_in.adopt]`, the login service's answers that carry a token
+//!   bundle of its own get the gateway's instead ([`adopt`]), and its access
+//!   tokens are accepted until they expire ([`SignIn::verify_access`]).
 //! - Error bodies are `{"errors":"<message>"}` with the exact SiS messages.
 
 pub mod admin;
