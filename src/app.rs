@@ -113,8 +113,17 @@ impl App {
                 self.sign_in.intercepts(req.uri().path()),
                 self.proxy.sign_in_route(),
             ) {
-                let response =
+                // An answer that may carry a bundle of the login service's
+                // own must be read to be adopted: ask for it unencoded.
+                let adopts = self.sign_in.adopts();
+                if adopts {
+                    req.headers_mut().remove(header::ACCEPT_ENCODING);
+                }
+                let mut response =
                     crate::boxed!(self.proxy.forward(route, req, ctx, HeaderMap::new())).await;
+                if adopts {
+                    response = crate::boxed!(self.sign_in.adopt(response, ctx)).await;
+                }
                 return Handled {
                     response,
                     route: &route.stats,

@@ -21,6 +21,10 @@ pub struct RequestCtx {
     /// The upstream that answered (or failed), once one was tried: named in
     /// the access log line.
     pub upstream: OnceLock<Arc<str>>,
+    /// The outcome of adopting a login service's token bundle in the
+    /// answer (`adopted`, `invalid`, …), when it carried one: named in the
+    /// access log line.
+    pub adoption: OnceLock<&'static str>,
 }
 
 /// A request id: one kept from a trusted proxy, or a generated UUID held

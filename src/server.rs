@@ -706,6 +706,7 @@ async fn public_request(
         request_id,
         tls,
         upstream: OnceLock::new(),
+        adoption: OnceLock::new(),
     };
     // Only pay for copying what the log line needs when it is written.
     let log = tracing::enabled!(target: "access", Level::INFO).then(|| {
@@ -723,6 +724,7 @@ async fn public_request(
     handled.route.record(status, elapsed);
     if let Some((method, version, path)) = log {
         let upstream = ctx.upstream.get().map(|u| &**u);
+        let adoption = ctx.adoption.get().copied();
         tracing::info!(
             target: "access",
             method = %method,
@@ -732,6 +734,7 @@ async fn public_request(
             status,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             upstream,
+            adoption,
             request_id = %ctx.request_id,
             client_ip = %ctx.client_ip,
         );

@@ -88,7 +88,7 @@ impl Auth {
 
         // A Bearer header wins over the cookie and is never refreshed inline.
         if let Some(bearer) = params::bearer(headers) {
-            return match self.verify(sessions, bearer, now_secs) {
+            return match self.verify(sign_in, bearer, now_secs) {
                 Ok(verified) => {
                     decision.identity = Some(Identity {
                         verified,
@@ -111,7 +111,7 @@ impl Auth {
         // Cookies are read by the one reader (raw, percent-encoded or
         // quoted alike); a raw value is borrowed, not copied.
         if let Some(token) = cookie::get(headers, access_name) {
-            if let Ok(verified) = self.verify(sessions, &token, now_secs) {
+            if let Ok(verified) = self.verify(sign_in, &token, now_secs) {
                 if verified.claims.exp > now_secs + skew {
                     decision.identity = Some(Identity {
                         verified,
@@ -174,14 +174,15 @@ impl Auth {
 
     fn verify(
         &self,
-        sessions: &crate::session::service::Sessions,
+        sign_in: &SignIn,
         token: &str,
         now_secs: u64,
     ) -> Result<Arc<Verified>, VerifyError> {
         if let Some(verified) = self.verified.get(token, now_secs) {
             return Ok(verified);
         }
-        let verified = Verified::new(Arc::new(sessions.verify_access(token)?));
+        // The gateway's own tokens, and the login service's when adopting.
+        let verified = Verified::new(Arc::new(sign_in.verify_access(token)?));
         self.verified.insert(token, verified.clone());
         Ok(verified)
     }

@@ -4,6 +4,7 @@
 //! check` can report them all in one run. Defaults are the `DEFAULT_*`
 //! constants below.
 
+mod adopt;
 mod raw;
 mod secret;
 
@@ -16,6 +17,7 @@ use http::header::HeaderName;
 use http::Uri;
 use ipnet::IpNet;
 
+pub use adopt::AdoptConfig;
 pub use secret::Secret;
 
 use raw::{RawClient, RawConfig, RawRoute};
@@ -240,6 +242,8 @@ pub struct SignInConfig {
     /// The login service: every path under `path_prefix` that the gateway
     /// does not answer itself goes here (SPEC §8); `None` answers them 404.
     pub upstream: Option<Upstream>,
+    /// `[sign_in.adopt]`: the login service's own tokens are adopted.
+    pub adopt: Option<AdoptConfig>,
 }
 
 impl SignInConfig {
@@ -758,11 +762,13 @@ impl Validator {
                 None
             }
         });
+        let adopt = self.adopt(si.adopt, upstream.is_some());
         let sign_in = SignInConfig {
             path_prefix,
             failures_per_minute,
             cors_origins,
             upstream,
+            adopt,
         };
 
         let c = raw.cookies;

@@ -91,6 +91,15 @@ pub(crate) struct RawSignIn {
     pub(crate) failures_per_minute: Option<i64>,
     pub(crate) cors_origins: Option<Vec<String>>,
     pub(crate) upstream: Option<String>,
+    pub(crate) adopt: Option<RawAdopt>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RawAdopt {
+    pub(crate) jwks: Option<String>,
+    pub(crate) issuer: Option<String>,
+    pub(crate) migrate: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

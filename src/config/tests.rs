@@ -206,3 +206,84 @@ fn trust_boundary_keys() {
     let k = keys("[server]\nmerge_slashes = \"yes\"\n");
     assert_eq!(k, ["server.merge_slashes"]);
 }
+
+/// A file under the temp dir holding `contents`, named for this test.
+fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("sis-gateway-config-{}-{name}", std::process::id()));
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+fn adopt_config(jwks: &str, extra: &str) -> String {
+    format!(
+        "[sign_in]\nupstream = \"http://127.0.0.1:3001\"\n[sign_in.adopt]\njwks = \"{jwks}\"\n{extra}"
+    )
+}
+
+#[test]
+fn sign_in_adopt_reads_the_jwks_file() {
+    let rsa = crate::tokens::AccessTokens::ephemeral(Algorithm::Rs256).jwks();
+    let ec = crate::tokens::AccessTokens::ephemeral(Algorithm::Es256).jwks();
+    let both = serde_json::json!({"keys": [rsa["keys"][0], ec["keys"][0],
+        {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"}]});
+    let path = temp_file("adopt-ok.json", &both.to_string());
+    let c = Config::parse(
+        &adopt_config(
+            &format!("file:{}", path.display()),
+            "issuer = \"va.gov sign in\"\n",
+        ),
+        "t",
+    )
+    .unwrap();
+    let adopt = c.sign_in.adopt.unwrap();
+    // The HMAC key is not one the gateway verifies upstream tokens with.
+    assert_eq!(adopt.keys.len(), 2);
+    assert_eq!(adopt.issuer.as_deref(), Some("va.gov sign in"));
+    assert!(adopt.migrate, "migrate defaults to true");
+    let c = Config::parse(
+        &adopt_config(&format!("file:{}", path.display()), "migrate = false\n"),
+        "t",
+    )
+    .unwrap();
+    assert!(!c.sign_in.adopt.unwrap().migrate);
+    assert!(Config::parse("", "t").unwrap().sign_in.adopt.is_none());
+}
+
+#[test]
+fn sign_in_adopt_problems_name_the_key() {
+    let bad_json = temp_file("adopt-bad.json", "{\"keys\": 3}");
+    let no_usable = temp_file(
+        "adopt-none.json",
+        r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"hmac"}]}"#,
+    );
+    let broken_rsa = temp_file(
+        "adopt-broken.json",
+        r#"{"keys":[{"kty":"RSA","kid":"k1","n":"@@","e":"AQAB","alg":"RS256"}]}"#,
+    );
+    let cases = [
+        ("https://sis.example.gov/jwks", "only file:"),
+        ("/etc/jwks.json", "must be file:PATH"),
+        ("file:/nonexistent/jwks.json", "cannot read"),
+        (
+            &format!("file:{}", bad_json.display()),
+            "not a JWKS document",
+        ),
+        (
+            &format!("file:{}", no_usable.display()),
+            "no RS256 or ES256",
+        ),
+        (&format!("file:{}", broken_rsa.display()), "key \"k1\""),
+    ];
+    for (spec, want) in cases {
+        let p = problems(&adopt_config(spec, ""));
+        assert_eq!(p.len(), 1, "{spec}: {p:?}");
+        assert_eq!(p[0].key, "sign_in.adopt.jwks", "{spec}");
+        assert!(p[0].message.contains(want), "{spec}: {}", p[0].message);
+    }
+    let k = keys("[sign_in.adopt]\nissuer = \"x\"\n");
+    assert!(k.contains(&"sign_in.adopt".to_string()), "{k:?}");
+    assert!(k.contains(&"sign_in.adopt.jwks".to_string()), "{k:?}");
+    let k = keys(&adopt_config("file:/x", "bogus = 1\n"));
+    assert!(k.contains(&"sign_in.adopt.bogus".to_string()), "{k:?}");
+}

@@ -71,6 +71,7 @@ impl Probe {
             request_id: RequestId::generated(*b"00000000-0000-4000-8000-000000000000"),
             tls: false,
             upstream: OnceLock::new(),
+            adoption: OnceLock::new(),
         };
         let Ok(out) = self.proxy.prepare(route, req, &ctx) else {
             return Outcome::NotForwarded;

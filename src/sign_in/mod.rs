@@ -5,9 +5,13 @@
 //!   `GET openid_connect/certs`, each with credentialed CORS for listed origins.
 //! - Every other path under the prefix goes to `sign_in.upstream` (dispatched
 //!   in [`crate::app`]), or is 404 without it.
+//! - With `[sign_in.adopt]`, the login service's answers that carry a token
+//!   bundle of its own get the gateway's instead ([`adopt`]), and its access
+//!   tokens are accepted until they expire ([`SignIn::verify_access`]).
 //! - Error bodies are `{"errors":"<message>"}` with the exact SiS messages.
 
 pub mod admin;
+pub mod adopt;
 pub mod cookies;
 pub mod cors;
 pub mod limit;
@@ -71,6 +75,9 @@ pub struct SignIn {
     admin_token: Option<crate::config::Secret>,
     limiter: Arc<limit::FailureLimiter>,
     clock: SharedClock,
+    /// `[sign_in.adopt]`: answers of the login service carrying a bundle of
+    /// its own are adopted.
+    adopter: Option<adopt::Adopter>,
 }
 
 impl SignIn {
@@ -149,8 +156,14 @@ impl SignIn {
         access: AccessTokens,
         limiter: Arc<limit::FailureLimiter>,
     ) -> SignIn {
+        let adopter = config
+            .sign_in
+            .adopt
+            .as_ref()
+            .map(|a| adopt::Adopter::new(a, &config.cookies, &metrics));
         let sessions = Sessions::new(config, store, sealer, access, clock.clone(), metrics);
         SignIn {
+            adopter,
             prefix: config.sign_in.path_prefix.clone(),
             cookies: config.cookies.clone(),
             refresh_cookie: config.cookies.refresh_name(),
@@ -328,7 +341,7 @@ impl SignIn {
                 "Access token JWT is malformed",
             ));
         };
-        match self.sessions.verify_access(&token) {
+        match self.verify_access(&token) {
             Ok(claims) => Ok(claims),
             Err(VerifyError::Expired(_)) => Err(json_error(
                 StatusCode::FORBIDDEN,

@@ -4,11 +4,13 @@
 //!   sealed successor kept for the replay window.
 //! - [`jwt`]: access tokens signed with parsed aws-lc-rs keys, verified by `kid`, and the JWKS.
 //! - [`keys`]: key generation for `sis-gateway keygen`.
+//! - [`jwks`]: the keys of a fronted login service's access tokens (`sign_in.adopt.jwks`).
 
 use std::path::PathBuf;
 
 use aws_lc_rs::{digest, rand};
 
+pub mod jwks;
 pub mod jwt;
 pub mod keys;
 pub mod seal;

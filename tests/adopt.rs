@@ -1,0 +1,766 @@
+//! The gateway in front of an existing Sign-in Service (SPEC §8): answers
+//! of a Rails-style login service that carry its own tokens come back to the
+//! client with the gateway's, which then refresh at the gateway alone.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::gateway::{echoed, echoed_headers};
+use common::gateway::{temp_path, TestGateway};
+use common::redis::RedisServer;
+use common::upstream::TestUpstream;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sis_gateway::config::Algorithm;
+use sis_gateway::tokens::{generate_pem, AccessTokens};
+use tokio::net::TcpListener;
+
+const NOT_ADOPTED: &str = r#"{"errors":"Sign-in could not be adopted"}"#;
+
+/// An RS256 key of the stand-in: its PEM and its `kid`.
+struct Key {
+    pem: Vec<u8>,
+    kid: String,
+    jwks: Value,
+}
+
+impl Key {
+    fn new() -> Key {
+        let pem = generate_pem(Algorithm::Rs256).unwrap();
+        let tokens = AccessTokens::from_pem(std::slice::from_ref(&pem)).unwrap();
+        Key {
+            kid: tokens.kid().to_owned(),
+            jwks: tokens.jwks(),
+            pem,
+        }
+    }
+
+    /// An access token as the Rails service signs it.
+    fn access_token(&self, client_id: &str, exp: u64) -> String {
+        let now = now_secs();
+        let claims = json!({
+            "iss": "va.gov sign in",
+            "aud": ["vets-api"],
+            "client_id": client_id,
+            "jti": "b0f5d3c8-3d25-4a5e-9e54-6a2c6d1c1a11",
+            "sub": "user-uuid-1",
+            "exp": exp,
+            "iat": now,
+            "session_handle": "9a4c4f0f-6a38-4c07-9d7d-2a26b3f0f3ad",
+            "refresh_token_hash": "0f1e2d",
+            "parent_refresh_token_hash": null,
+            "anti_csrf_token": "5e1f0a",
+            "last_regeneration_time": now,
+            "version": "V0",
+            "user_attributes": {"first_name": "ADA", "last_name": "LOVELACE", "email": "ada@example.gov"},
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(&self.pem).unwrap();
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The refresh token the stand-in hands out, in the Rails shape.
+const UPSTREAM_REFRESH: &str =
+    "v1:c3RhbmQtaW4tc2VhbGVkLXBheWxvYWQtb2YtdGhlLXJhaWxzLXNlcnZpY2U=.0123456789abcdef0123456789abcdef.V0";
+const UPSTREAM_ANTI_CSRF: &str = "5e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b";
+
+/// A stand-in for a Rails Sign-in Service. `token` answers a JSON bundle,
+/// `callback` a 302 with its percent-encoded `vagov_` cookies; the query
+/// picks the client (`client_id`), a key not in the published JWKS
+/// (`rogue=1`) or an expired token (`expired=1`). It counts every call.
+struct StandIn {
+    url: String,
+    /// The JWKS of the key not published in `jwks_file`.
+    rogue_jwks: Value,
+    /// An echoing upstream for the gateway's routes.
+    apps: String,
+    _apps: TestUpstream,
+    key: Arc<Key>,
+    rogue: Arc<Key>,
+    calls: Arc<AtomicUsize>,
+    jwks_file: std::path::PathBuf,
+}
+
+async fn stand_in() -> StandIn {
+    let key = Arc::new(Key::new());
+    let rogue = Arc::new(Key::new());
+    let (key_kept, rogue_kept) = (key.clone(), rogue.clone());
+    let jwks_file = temp_path("upstream-jwks.json");
+    std::fs::write(&jwks_file, key.jwks.to_string()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (key, rogue, counted) = (key.clone(), rogue.clone(), counted.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let query: Vec<(String, String)> =
+                        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                            .into_owned()
+                            .collect();
+                    let q = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+                    let signer = if q("rogue").is_some() { &rogue } else { &key };
+                    let exp = if q("expired").is_some() {
+                        now_secs() - 10
+                    } else {
+                        now_secs() + 300
+                    };
+                    let client = q("client_id").unwrap_or_else(|| "mobile".into());
+                    let access = signer.access_token(&client, exp);
+                    let path = req.uri().path().to_owned();
+                    let res = match path.as_str() {
+                        "/v0/sign_in/token" => hyper::Response::builder()
+                            .header("content-type", "application/json; charset=utf-8")
+                            .header("x-request-from", "stand-in")
+                            .body(Full::new(Bytes::from(
+                                json!({
+                                    "data": {
+                                        "access_token": access,
+                                        "refresh_token": UPSTREAM_REFRESH,
+                                        "anti_csrf_token": UPSTREAM_ANTI_CSRF,
+                                        "note": "kept",
+                                    },
+                                    "meta": {"kept": true},
+                                })
+                                .to_string(),
+                            ))),
+                        "/v0/sign_in/callback" => {
+                            let enc = |s: &str| {
+                                percent_encoding::utf8_percent_encode(
+                                    s,
+                                    percent_encoding::NON_ALPHANUMERIC,
+                                )
+                                .to_string()
+                            };
+                            hyper::Response::builder()
+                                .status(302)
+                                .header("location", "https://www.example.gov/?type=logingov")
+                                .header(
+                                    "set-cookie",
+                                    format!("vagov_access_token={}; path=/; HttpOnly", enc(&access)),
+                                )
+                                .header(
+                                    "set-cookie",
+                                    format!(
+                                        "vagov_refresh_token={}; path=/v0/sign_in/refresh; HttpOnly",
+                                        enc(UPSTREAM_REFRESH)
+                                    ),
+                                )
+                                .header(
+                                    "set-cookie",
+                                    format!(
+                                        "vagov_anti_csrf_token={}; path=/; HttpOnly",
+                                        enc(UPSTREAM_ANTI_CSRF)
+                                    ),
+                                )
+                                .header(
+                                    "set-cookie",
+                                    format!(
+                                        "vagov_info_token={}; path=/",
+                                        enc(r#"{"access_token_expiration":"x"}"#)
+                                    ),
+                                )
+                                .header("set-cookie", "_vets_session=abc; path=/; HttpOnly")
+                                .body(Full::new(Bytes::new()))
+                        }
+                        "/v0/sign_in/big" => hyper::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(
+                                json!({
+                                    "data": {"access_token": access, "refresh_token": UPSTREAM_REFRESH},
+                                    "padding": "x".repeat(100 * 1024),
+                                })
+                                .to_string(),
+                            ))),
+                        _ => hyper::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from_static(
+                                br#"{"data":{"active":true},"refresh_token":null}"#,
+                            ))),
+                    };
+                    async move { Ok::<_, Infallible>(res.unwrap()) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let apps = TestUpstream::start().await;
+    StandIn {
+        rogue_jwks: rogue_kept.jwks.clone(),
+        url,
+        apps: apps.url.clone(),
+        _apps: apps,
+        key: key_kept,
+        rogue: rogue_kept,
+        calls,
+        jwks_file,
+    }
+}
+
+fn gateway(redis: &RedisServer, login: &StandIn) -> TestGateway {
+    TestGateway::start(format!(
+        r#"
+[store]
+url = "{}"
+[cookies]
+secure = false
+refresh_path = "/"
+[sign_in]
+upstream = "{}"
+[sign_in.adopt]
+jwks = "file:{}"
+issuer = "va.gov sign in"
+[[clients]]
+client_id = "mobile"
+authentication = "api"
+[[clients]]
+client_id = "web"
+authentication = "cookie"
+anti_csrf = true
+[[routes]]
+path_prefix = "/app"
+upstream = "{}"
+auth = "session"
+[[routes]]
+path_prefix = "/api"
+upstream = "{}"
+auth = "required"
+"#,
+        redis.url(),
+        login.url,
+        login.jwks_file.display(),
+        login.apps,
+        login.apps,
+    ))
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Every header value and the body of a response, as one text to search.
+async fn everything(res: reqwest::Response) -> (StatusCode, reqwest::header::HeaderMap, String) {
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.text().await.unwrap();
+    (status, headers, body)
+}
+
+fn leaks_upstream_refresh(headers: &reqwest::header::HeaderMap, body: &str) -> bool {
+    let encoded =
+        percent_encoding::utf8_percent_encode(UPSTREAM_REFRESH, percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    let needle = "c3RhbmQtaW4tc2VhbGVk";
+    body.contains(needle)
+        || headers.values().any(|v| {
+            let v = String::from_utf8_lossy(v.as_bytes());
+            v.contains(needle) || v.contains(&encoded)
+        })
+}
+
+fn set_cookies(headers: &reqwest::header::HeaderMap) -> Vec<String> {
+    headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The value a `Set-Cookie` list gives `name`.
+fn cookie_value<'a>(cookies: &'a [String], name: &str) -> Option<&'a str> {
+    cookies.iter().find_map(|c| {
+        let pair = c.split(';').next()?;
+        let (n, v) = pair.split_once('=')?;
+        (n.trim() == name).then_some(v.trim())
+    })
+}
+
+#[tokio::test]
+async fn an_api_token_exchange_is_adopted_and_refreshes_at_the_gateway() {
+    let redis = RedisServer::start();
+    let login = stand_in().await;
+    let gw = gateway(&redis, &login);
+    let http = http();
+
+    let res = http
+        .post(gw.url("/v0/sign_in/token"))
+        .form(&[("grant_type", "authorization_code"), ("code", "c")])
+        .send()
+        .await
+        .unwrap();
+    let (status, headers, text) = everything(res).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(!leaks_upstream_refresh(&headers, &text), "{text}");
+    assert_eq!(headers["x-request-from"], "stand-in");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    // Other fields are kept, in `data` and beside it.
+    assert_eq!(body["meta"], json!({"kept": true}));
+    assert_eq!(body["data"]["note"], "kept");
+    // The API client has no anti-CSRF token at the gateway.
+    assert!(body["data"].get("anti_csrf_token").is_none(), "{body}");
+    let access = body["data"]["access_token"].as_str().unwrap();
+    let refresh = body["data"]["refresh_token"].as_str().unwrap().to_owned();
+    assert!(
+        refresh.starts_with("v1:") && refresh.ends_with(".V0"),
+        "{refresh}"
+    );
+    assert_ne!(refresh, UPSTREAM_REFRESH);
+
+    // The access token is the gateway's: it verifies against its certs and
+    // carries the user, client and attributes of the upstream's.
+    let certs: Value = reqwest::get(gw.url("/v0/sign_in/openid_connect/certs"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(certs["keys"][0].clone()).unwrap();
+    let header = jsonwebtoken::decode_header(access).unwrap();
+    let mut v = jsonwebtoken::Validation::new(header.alg);
+    v.validate_aud = false;
+    let claims = jsonwebtoken::decode::<Value>(
+        access,
+        &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(),
+        &v,
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(claims["sub"], "user-uuid-1");
+    assert_eq!(claims["client_id"], "mobile");
+    assert_eq!(claims["user_attributes"]["email"], "ada@example.gov");
+    assert_ne!(
+        claims["session_handle"],
+        "9a4c4f0f-6a38-4c07-9d7d-2a26b3f0f3ad"
+    );
+
+    // Refreshes are the gateway's alone from here on.
+    let calls = login.calls.load(Ordering::SeqCst);
+    assert_eq!(calls, 1);
+    let mut token = refresh;
+    for _ in 0..3 {
+        let res = http
+            .post(gw.url("/v0/sign_in/refresh"))
+            .form(&[("refresh_token", token.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Value = res.json().await.unwrap();
+        token = body["data"]["refresh_token"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(login.calls.load(Ordering::SeqCst), calls);
+    let metrics = reqwest::get(gw.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"sis_adoptions_total{outcome="adopted"} 1"#),
+        "{metrics}"
+    );
+
+    // The upstream's own refresh token is not the gateway's to rotate.
+    let res = http
+        .post(gw.url("/v0/sign_in/refresh"))
+        .form(&[("refresh_token", UPSTREAM_REFRESH)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_browser_callback_is_adopted_with_the_gateways_cookies() {
+    let redis = RedisServer::start();
+    let login = stand_in().await;
+    let gw = gateway(&redis, &login);
+    let http = http();
+
+    let res = http
+        .get(gw.url("/v0/sign_in/callback?code=c&state=s&client_id=web"))
+        .send()
+        .await
+        .unwrap();
+    let (status, headers, text) = everything(res).await;
+    // Status, Location and the other cookie are the stand-in's.
+    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(
+        headers["location"],
+        "https://www.example.gov/?type=logingov"
+    );
+    assert!(!leaks_upstream_refresh(&headers, &text), "{headers:?}");
+    let cookies = set_cookies(&headers);
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c == "_vets_session=abc; path=/; HttpOnly"),
+        "{cookies:?}"
+    );
+    // Exactly the gateway's four `vagov_` cookies.
+    let vagov: Vec<&String> = cookies.iter().filter(|c| c.starts_with("vagov_")).collect();
+    assert_eq!(vagov.len(), 4, "{cookies:?}");
+    let refresh = cookie_value(&cookies, "vagov_refresh_token").unwrap();
+    let anti_csrf = cookie_value(&cookies, "vagov_anti_csrf_token").unwrap();
+    assert!(refresh.starts_with("v1:"), "{refresh}");
+    assert_ne!(anti_csrf, UPSTREAM_ANTI_CSRF);
+    let refresh_cookie = cookies
+        .iter()
+        .find(|c| c.starts_with("vagov_refresh_token="))
+        .unwrap();
+    // The gateway's attributes, not the stand-in's.
+    assert!(refresh_cookie.contains("Path=/;"), "{refresh_cookie}");
+
+    // The browser's refresh goes to the gateway alone.
+    let calls = login.calls.load(Ordering::SeqCst);
+    let res = http
+        .post(gw.url("/v0/sign_in/refresh"))
+        .header(
+            "cookie",
+            format!("vagov_refresh_token={refresh}; vagov_anti_csrf_token={anti_csrf}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let rotated = set_cookies(res.headers());
+    assert!(cookie_value(&rotated, "vagov_refresh_token").is_some_and(|r| r != refresh));
+    assert_eq!(login.calls.load(Ordering::SeqCst), calls);
+}
+
+#[tokio::test]
+async fn bundles_that_do_not_verify_are_refused() {
+    let redis = RedisServer::start();
+    let login = stand_in().await;
+    let gw = gateway(&redis, &login);
+    let http = http();
+
+    for path in [
+        "/v0/sign_in/token?rogue=1",
+        "/v0/sign_in/token?expired=1",
+        "/v0/sign_in/token?client_id=unknown",
+        "/v0/sign_in/callback?rogue=1&client_id=web",
+        "/v0/sign_in/callback?expired=1&client_id=web",
+        // Too large to read: refused rather than passed on unread.
+        "/v0/sign_in/big",
+    ] {
+        let res = http.get(gw.url(path)).send().await.unwrap();
+        let (status, headers, text) = everything(res).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{path}: {text}");
+        assert_eq!(text, NOT_ADOPTED, "{path}");
+        assert!(!leaks_upstream_refresh(&headers, &text), "{path}");
+        assert!(set_cookies(&headers).is_empty(), "{path}");
+    }
+    let metrics = reqwest::get(gw.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"sis_adoptions_total{outcome="invalid"} 2"#,
+        r#"sis_adoptions_total{outcome="expired"} 2"#,
+        r#"sis_adoptions_total{outcome="unknown_client"} 1"#,
+        r#"sis_adoptions_total{outcome="unreadable"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert!(!metrics.contains(r#"outcome="adopted""#), "{metrics}");
+}
+
+#[tokio::test]
+async fn answers_without_a_bundle_pass_as_they_came() {
+    let redis = RedisServer::start();
+    let login = stand_in().await;
+    let gw = gateway(&redis, &login);
+    let res = http()
+        .post(gw.url("/v0/sign_in/introspect"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.text().await.unwrap(),
+        r#"{"data":{"active":true},"refresh_token":null}"#
+    );
+}
+
+#[tokio::test]
+async fn the_login_services_access_tokens_are_accepted_until_they_expire() {
+    let redis = RedisServer::start();
+    let login = stand_in().await;
+    let gw = gateway(&redis, &login);
+    let http = http();
+    let token = login.key.access_token("web", now_secs() + 300);
+
+    // As a Bearer header, and as the percent-encoded cookie the Rails
+    // service wrote.
+    let encoded = percent_encoding::utf8_percent_encode(&token, percent_encoding::NON_ALPHANUMERIC)
+        .to_string();
+    for req in [
+        http.get(gw.url("/app/x")).bearer_auth(&token),
+        http.get(gw.url("/api/x")).bearer_auth(&token),
+        http.get(gw.url("/app/x"))
+            .header("cookie", format!("vagov_access_token={encoded}")),
+    ] {
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let seen = echoed_headers(&res.json().await.unwrap());
+        assert_eq!(echoed(&seen, "x-sis-user-uuid"), ["user-uuid-1"]);
+        assert_eq!(echoed(&seen, "x-sis-client-id"), ["web"]);
+        assert_eq!(
+            echoed(&seen, "x-sis-session-handle"),
+            ["9a4c4f0f-6a38-4c07-9d7d-2a26b3f0f3ad"]
+        );
+    }
+
+    // revoke_all_sessions takes it as the gateway's own.
+    let res = http
+        .get(gw.url("/v0/sign_in/revoke_all_sessions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    // Signed by a key not in the JWKS: no identity, 401 where one is needed.
+    let rogue = login.rogue.access_token("web", now_secs() + 300);
+    let res = http
+        .get(gw.url("/app/x"))
+        .bearer_auth(&rogue)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let seen = echoed_headers(&res.json().await.unwrap());
+    assert!(echoed(&seen, "x-sis-user-uuid").is_empty());
+    let res = http
+        .get(gw.url("/api/x"))
+        .bearer_auth(&rogue)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    // Expired: 403, as for the gateway's own.
+    let expired = login.key.access_token("web", now_secs() - 1);
+    let res = http
+        .get(gw.url("/api/x"))
+        .bearer_auth(&expired)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        res.text().await.unwrap(),
+        r#"{"errors":"Access token has expired"}"#
+    );
+}
+
+/// The gateway binary on `config`, logging JSON; every stdout line is kept.
+struct Logged {
+    child: std::process::Child,
+    config: std::path::PathBuf,
+    addr: std::net::SocketAddr,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Logged {
+    fn spawn(config: &str) -> Logged {
+        use std::io::BufRead;
+        let path = temp_path("adopt-gateway.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = std::process::Command::new(common::gateway::binary())
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let kept = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["message"] == "public listener ready" {
+                        let _ = tx.send(v["addr"].as_str().unwrap().parse().unwrap());
+                    }
+                }
+                kept.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the gateway reports its listener");
+        Logged {
+            child,
+            config: path,
+            addr,
+            lines,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_access_log_says_when_an_answer_was_adopted_and_never_holds_a_token() {
+    let login = stand_in().await;
+    let gw = Logged::spawn(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[sign_in]
+upstream = "{}"
+[sign_in.adopt]
+jwks = "file:{}"
+[[clients]]
+client_id = "mobile"
+authentication = "api"
+[[routes]]
+path_prefix = "/"
+upstream = "{}"
+"#,
+        login.url,
+        login.jwks_file.display(),
+        login.apps,
+    ));
+    let http = http();
+    let res = http.post(gw.url("/v0/sign_in/token")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    let gateway_refresh = body["data"]["refresh_token"].as_str().unwrap().to_owned();
+    let gateway_access = body["data"]["access_token"].as_str().unwrap().to_owned();
+    let res = http
+        .post(gw.url("/v0/sign_in/token?rogue=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+
+    // The access lines are written as the answers go out; give them a moment.
+    let mut access: Vec<Value> = Vec::new();
+    for _ in 0..50 {
+        access = gw
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "access" && v["path"] == "/v0/sign_in/token")
+            .collect();
+        if access.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(access.len(), 2, "{access:?}");
+    assert_eq!(access[0]["adoption"], "adopted", "{}", access[0]);
+    assert_eq!(access[0]["status"], 200);
+    assert_eq!(access[1]["adoption"], "invalid", "{}", access[1]);
+    assert_eq!(access[1]["status"], 502);
+
+    let all = gw.lines.lock().unwrap().join("\n");
+    assert!(
+        all.contains("adopted a sign-in of the login service"),
+        "{all}"
+    );
+    for secret in [
+        "c3RhbmQtaW4tc2VhbGVk",
+        UPSTREAM_ANTI_CSRF,
+        gateway_refresh.as_str(),
+        gateway_access.as_str(),
+    ] {
+        assert!(!all.contains(secret), "{secret} in the log:\n{all}");
+    }
+    // No JWT (the stand-in's, signed or rogue) either.
+    assert!(!all.contains("eyJ"), "{all}");
+}
+
+#[tokio::test]
+async fn the_jwks_is_read_again_on_reload() {
+    let login = stand_in().await;
+    let jwks = temp_path("reloaded-jwks.json");
+    std::fs::copy(&login.jwks_file, &jwks).unwrap();
+    let gw = Logged::spawn(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[sign_in]
+upstream = "{}"
+[sign_in.adopt]
+jwks = "file:{}"
+[[clients]]
+client_id = "mobile"
+authentication = "api"
+"#,
+        login.url,
+        jwks.display(),
+    ));
+    let http = http();
+    let status = |path: &'static str| {
+        let http = http.clone();
+        let url = gw.url(path);
+        async move { http.post(url).send().await.unwrap().status() }
+    };
+    assert_eq!(
+        status("/v0/sign_in/token?rogue=1").await,
+        StatusCode::BAD_GATEWAY
+    );
+
+    // The login service rotated to the other key: publish it and reload.
+    std::fs::write(&jwks, login.rogue_jwks.to_string()).unwrap();
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &gw.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let config = gw.config.display().to_string();
+    for _ in 0..100 {
+        let lines = gw.lines.lock().unwrap().join("\n");
+        if lines.contains("configuration reloaded") && lines.contains(&config) {
+            break;
+        }
+        drop(lines);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status("/v0/sign_in/token?rogue=1").await, StatusCode::OK);
+    assert_eq!(status("/v0/sign_in/token").await, StatusCode::BAD_GATEWAY);
+}
