@@ -297,6 +297,23 @@ mod tests {
     }
 
     #[test]
+    fn sign_in_upstream_never_gets_the_default_identity_headers() {
+        // Every route renames its identity headers; the sign-in upstream's
+        // route keeps the defaults, which a client must not send it either.
+        let text = "[sign_in]\nupstream = \"http://127.0.0.1:2\"\n[cookies]\nrefresh_path = \"/\"\n[[routes]]\nupstream = \"http://127.0.0.1:1\"\nidentity_headers = { user_uuid = \"X-Remote-User\", session_handle = \"X-Remote-Session\", client_id = \"X-Remote-Client\" }\n";
+        let p = RequestPolicy::new(&Config::parse(text, "t").unwrap());
+        let mut h = map(&[
+            ("x-sis-user-uuid", "victim"),
+            ("x-sis-session-handle", "victim"),
+            ("x-sis-client-id", "victim"),
+            ("x-remote-user", "victim"),
+            ("x-other", "1"),
+        ]);
+        p.apply(&mut h, None, hop());
+        assert_eq!(names(&h), ["x-other"]);
+    }
+
+    #[test]
     fn upgrades_filtered_by_route() {
         let allowed = vec!["websocket".to_owned()];
         let v = |s: &'static str| HeaderValue::from_static(s);
