@@ -416,6 +416,41 @@ async fn a_rotated_key_is_picked_up_by_an_early_refetch() {
     assert_eq!(server.fetches(), 2);
 }
 
+#[tokio::test]
+async fn an_access_token_with_a_new_kid_brings_the_rotated_key_in() {
+    let (old, new) = (Key::new(), Key::new());
+    let server = JwksServer::start(Serve::Jwks(jwks(&[&old]))).await;
+    let login = login_service(Vec::new()).await;
+    let apps = TestUpstream::start().await;
+    let gw = TestGateway::start(config(&login, &server, &apps, ""));
+    // Serving (so the first fetch is done) before the key rotates.
+    assert_eq!(readyz(&admin_base(&gw)).await.0, StatusCode::OK);
+    assert_eq!(server.fetches(), 1);
+    server.set(Serve::Jwks(jwks(&[&old, &new])));
+
+    // A request is not held up for the refetch its token causes: refused
+    // at first, accepted once the new set is in.
+    let get = || {
+        reqwest::Client::new()
+            .get(gw.url("/api/x"))
+            .bearer_auth(new.access_token())
+            .send()
+    };
+    let first = get().await.unwrap();
+    let (status, text) = (first.status(), first.text().await.unwrap());
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+    let mut accepted = false;
+    for _ in 0..100 {
+        if get().await.unwrap().status() == StatusCode::OK {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(accepted, "the rotated key is fetched early");
+    assert_eq!(server.fetches(), 2);
+}
+
 // Multi-threaded: the JWKS server must answer while the gateway process
 // starts (`spawn` blocks).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
