@@ -14,7 +14,9 @@ const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0;
 ///
 /// - `GET /healthz`: 200 `{"status":"ok"}` while the process serves.
 /// - `GET /readyz`: 200 `{"status":"ready"}` when sign-in's dependencies
-///   (the session store) answer, else 503 `{"status":"unavailable"}`.
+///   (the session store) answer, else 503 `{"status":"unavailable"}`; also
+///   503, with a `reason`, while an `https://` `sign_in.adopt.jwks` has
+///   never been fetched.
 /// - `GET /metrics`: every registered metric.
 /// - `/admin/...`: the session admin API, handled by sign-in.
 pub async fn handle(app: &App, req: Request<RequestBody>) -> Response<Body> {
@@ -32,7 +34,12 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Response<Body> {
         }
         "/healthz" => body::json(StatusCode::OK, &json!({ "status": "ok" })),
         "/readyz" => {
-            if app.sign_in.ready().await {
+            if let Some(reason) = app.not_ready() {
+                body::json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({ "status": "unavailable", "reason": reason }),
+                )
+            } else if app.sign_in.ready().await {
                 body::json(StatusCode::OK, &json!({ "status": "ready" }))
             } else {
                 body::json(

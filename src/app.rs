@@ -27,6 +27,31 @@ pub struct App {
     path_rules: crate::target::PathRules,
 }
 
+/// Starts fetching an `https://` `sign_in.adopt.jwks`, or, on a reload
+/// that keeps its URL, takes the keys already fetched from `old`. A reload
+/// to a URL that gives nothing usable is refused while the running one has
+/// keys.
+async fn start_adopt_keys(
+    config: &mut Config,
+    old: Option<&Config>,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    let Some(adopt) = config.sign_in.adopt.as_mut() else {
+        return Ok(());
+    };
+    let old = old.and_then(|c| c.sign_in.adopt.as_ref());
+    if let Some(old) = old {
+        adopt.keep_fetched(old);
+    }
+    adopt.keys.start(metrics).await?;
+    if let (Some(why), Some(old)) = (adopt.keys.not_ready(), old) {
+        if old.keys.not_ready().is_none() {
+            anyhow::bail!("sign_in.adopt.jwks: {why}");
+        }
+    }
+    Ok(())
+}
+
 /// Metrics of requests that are not routed.
 struct Labels {
     sign_in: RouteStats,
@@ -46,7 +71,8 @@ impl App {
 
     /// A new `App` for a reloaded `config`, sharing this one's metrics and
     /// tunnels (so shutdown still sees tunnels opened before the reload).
-    pub async fn rebuild(&self, config: Config) -> anyhow::Result<App> {
+    pub async fn rebuild(&self, mut config: Config) -> anyhow::Result<App> {
+        start_adopt_keys(&mut config, Some(&self.config), &self.metrics).await?;
         let sign_in = self
             .sign_in
             .reloaded(&self.config, &config, self.metrics.clone())
@@ -60,10 +86,11 @@ impl App {
     }
 
     async fn build_with(
-        config: Config,
+        mut config: Config,
         metrics: Arc<Metrics>,
         tunnels: Tunnels,
     ) -> anyhow::Result<App> {
+        start_adopt_keys(&mut config, None, &metrics).await?;
         let sign_in = SignIn::new(&config, metrics.clone()).await?;
         Self::assemble(config, metrics, tunnels, sign_in)
     }
@@ -88,6 +115,13 @@ impl App {
             metrics,
             labels,
         })
+    }
+
+    /// Why the gateway is not ready beyond its store: the login service's
+    /// JWKS (an `https://` `sign_in.adopt.jwks`) never fetched yet.
+    pub fn not_ready(&self) -> Option<String> {
+        let adopt = self.config.sign_in.adopt.as_ref()?;
+        adopt.keys.not_ready()
     }
 
     /// Answers one request on the public listener: a sign-in endpoint, or a

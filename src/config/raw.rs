@@ -98,6 +98,7 @@ pub(crate) struct RawSignIn {
 #[serde(default)]
 pub(crate) struct RawAdopt {
     pub(crate) jwks: Option<String>,
+    pub(crate) ca: Option<String>,
     pub(crate) issuer: Option<String>,
     pub(crate) migrate: Option<bool>,
 }

@@ -251,6 +251,40 @@ fn sign_in_adopt_reads_the_jwks_file() {
 }
 
 #[test]
+fn sign_in_adopt_takes_an_https_jwks_url_without_fetching_it() {
+    let c = Config::parse(
+        &adopt_config("https://sis.example.gov/v0/sign_in/jwks", ""),
+        "t",
+    )
+    .unwrap();
+    let adopt = c.sign_in.adopt.unwrap();
+    // Fetched once the gateway starts: nothing yet, and not ready.
+    assert!(adopt.keys.is_empty());
+    let why = adopt.keys.not_ready().unwrap();
+    assert!(
+        why.contains("https://sis.example.gov/v0/sign_in/jwks"),
+        "{why}"
+    );
+
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let ca = temp_file("adopt-ca.pem", &cert.cert.pem());
+    let with_ca = adopt_config(
+        "https://localhost:8443/jwks",
+        &format!("ca = \"file:{}\"\n", ca.display()),
+    );
+    let a = Config::parse(&with_ca, "t").unwrap().sign_in.adopt.unwrap();
+    let b = Config::parse(&with_ca, "t").unwrap().sign_in.adopt.unwrap();
+    assert!(a.keys.same_remote(&b.keys), "same URL and CA");
+    assert!(!a.keys.same_remote(&adopt.keys));
+    // A CA is for a URL.
+    let p = problems(&adopt_config(
+        "file:/x.json",
+        &format!("ca = \"file:{}\"\n", ca.display()),
+    ));
+    assert!(p.iter().any(|p| p.key == "sign_in.adopt.ca"), "{p:?}");
+}
+
+#[test]
 fn sign_in_adopt_problems_name_the_key() {
     let bad_json = temp_file("adopt-bad.json", "{\"keys\": 3}");
     let no_usable = temp_file(
@@ -262,7 +296,8 @@ fn sign_in_adopt_problems_name_the_key() {
         r#"{"keys":[{"kty":"RSA","kid":"k1","n":"@@","e":"AQAB","alg":"RS256"}]}"#,
     );
     let cases = [
-        ("https://sis.example.gov/jwks", "only file:"),
+        ("http://sis.example.gov/jwks", "plain http://"),
+        ("https://user:pw@sis.example.gov/jwks", "credentials"),
         ("/etc/jwks.json", "must be file:PATH"),
         ("file:/nonexistent/jwks.json", "cannot read"),
         (
@@ -280,6 +315,17 @@ fn sign_in_adopt_problems_name_the_key() {
         assert_eq!(p.len(), 1, "{spec}: {p:?}");
         assert_eq!(p[0].key, "sign_in.adopt.jwks", "{spec}");
         assert!(p[0].message.contains(want), "{spec}: {}", p[0].message);
+    }
+    let url = "https://sis.example.gov/jwks";
+    for (ca, want) in [
+        ("/etc/ca.pem", "must be file:PATH"),
+        ("file:/nonexistent/ca.pem", "cannot read"),
+        (&format!("file:{}", bad_json.display()), "no certificate"),
+    ] {
+        let p = problems(&adopt_config(url, &format!("ca = \"{ca}\"\n")));
+        assert_eq!(p.len(), 1, "{ca}: {p:?}");
+        assert_eq!(p[0].key, "sign_in.adopt.ca", "{ca}");
+        assert!(p[0].message.contains(want), "{ca}: {}", p[0].message);
     }
     let k = keys("[sign_in.adopt]\nissuer = \"x\"\n");
     assert!(k.contains(&"sign_in.adopt".to_string()), "{k:?}");

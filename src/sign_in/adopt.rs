@@ -371,7 +371,8 @@ impl SignIn {
         let now_secs = self.sessions.now_ms() / 1000;
         let claims = match adopter
             .keys
-            .verify(token, adopter.issuer.as_deref(), now_secs)
+            .verify_fresh(token, adopter.issuer.as_deref(), now_secs)
+            .await
         {
             Ok(c) if !c.sub.is_empty() => c,
             Ok(_) => {

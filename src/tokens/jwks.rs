@@ -1,11 +1,20 @@
 //! The access-token keys of a login service the gateway fronts (SPEC §8):
-//! a JWKS read from a file, and verification of that service's tokens.
+//! a JWKS read from a file or fetched from an `https://` URL (kept fresh by
+//! [`super::jwks_fetch`]), and verification of that service's tokens.
 //!
 //! Only RS256 and ES256 (P-256) signing keys are used; keys of other kinds,
 //! and keys marked for encryption, are left out. Upstream tokens are met on
 //! sign-in answers, not on every request, so `jsonwebtoken` verifies them.
 
 use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use rustls::pki_types::CertificateDer;
+
+use super::jwks_fetch::Remote;
+use crate::clock::SystemClock;
+use crate::metrics::Metrics;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -21,19 +30,19 @@ struct UpstreamKey {
     key: DecodingKey,
 }
 
-/// The verification keys of the login service. Never empty.
-pub struct UpstreamKeys {
+/// One JWKS document's verification keys. Never empty.
+pub struct KeySet {
     keys: Vec<UpstreamKey>,
 }
 
-impl fmt::Debug for UpstreamKeys {
+impl fmt::Debug for KeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kids: Vec<_> = self
             .keys
             .iter()
             .map(|k| (k.kid.as_deref().unwrap_or("(no kid)"), k.alg))
             .collect();
-        f.debug_struct("UpstreamKeys").field("keys", &kids).finish()
+        f.debug_struct("KeySet").field("keys", &kids).finish()
     }
 }
 
@@ -65,24 +74,182 @@ pub enum UpstreamVerifyError {
     Invalid,
 }
 
+/// The login service's keys as the gateway holds them: read from a file
+/// once, or fetched from an `https://` URL and refreshed in the background
+/// once [started](Self::start). The set in use is swapped atomically; a
+/// fetched source has none until its first good fetch, and tokens do not
+/// verify until then.
+pub struct UpstreamKeys {
+    set: Arc<ArcSwapOption<KeySet>>,
+    remote: Option<Remote>,
+}
+
+impl fmt::Debug for UpstreamKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamKeys")
+            .field("remote", &self.remote)
+            .field("set", &self.set.load())
+            .finish()
+    }
+}
+
 impl UpstreamKeys {
-    /// Reads a JWKS spec: `file:PATH`. The message of an error is for
-    /// `sign_in.adopt.jwks`.
-    pub fn load(spec: &str) -> Result<UpstreamKeys, String> {
-        if spec.starts_with("https://") || spec.starts_with("http://") {
+    /// Reads a JWKS spec: `file:PATH` (read now), or an `https://` URL
+    /// (fetched once started), trusting `ca` instead of the system's roots
+    /// when given. The message of an error is for `sign_in.adopt.jwks`.
+    pub fn load(
+        spec: &str,
+        ca: Option<Vec<CertificateDer<'static>>>,
+    ) -> Result<UpstreamKeys, String> {
+        if spec.starts_with("http://") {
             return Err(format!(
-                "{spec:?}: only file:PATH is supported yet (fetching a JWKS URL is not)"
+                "{spec:?}: a JWKS fetched over plain http:// can be forged on the way; \
+                 use an https:// URL or file:PATH"
             ));
         }
+        if spec.starts_with("https://") {
+            let remote = Remote::new(spec, ca, Arc::new(SystemClock))?;
+            return Ok(UpstreamKeys {
+                set: Arc::new(ArcSwapOption::empty()),
+                remote: Some(remote),
+            });
+        }
         let Some(path) = spec.strip_prefix("file:") else {
-            return Err(format!("{spec:?} must be file:PATH"));
+            return Err(format!("{spec:?} must be file:PATH or an https:// URL"));
         };
         let text = std::fs::read(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
-        Self::parse(&text).map_err(|e| format!("{path:?}: {e}"))
+        let set = KeySet::parse(&text).map_err(|e| format!("{path:?}: {e}"))?;
+        Ok(UpstreamKeys::fixed(set))
     }
 
+    /// A set that never changes.
+    pub fn fixed(set: KeySet) -> UpstreamKeys {
+        UpstreamKeys {
+            set: Arc::new(ArcSwapOption::from_pointee(set)),
+            remote: None,
+        }
+    }
+
+    /// Starts fetching a URL source (a no-op for a file, or when already
+    /// started) and waits for the first attempt, good or not, for at most
+    /// the fetch timeout.
+    pub async fn start(&self, metrics: &Metrics) -> anyhow::Result<()> {
+        match &self.remote {
+            Some(remote) => remote.start(&self.set, metrics).await,
+            None => Ok(()),
+        }
+    }
+
+    /// True when both are fetched from the same URL, trusting the same
+    /// roots: a reload keeps the keys already fetched.
+    pub fn same_remote(&self, other: &UpstreamKeys) -> bool {
+        match (&self.remote, &other.remote) {
+            (Some(a), Some(b)) => a.same_source(b),
+            _ => false,
+        }
+    }
+
+    /// Why the keys cannot be used yet: a URL source before its first good
+    /// fetch. `None` once there is a set (a failed refresh keeps it).
+    pub fn not_ready(&self) -> Option<String> {
+        let remote = self.remote.as_ref()?;
+        if self.set.load().is_some() {
+            return None;
+        }
+        Some(remote.why_not_ready())
+    }
+
+    /// The number of usable keys in the set in use (0 before a first fetch).
+    pub fn len(&self) -> usize {
+        self.set.load().as_ref().map_or(0, |s| s.len())
+    }
+
+    /// True while there is no set (a URL source before its first fetch).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Verifies `token` against the set in use (see [`KeySet::verify`]);
+    /// with no set yet it does not verify. A token that names a key the set
+    /// lacks asks a URL source for an early refetch, in the background and
+    /// rate-limited, so that a rotated key is soon known.
+    pub fn verify(
+        &self,
+        token: &str,
+        issuer: Option<&str>,
+        now_secs: u64,
+    ) -> Result<UpstreamClaims, UpstreamVerifyError> {
+        let (result, unknown) = self.verify_once(token, issuer, now_secs);
+        if let (true, Some(remote)) = (unknown, &self.remote) {
+            remote.ask_early();
+        }
+        result
+    }
+
+    /// As [`verify`](Self::verify), but when the token names a key the set
+    /// lacks, waits for the early refetch (or one already under way) and
+    /// verifies again with what it brought.
+    pub async fn verify_fresh(
+        &self,
+        token: &str,
+        issuer: Option<&str>,
+        now_secs: u64,
+    ) -> Result<UpstreamClaims, UpstreamVerifyError> {
+        let (result, unknown) = self.verify_once(token, issuer, now_secs);
+        let Some(remote) = self.remote.as_ref().filter(|_| unknown) else {
+            return result;
+        };
+        if !remote.refetched().await {
+            if self.set.load().is_none() {
+                tracing::warn!(
+                    "no JWKS of the login service has been fetched yet: its tokens cannot be verified"
+                );
+            }
+            return result;
+        }
+        self.verify_once(token, issuer, now_secs).0
+    }
+
+    /// The result, and whether the token names a key the set lacks (or
+    /// there is no set).
+    fn verify_once(
+        &self,
+        token: &str,
+        issuer: Option<&str>,
+        now_secs: u64,
+    ) -> (Result<UpstreamClaims, UpstreamVerifyError>, bool) {
+        let set = self.set.load();
+        let result = match set.as_deref() {
+            Some(keys) => keys.verify(token, issuer, now_secs),
+            None => Err(UpstreamVerifyError::Invalid),
+        };
+        let unknown = matches!(result, Err(UpstreamVerifyError::Invalid))
+            && self.remote.is_some()
+            && names_unknown_key(set.as_deref(), token);
+        (result, unknown)
+    }
+}
+
+/// True when `token` has a JWT header whose `kid` is not in `set` (or there
+/// is no set): a key the login service may have rotated to.
+fn names_unknown_key(set: Option<&KeySet>, token: &str) -> bool {
+    if token.len() > MAX_JWT_LEN {
+        return false;
+    }
+    let Ok(header) = jsonwebtoken::decode_header(token) else {
+        return false;
+    };
+    let Some(set) = set else {
+        return true;
+    };
+    header
+        .kid
+        .is_some_and(|kid| !set.keys.iter().any(|k| k.kid.as_deref() == Some(&kid)))
+}
+
+impl KeySet {
     /// Parses a JWKS document (`{"keys":[…]}`).
-    pub fn parse(json: &[u8]) -> Result<UpstreamKeys, String> {
+    pub fn parse(json: &[u8]) -> Result<KeySet, String> {
         #[derive(Deserialize)]
         struct Set {
             keys: Vec<Value>,
@@ -121,7 +288,7 @@ impl UpstreamKeys {
         if keys.is_empty() {
             return Err("no RS256 or ES256 signing key in the set".into());
         }
-        Ok(UpstreamKeys { keys })
+        Ok(KeySet { keys })
     }
 
     /// The number of usable keys.
@@ -132,6 +299,14 @@ impl UpstreamKeys {
     /// Never true: a set without a usable key is not loaded.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// The `kid`s of the set, for logs.
+    pub fn kids(&self) -> Vec<&str> {
+        self.keys
+            .iter()
+            .map(|k| k.kid.as_deref().unwrap_or("(no kid)"))
+            .collect()
     }
 
     /// Verifies `token`'s signature with the key its `kid` names (or, without
@@ -220,7 +395,7 @@ mod tests {
     #[test]
     fn verifies_signature_issuer_and_expiry() {
         let s = signer();
-        let keys = UpstreamKeys::parse(s.jwks.to_string().as_bytes()).unwrap();
+        let keys = KeySet::parse(s.jwks.to_string().as_bytes()).unwrap();
         let good = token(&s, Some(&s.kid), claims("va.gov sign in", 1000));
         let c = keys.verify(&good, Some("va.gov sign in"), 999).unwrap();
         assert_eq!((c.sub.as_str(), c.client_id.as_str()), ("u", "web"));
@@ -238,7 +413,7 @@ mod tests {
         assert!(keys.verify(&no_kid, None, 999).is_ok());
         // ... whichever of several it is signed with.
         let two = serde_json::json!({"keys": [signer().jwks["keys"][0], s.jwks["keys"][0]]});
-        let two = UpstreamKeys::parse(two.to_string().as_bytes()).unwrap();
+        let two = KeySet::parse(two.to_string().as_bytes()).unwrap();
         assert!(two.verify(&no_kid, None, 999).is_ok());
 
         // Another key, an unknown kid, tampering, garbage: invalid.
@@ -262,6 +437,35 @@ mod tests {
                 "{t}"
             );
         }
+    }
+
+    #[test]
+    fn a_url_source_verifies_nothing_before_its_first_fetch() {
+        let s = signer();
+        let keys = UpstreamKeys::load("https://sis.example.gov/jwks", None).unwrap();
+        let good = token(&s, Some(&s.kid), claims("va.gov sign in", 1000));
+        assert_eq!(
+            keys.verify(&good, None, 999).unwrap_err(),
+            UpstreamVerifyError::Invalid
+        );
+        assert!(keys.is_empty());
+        assert!(keys.not_ready().is_some());
+        // A file source is ready from the start.
+        let set = KeySet::parse(s.jwks.to_string().as_bytes()).unwrap();
+        let fixed = UpstreamKeys::fixed(KeySet::parse(s.jwks.to_string().as_bytes()).unwrap());
+        assert!(fixed.not_ready().is_none());
+        assert!(fixed.verify(&good, None, 999).is_ok());
+
+        // What asks for an early refetch: a kid the set lacks, or any
+        // token with a header while there is no set.
+        assert!(names_unknown_key(None, &good));
+        assert!(!names_unknown_key(Some(&set), &good));
+        let rotated = token(&s, Some("rotated"), claims("va.gov sign in", 1000));
+        assert!(names_unknown_key(Some(&set), &rotated));
+        let no_kid = token(&s, None, claims("va.gov sign in", 1000));
+        assert!(!names_unknown_key(Some(&set), &no_kid));
+        assert!(!names_unknown_key(None, "garbage"));
+        assert!(!names_unknown_key(Some(&set), "a.b.c"));
     }
 
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;

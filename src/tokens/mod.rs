@@ -5,12 +5,14 @@
 //! - [`jwt`]: access tokens signed with parsed aws-lc-rs keys, verified by `kid`, and the JWKS.
 //! - [`keys`]: key generation for `sis-gateway keygen`.
 //! - [`jwks`]: the keys of a fronted login service's access tokens (`sign_in.adopt.jwks`).
+//! - [`jwks_fetch`]: those keys fetched from an `https://` URL and kept fresh.
 
 use std::path::PathBuf;
 
 use aws_lc_rs::{digest, rand};
 
 pub mod jwks;
+pub mod jwks_fetch;
 pub mod jwt;
 pub mod keys;
 pub mod seal;
