@@ -430,7 +430,7 @@ impl Drop for Logged {
 }
 
 #[tokio::test]
-async fn the_access_log_says_when_an_answer_was_adopted_and_never_holds_a_token() {
+async fn the_access_log_says_when_an_answer_was_adopted_or_migrated_and_never_holds_a_token() {
     let login = stand_in().await;
     let gw = Logged::spawn(&format!(
         r#"
@@ -463,6 +463,21 @@ upstream = "{}"
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    // A refresh token issued before the gateway went in is migrated.
+    let (old, _) = login.signed_in("mobile");
+    let res = http
+        .post(gw.url("/v0/sign_in/refresh"))
+        .form(&[("refresh_token", old.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let migrated: Value = res.json().await.unwrap();
+    let migrated_refresh = migrated["data"]["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
     // The access lines are written as the answers go out; give them a moment.
     let lines = |path: &'static str| {
         gw.lines
@@ -476,7 +491,7 @@ upstream = "{}"
     let mut access: Vec<Value> = Vec::new();
     for _ in 0..50 {
         access = lines("/v0/sign_in/token");
-        if access.len() == 2 {
+        if access.len() == 2 && lines("/v0/sign_in/refresh").len() == 1 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -486,6 +501,10 @@ upstream = "{}"
     assert_eq!(access[0]["status"], 200);
     assert_eq!(access[1]["adoption"], "invalid", "{}", access[1]);
     assert_eq!(access[1]["status"], 502);
+    let refresh = lines("/v0/sign_in/refresh");
+    assert_eq!(refresh.len(), 1, "{refresh:?}");
+    assert_eq!(refresh[0]["adoption"], "migrated", "{}", refresh[0]);
+    assert_eq!(refresh[0]["status"], 200);
 
     let all = gw.lines.lock().unwrap().join("\n");
     assert!(
@@ -493,7 +512,15 @@ upstream = "{}"
         "{all}"
     );
     assert!(!login.leaks_in(&all), "{all}");
-    for secret in [gateway_refresh.as_str(), gateway_access.as_str()] {
+    assert!(
+        all.contains("migrated a session of the login service"),
+        "{all}"
+    );
+    for secret in [
+        gateway_refresh.as_str(),
+        gateway_access.as_str(),
+        migrated_refresh.as_str(),
+    ] {
         assert!(!all.contains(secret), "{secret} in the log:\n{all}");
     }
     // No JWT (the stand-in's, signed or rogue) either.
