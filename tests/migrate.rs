@@ -178,6 +178,8 @@ async fn an_api_clients_old_token_migrates_once_then_refreshes_at_the_gateway() 
         m.contains(r#"sis_migrations_total{outcome="migrated"} 1"#),
         "{m}"
     );
+    // A migration is not a failed rotation.
+    assert!(!m.contains(r#"outcome="undecryptable""#), "{m}");
 }
 
 #[tokio::test]

@@ -132,14 +132,12 @@ impl Auth {
         let refresh = cookie::get(headers, &self.refresh_name).map(Cow::into_owned);
         if let Some(refresh) = refresh {
             let anti_csrf = cookie::get(headers, &self.anti_csrf_name).map(Cow::into_owned);
-            let refreshed = match sessions
-                .refresh_inline(&refresh, anti_csrf.as_deref())
-                .await
-            {
-                Err(RefreshError::Undecryptable) => {
-                    migrated(sign_in, &refresh, anti_csrf.as_deref(), login, ctx).await
-                }
-                other => other,
+            let refreshed = if sign_in.migrates(&refresh) {
+                migrated(sign_in, &refresh, anti_csrf.as_deref(), login, ctx).await
+            } else {
+                sessions
+                    .refresh_inline(&refresh, anti_csrf.as_deref())
+                    .await
             };
             match refreshed {
                 Ok((bundle, coalesced)) => {
@@ -201,10 +199,10 @@ impl Auth {
     }
 }
 
-/// An inline refresh with a token the gateway did not seal: migrated when
-/// it is the login service's, and told apart as a refresh error otherwise.
-/// A token the login service refused for good (401) counts as a session
-/// gone, so the browser's cookies are expired.
+/// An inline refresh with a refresh token of the login service: migrated,
+/// or told apart as a refresh error. A token the login service refused for
+/// good (401) counts as a session gone, so the browser's cookies are
+/// expired.
 async fn migrated(
     sign_in: &SignIn,
     token: &str,

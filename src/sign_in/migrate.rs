@@ -181,6 +181,14 @@ impl Migrator {
 }
 
 impl SignIn {
+    /// True when `token` is one to migrate: migration is on and the token
+    /// has the SiS shape but no key of the gateway sealed it. No store call,
+    /// no allocation.
+    pub fn migrates(&self, token: &str) -> bool {
+        self.adopter.as_ref().is_some_and(|a| a.migrator.is_some())
+            && self.sessions.sealer().is_foreign(token)
+    }
+
     /// Migrates `token` when it is a refresh token of the login service
     /// and migration is on; `None` when it is not one to migrate.
     pub async fn migrate(
@@ -193,7 +201,7 @@ impl SignIn {
         let adopter = self.adopter.as_ref()?;
         let migrator = adopter.migrator.as_ref()?;
         let login = login?;
-        if !self.sessions.sealer().is_foreign(token) {
+        if !self.migrates(token) {
             return None;
         }
         let key = flight_key(token, anti_csrf);

@@ -316,19 +316,17 @@ impl SignIn {
             Ok(p) => p,
             Err(res) => return res,
         };
+        // A token of the login service is migrated (SPEC §8).
+        if self.migrates(&token) {
+            return match self.migrate(&token, anti_csrf.as_deref(), login, ctx).await {
+                Some(migrate::Migration::Migrated(bundle)) => self.issued(&bundle, StatusCode::OK),
+                Some(migrate::Migration::Refused(r)) => r.response(),
+                Some(migrate::Migration::Failed(e)) => e.response(),
+                None => self.token_error(RefreshError::Undecryptable, &token),
+            };
+        }
         match self.sessions.refresh(&token, anti_csrf.as_deref()).await {
             Ok(bundle) => self.issued(&bundle, StatusCode::OK),
-            // Not sealed here: a token of the login service is migrated.
-            Err(RefreshError::Undecryptable) => {
-                match self.migrate(&token, anti_csrf.as_deref(), login, ctx).await {
-                    Some(migrate::Migration::Migrated(bundle)) => {
-                        self.issued(&bundle, StatusCode::OK)
-                    }
-                    Some(migrate::Migration::Refused(r)) => r.response(),
-                    Some(migrate::Migration::Failed(e)) => e.response(),
-                    None => self.token_error(RefreshError::Undecryptable, &token),
-                }
-            }
             Err(e) => self.token_error(e, &token),
         }
     }
