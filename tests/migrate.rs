@@ -168,6 +168,13 @@ async fn an_api_clients_old_token_migrates_once_then_refreshes_at_the_gateway() 
     }
     assert_eq!(login.refreshes(), 1);
 
+    // The adoption is kept for the replay window only.
+    let adoption = redis.cli(&["--scan", "--pattern", "sis:a:*"]);
+    let adoption = adoption.trim();
+    assert!(!adoption.is_empty());
+    let ttl: i64 = redis.cli(&["PTTL", adoption]).trim().parse().unwrap();
+    assert!(ttl > 0 && ttl <= 30_000, "{ttl}");
+
     // Nothing in the store can be replayed: neither token is in a dump.
     let dump = String::from_utf8_lossy(&redis.dump_all()).into_owned();
     assert!(!login.leaks_in(&dump));
