@@ -15,6 +15,7 @@ use crate::config::{AuthMode, Config};
 use crate::ctx::RequestCtx;
 use crate::metrics::{Metrics, RouteStats};
 use crate::proxy::{self, Proxy, ProxyError, Reply, Tunnels};
+use crate::sign_in::migrate::LoginService;
 use crate::sign_in::SignIn;
 
 pub struct App {
@@ -164,7 +165,9 @@ impl App {
                 };
             }
             return Handled {
-                response: crate::boxed!(self.sign_in.handle(req, ctx)).await.into(),
+                response: crate::boxed!(self.sign_in.handle(req, ctx, self.login_service()))
+                    .await
+                    .into(),
                 route: &self.labels.sign_in,
             };
         }
@@ -189,6 +192,14 @@ impl App {
         }
     }
 
+    /// The login service, when there is one (for migrations).
+    fn login_service(&self) -> Option<LoginService<'_>> {
+        self.proxy.sign_in_route().map(|route| LoginService {
+            proxy: &self.proxy,
+            route,
+        })
+    }
+
     /// A `session` or `required` route: auth reads (and may rotate) the
     /// session from the original cookies, the proxy strips credentials and
     /// spoofed identity, then the identity of a valid session is added.
@@ -200,7 +211,13 @@ impl App {
     ) -> Reply {
         let decision = match self
             .auth
-            .authenticate(&self.sign_in, &route.config, req.headers_mut())
+            .authenticate(
+                &self.sign_in,
+                self.login_service(),
+                &route.config,
+                req.headers_mut(),
+                ctx,
+            )
             .await
         {
             Ok(d) => d,

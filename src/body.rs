@@ -49,6 +49,8 @@ pub struct RequestBody(RequestInner);
 
 enum RequestInner {
     Empty,
+    /// A body the gateway made itself (a request of its own upstream).
+    Full(Option<Bytes>),
     Hyper(hyper::body::Incoming),
     H1(crate::server::h1::Streamed),
 }
@@ -56,6 +58,11 @@ enum RequestInner {
 impl RequestBody {
     pub fn empty() -> RequestBody {
         RequestBody(RequestInner::Empty)
+    }
+
+    /// A body of `bytes`, for a request the gateway sends itself.
+    pub fn full(bytes: Bytes) -> RequestBody {
+        RequestBody(RequestInner::Full(Some(bytes).filter(|b| !b.is_empty())))
     }
 
     pub(crate) fn h1(body: crate::server::h1::Streamed) -> RequestBody {
@@ -80,6 +87,9 @@ impl http_body::Body for RequestBody {
         use std::pin::Pin;
         match &mut self.0 {
             RequestInner::Empty => std::task::Poll::Ready(None),
+            RequestInner::Full(b) => {
+                std::task::Poll::Ready(b.take().map(|b| Ok(http_body::Frame::data(b))))
+            }
             RequestInner::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             RequestInner::H1(b) => Pin::new(b).poll_frame(cx),
         }
@@ -88,6 +98,7 @@ impl http_body::Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             RequestInner::Empty => true,
+            RequestInner::Full(b) => b.is_none(),
             RequestInner::Hyper(b) => b.is_end_stream(),
             RequestInner::H1(b) => b.is_end_stream(),
         }
@@ -96,6 +107,9 @@ impl http_body::Body for RequestBody {
     fn size_hint(&self) -> http_body::SizeHint {
         match &self.0 {
             RequestInner::Empty => http_body::SizeHint::with_exact(0),
+            RequestInner::Full(b) => {
+                http_body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
             RequestInner::Hyper(b) => b.size_hint(),
             RequestInner::H1(b) => b.size_hint(),
         }

@@ -8,7 +8,8 @@
 //! - [`cookie`]: the one reader of `Cookie` request headers (names and values), for every credential.
 //! - [`tokens`]: access JWTs (keys, `kid`, JWKS) and sealed `v1:` refresh tokens.
 //! - [`session`]: sessions, the rotation rules and the store trait, with memory and Redis backends.
-//! - [`sign_in`]: the SiS endpoints (refresh, revoke, logout, certs), their errors, cookies and CORS.
+//! - [`sign_in`]: the SiS endpoints (refresh, revoke, logout, certs), their errors, cookies and CORS;
+//!   adoption and migration of an existing Sign-in Service's tokens.
 //! - [`auth`]: route auth modes and single-flight inline refresh on pass-through routes.
 //! - [`target`]: the request target settled before dispatch: normalized path, one authority (SPEC §5a).
 //! - [`proxy`]: route table, the pooled HTTP/1.1 upstream client, header operations and the one

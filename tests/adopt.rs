@@ -4,219 +4,20 @@
 
 mod common;
 
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use common::gateway::{echoed, echoed_headers};
 use common::gateway::{temp_path, TestGateway};
 use common::redis::RedisServer;
-use common::upstream::TestUpstream;
-use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use common::sis::{now_secs, StandIn};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sis_gateway::config::Algorithm;
-use sis_gateway::tokens::{generate_pem, AccessTokens};
-use tokio::net::TcpListener;
 
 const NOT_ADOPTED: &str = r#"{"errors":"Sign-in could not be adopted"}"#;
 
-/// An RS256 key of the stand-in: its PEM and its `kid`.
-struct Key {
-    pem: Vec<u8>,
-    kid: String,
-    jwks: Value,
-}
-
-impl Key {
-    fn new() -> Key {
-        let pem = generate_pem(Algorithm::Rs256).unwrap();
-        let tokens = AccessTokens::from_pem(std::slice::from_ref(&pem)).unwrap();
-        Key {
-            kid: tokens.kid().to_owned(),
-            jwks: tokens.jwks(),
-            pem,
-        }
-    }
-
-    /// An access token as the Rails service signs it.
-    fn access_token(&self, client_id: &str, exp: u64) -> String {
-        let now = now_secs();
-        let claims = json!({
-            "iss": "va.gov sign in",
-            "aud": ["vets-api"],
-            "client_id": client_id,
-            "jti": "b0f5d3c8-3d25-4a5e-9e54-6a2c6d1c1a11",
-            "sub": "user-uuid-1",
-            "exp": exp,
-            "iat": now,
-            "session_handle": "9a4c4f0f-6a38-4c07-9d7d-2a26b3f0f3ad",
-            "refresh_token_hash": "0f1e2d",
-            "parent_refresh_token_hash": null,
-            "anti_csrf_token": "5e1f0a",
-            "last_regeneration_time": now,
-            "version": "V0",
-            "user_attributes": {"first_name": "ADA", "last_name": "LOVELACE", "email": "ada@example.gov"},
-        });
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        header.kid = Some(self.kid.clone());
-        let key = jsonwebtoken::EncodingKey::from_rsa_pem(&self.pem).unwrap();
-        jsonwebtoken::encode(&header, &claims, &key).unwrap()
-    }
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// The refresh token the stand-in hands out, in the Rails shape.
-const UPSTREAM_REFRESH: &str =
-    "v1:c3RhbmQtaW4tc2VhbGVkLXBheWxvYWQtb2YtdGhlLXJhaWxzLXNlcnZpY2U=.0123456789abcdef0123456789abcdef.V0";
-const UPSTREAM_ANTI_CSRF: &str = "5e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b";
-
-/// A stand-in for a Rails Sign-in Service. `token` answers a JSON bundle,
-/// `callback` a 302 with its percent-encoded `vagov_` cookies; the query
-/// picks the client (`client_id`), a key not in the published JWKS
-/// (`rogue=1`) or an expired token (`expired=1`). It counts every call.
-struct StandIn {
-    url: String,
-    /// The JWKS of the key not published in `jwks_file`.
-    rogue_jwks: Value,
-    /// An echoing upstream for the gateway's routes.
-    apps: String,
-    _apps: TestUpstream,
-    key: Arc<Key>,
-    rogue: Arc<Key>,
-    calls: Arc<AtomicUsize>,
-    jwks_file: std::path::PathBuf,
-}
-
 async fn stand_in() -> StandIn {
-    let key = Arc::new(Key::new());
-    let rogue = Arc::new(Key::new());
-    let (key_kept, rogue_kept) = (key.clone(), rogue.clone());
-    let jwks_file = temp_path("upstream-jwks.json");
-    std::fs::write(&jwks_file, key.jwks.to_string()).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counted = calls.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (key, rogue, counted) = (key.clone(), rogue.clone(), counted.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    let query: Vec<(String, String)> =
-                        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-                            .into_owned()
-                            .collect();
-                    let q = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-                    let signer = if q("rogue").is_some() { &rogue } else { &key };
-                    let exp = if q("expired").is_some() {
-                        now_secs() - 10
-                    } else {
-                        now_secs() + 300
-                    };
-                    let client = q("client_id").unwrap_or_else(|| "mobile".into());
-                    let access = signer.access_token(&client, exp);
-                    let path = req.uri().path().to_owned();
-                    let res = match path.as_str() {
-                        "/v0/sign_in/token" => hyper::Response::builder()
-                            .header("content-type", "application/json; charset=utf-8")
-                            .header("x-request-from", "stand-in")
-                            .body(Full::new(Bytes::from(
-                                json!({
-                                    "data": {
-                                        "access_token": access,
-                                        "refresh_token": UPSTREAM_REFRESH,
-                                        "anti_csrf_token": UPSTREAM_ANTI_CSRF,
-                                        "note": "kept",
-                                    },
-                                    "meta": {"kept": true},
-                                })
-                                .to_string(),
-                            ))),
-                        "/v0/sign_in/callback" => {
-                            let enc = |s: &str| {
-                                percent_encoding::utf8_percent_encode(
-                                    s,
-                                    percent_encoding::NON_ALPHANUMERIC,
-                                )
-                                .to_string()
-                            };
-                            hyper::Response::builder()
-                                .status(302)
-                                .header("location", "https://www.example.gov/?type=logingov")
-                                .header(
-                                    "set-cookie",
-                                    format!("vagov_access_token={}; path=/; HttpOnly", enc(&access)),
-                                )
-                                .header(
-                                    "set-cookie",
-                                    format!(
-                                        "vagov_refresh_token={}; path=/v0/sign_in/refresh; HttpOnly",
-                                        enc(UPSTREAM_REFRESH)
-                                    ),
-                                )
-                                .header(
-                                    "set-cookie",
-                                    format!(
-                                        "vagov_anti_csrf_token={}; path=/; HttpOnly",
-                                        enc(UPSTREAM_ANTI_CSRF)
-                                    ),
-                                )
-                                .header(
-                                    "set-cookie",
-                                    format!(
-                                        "vagov_info_token={}; path=/",
-                                        enc(r#"{"access_token_expiration":"x"}"#)
-                                    ),
-                                )
-                                .header("set-cookie", "_vets_session=abc; path=/; HttpOnly")
-                                .body(Full::new(Bytes::new()))
-                        }
-                        "/v0/sign_in/big" => hyper::Response::builder()
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from(
-                                json!({
-                                    "data": {"access_token": access, "refresh_token": UPSTREAM_REFRESH},
-                                    "padding": "x".repeat(100 * 1024),
-                                })
-                                .to_string(),
-                            ))),
-                        _ => hyper::Response::builder()
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from_static(
-                                br#"{"data":{"active":true},"refresh_token":null}"#,
-                            ))),
-                    };
-                    async move { Ok::<_, Infallible>(res.unwrap()) }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    let apps = TestUpstream::start().await;
-    StandIn {
-        rogue_jwks: rogue_kept.jwks.clone(),
-        url,
-        apps: apps.url.clone(),
-        _apps: apps,
-        key: key_kept,
-        rogue: rogue_kept,
-        calls,
-        jwks_file,
-    }
+    StandIn::start().await
 }
 
 fn gateway(redis: &RedisServer, login: &StandIn) -> TestGateway {
@@ -271,18 +72,6 @@ async fn everything(res: reqwest::Response) -> (StatusCode, reqwest::header::Hea
     (status, headers, body)
 }
 
-fn leaks_upstream_refresh(headers: &reqwest::header::HeaderMap, body: &str) -> bool {
-    let encoded =
-        percent_encoding::utf8_percent_encode(UPSTREAM_REFRESH, percent_encoding::NON_ALPHANUMERIC)
-            .to_string();
-    let needle = "c3RhbmQtaW4tc2VhbGVk";
-    body.contains(needle)
-        || headers.values().any(|v| {
-            let v = String::from_utf8_lossy(v.as_bytes());
-            v.contains(needle) || v.contains(&encoded)
-        })
-}
-
 fn set_cookies(headers: &reqwest::header::HeaderMap) -> Vec<String> {
     headers
         .get_all("set-cookie")
@@ -315,7 +104,7 @@ async fn an_api_token_exchange_is_adopted_and_refreshes_at_the_gateway() {
         .unwrap();
     let (status, headers, text) = everything(res).await;
     assert_eq!(status, StatusCode::OK, "{text}");
-    assert!(!leaks_upstream_refresh(&headers, &text), "{text}");
+    assert!(!login.leaks(&headers, &text), "{text}");
     assert_eq!(headers["x-request-from"], "stand-in");
     let body: Value = serde_json::from_str(&text).unwrap();
     // Other fields are kept, in `data` and beside it.
@@ -329,7 +118,6 @@ async fn an_api_token_exchange_is_adopted_and_refreshes_at_the_gateway() {
         refresh.starts_with("v1:") && refresh.ends_with(".V0"),
         "{refresh}"
     );
-    assert_ne!(refresh, UPSTREAM_REFRESH);
 
     // The access token is the gateway's: it verifies against its certs and
     // carries the user, client and attributes of the upstream's.
@@ -385,14 +173,16 @@ async fn an_api_token_exchange_is_adopted_and_refreshes_at_the_gateway() {
         "{metrics}"
     );
 
-    // The upstream's own refresh token is not the gateway's to rotate.
+    // A token that is neither the gateway's nor of SiS shape is refused
+    // without a call upstream.
     let res = http
         .post(gw.url("/v0/sign_in/refresh"))
-        .form(&[("refresh_token", UPSTREAM_REFRESH)])
+        .form(&[("refresh_token", "not-a-token")])
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(login.calls.load(Ordering::SeqCst), calls);
 }
 
 #[tokio::test]
@@ -414,7 +204,7 @@ async fn a_browser_callback_is_adopted_with_the_gateways_cookies() {
         headers["location"],
         "https://www.example.gov/?type=logingov"
     );
-    assert!(!leaks_upstream_refresh(&headers, &text), "{headers:?}");
+    assert!(!login.leaks(&headers, &text), "{headers:?}");
     let cookies = set_cookies(&headers);
     assert!(
         cookies
@@ -428,7 +218,6 @@ async fn a_browser_callback_is_adopted_with_the_gateways_cookies() {
     let refresh = cookie_value(&cookies, "vagov_refresh_token").unwrap();
     let anti_csrf = cookie_value(&cookies, "vagov_anti_csrf_token").unwrap();
     assert!(refresh.starts_with("v1:"), "{refresh}");
-    assert_ne!(anti_csrf, UPSTREAM_ANTI_CSRF);
     let refresh_cookie = cookies
         .iter()
         .find(|c| c.starts_with("vagov_refresh_token="))
@@ -473,7 +262,7 @@ async fn bundles_that_do_not_verify_are_refused() {
         let (status, headers, text) = everything(res).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{path}: {text}");
         assert_eq!(text, NOT_ADOPTED, "{path}");
-        assert!(!leaks_upstream_refresh(&headers, &text), "{path}");
+        assert!(!login.leaks(&headers, &text), "{path}");
         assert!(set_cookies(&headers).is_empty(), "{path}");
     }
     let metrics = reqwest::get(gw.admin_url("/metrics"))
@@ -641,7 +430,7 @@ impl Drop for Logged {
 }
 
 #[tokio::test]
-async fn the_access_log_says_when_an_answer_was_adopted_and_never_holds_a_token() {
+async fn the_access_log_says_when_an_answer_was_adopted_or_migrated_and_never_holds_a_token() {
     let login = stand_in().await;
     let gw = Logged::spawn(&format!(
         r#"
@@ -674,19 +463,35 @@ upstream = "{}"
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    // A refresh token issued before the gateway went in is migrated.
+    let (old, _) = login.signed_in("mobile");
+    let res = http
+        .post(gw.url("/v0/sign_in/refresh"))
+        .form(&[("refresh_token", old.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let migrated: Value = res.json().await.unwrap();
+    let migrated_refresh = migrated["data"]["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // The access lines are written as the answers go out; give them a moment.
-    let mut access: Vec<Value> = Vec::new();
-    for _ in 0..50 {
-        access = gw
-            .lines
+    let lines = |path: &'static str| {
+        gw.lines
             .lock()
             .unwrap()
             .iter()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["target"] == "access" && v["path"] == "/v0/sign_in/token")
-            .collect();
-        if access.len() == 2 {
+            .filter(|v| v["target"] == "access" && v["path"] == path)
+            .collect::<Vec<Value>>()
+    };
+    let mut access: Vec<Value> = Vec::new();
+    for _ in 0..50 {
+        access = lines("/v0/sign_in/token");
+        if access.len() == 2 && lines("/v0/sign_in/refresh").len() == 1 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -696,17 +501,25 @@ upstream = "{}"
     assert_eq!(access[0]["status"], 200);
     assert_eq!(access[1]["adoption"], "invalid", "{}", access[1]);
     assert_eq!(access[1]["status"], 502);
+    let refresh = lines("/v0/sign_in/refresh");
+    assert_eq!(refresh.len(), 1, "{refresh:?}");
+    assert_eq!(refresh[0]["adoption"], "migrated", "{}", refresh[0]);
+    assert_eq!(refresh[0]["status"], 200);
 
     let all = gw.lines.lock().unwrap().join("\n");
     assert!(
         all.contains("adopted a sign-in of the login service"),
         "{all}"
     );
+    assert!(!login.leaks_in(&all), "{all}");
+    assert!(
+        all.contains("migrated a session of the login service"),
+        "{all}"
+    );
     for secret in [
-        "c3RhbmQtaW4tc2VhbGVk",
-        UPSTREAM_ANTI_CSRF,
         gateway_refresh.as_str(),
         gateway_access.as_str(),
+        migrated_refresh.as_str(),
     ] {
         assert!(!all.contains(secret), "{secret} in the log:\n{all}");
     }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use common::redis::{wait_replicated, RedisCluster, RedisSentinel, RedisServer};
 use sis_gateway::config::{StoreConfig, StoreUrl};
 use sis_gateway::session::{
-    MemorySnapshot, NewSession, RevokeOutcome, RevokeRequest, RotateOutcome, RotateRequest,
-    RotatedSession, SessionRecord, SessionStore, Store, StoreError,
+    AdoptOutcome, MemorySnapshot, NewAdoption, NewSession, RevokeOutcome, RevokeRequest,
+    RotateOutcome, RotateRequest, RotatedSession, SessionRecord, SessionStore, Store, StoreError,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -721,6 +721,91 @@ async fn revoke_token_classifies(h: Harness) {
     assert!(s.list_user("u1", now, MAX_AGE).await.unwrap().is_empty());
 }
 
+/// The adoption of one token of another Sign-in Service, under its
+/// handle, at `now`; `first` stands in for the first token, sealed.
+fn adoption(handle: &str, first: &str, now: u64) -> NewAdoption {
+    NewAdoption {
+        session: NewSession {
+            record: record(handle, "u1", now),
+            token_hash: hash(first),
+            max_age_ms: MAX_AGE,
+            now_ms: now,
+        },
+        sealed_token: format!("sealed({first})").into_bytes(),
+        window_ms: GRACE,
+    }
+}
+
+async fn adoptions_converge(h: Harness) {
+    let s = &h.store;
+    assert_eq!(
+        s.adopt(adoption("a1", "first", T0)).await.unwrap(),
+        AdoptOutcome::Created
+    );
+    // Within the window another adoption writes nothing and answers the
+    // first one's session and token.
+    assert_eq!(
+        s.adopt(adoption("a1", "second", T0 + SEC)).await.unwrap(),
+        AdoptOutcome::Adopted {
+            session: record("a1", "u1", T0),
+            sealed_token: b"sealed(first)".to_vec(),
+        }
+    );
+    assert_eq!(s.list_user("u1", T0 + SEC, MAX_AGE).await.unwrap().len(), 1);
+    // The session's token is the first adoption's.
+    expect_rotated(
+        s.rotate(rotation("a1", "first", "next", T0 + SEC))
+            .await
+            .unwrap(),
+    );
+
+    // Parallel adoptions: one writes, every other gets its token.
+    let outcomes = futures_util::future::join_all(
+        (0..16).map(|i| s.adopt(adoption("a2", &format!("t{i}"), T0))),
+    )
+    .await;
+    let mut created = 0;
+    let mut tokens = std::collections::HashSet::new();
+    for o in outcomes {
+        match o.unwrap() {
+            AdoptOutcome::Created => created += 1,
+            AdoptOutcome::Adopted { sealed_token, .. } => {
+                tokens.insert(sealed_token);
+            }
+            AdoptOutcome::Gone => panic!("gone"),
+        }
+    }
+    assert_eq!(created, 1);
+    assert_eq!(tokens.len(), 1);
+    let winner = String::from_utf8(tokens.into_iter().next().unwrap()).unwrap();
+    let winner = &winner["sealed(".len()..winner.len() - 1];
+    expect_rotated(
+        s.rotate(rotation("a2", winner, "a2-next", T0 + SEC))
+            .await
+            .unwrap(),
+    );
+
+    // Revoked within the window: gone, and nothing written.
+    assert!(s.revoke("a2").await.unwrap());
+    assert_eq!(
+        s.adopt(adoption("a2", "late", T0 + 2 * SEC)).await.unwrap(),
+        AdoptOutcome::Gone
+    );
+    assert_eq!(get(s, "a2", T0 + 2 * SEC).await, None);
+
+    // After the window, an adoption is a new one: it replaces the session.
+    let later = T0 + GRACE + SEC;
+    assert_eq!(
+        s.adopt(adoption("a1", "again", later)).await.unwrap(),
+        AdoptOutcome::Created
+    );
+    assert_eq!(get(s, "a1", later).await, Some(record("a1", "u1", later)));
+    assert!(matches!(
+        s.rotate(rotation("a1", "next", "x", later)).await.unwrap(),
+        RotateOutcome::Theft
+    ));
+}
+
 async fn ping(h: Harness) {
     h.store.ping().await.unwrap();
 }
@@ -763,6 +848,7 @@ suite!(
     successor_of_a_token_never_current_is_theft,
     resent_rotation_is_answered_alike,
     revoke_token_classifies,
+    adoptions_converge,
     ping,
 );
 

@@ -19,8 +19,10 @@ use http::{Response, StatusCode};
 use crate::body::{empty, json_error, Body};
 use crate::config::{AuthMode, CookiesConfig, RouteConfig};
 use crate::cookie;
+use crate::ctx::RequestCtx;
 use crate::proxy::headers::{remove_cookies, replace_cookie};
 use crate::session::service::RefreshError;
+use crate::sign_in::migrate::{LoginService, Migration};
 use crate::sign_in::{cookies, params, SignIn};
 use crate::tokens::jwt::VerifyError;
 
@@ -71,11 +73,16 @@ impl Auth {
 
     /// Runs the route's auth mode over the request headers, editing them for
     /// the upstream. `Err` is the response to send instead of forwarding.
+    ///
+    /// A refresh cookie of the login service (SPEC §8) is migrated through
+    /// `login` when migration is on.
     pub async fn authenticate(
         &self,
         sign_in: &SignIn,
+        login: Option<LoginService<'_>>,
         route: &RouteConfig,
         headers: &mut HeaderMap,
+        ctx: &RequestCtx,
     ) -> Result<Decision, Response<Body>> {
         if route.auth == AuthMode::Public {
             return Ok(Decision::default());
@@ -125,10 +132,14 @@ impl Auth {
         let refresh = cookie::get(headers, &self.refresh_name).map(Cow::into_owned);
         if let Some(refresh) = refresh {
             let anti_csrf = cookie::get(headers, &self.anti_csrf_name).map(Cow::into_owned);
-            match sessions
-                .refresh_inline(&refresh, anti_csrf.as_deref())
-                .await
-            {
+            let refreshed = if sign_in.migrates(&refresh) {
+                migrated(sign_in, &refresh, anti_csrf.as_deref(), login, ctx).await
+            } else {
+                sessions
+                    .refresh_inline(&refresh, anti_csrf.as_deref())
+                    .await
+            };
+            match refreshed {
                 Ok((bundle, coalesced)) => {
                     decision.coalesced = coalesced;
                     replace_cookie(headers, access_name, &bundle.access_token);
@@ -185,6 +196,32 @@ impl Auth {
         let verified = Verified::new(Arc::new(sign_in.verify_access(token)?));
         self.verified.insert(token, verified.clone());
         Ok(verified)
+    }
+}
+
+/// An inline refresh with a refresh token of the login service: migrated,
+/// or told apart as a refresh error. A token the login service refused for
+/// good (401) counts as a session gone, so the browser's cookies are
+/// expired.
+async fn migrated(
+    sign_in: &SignIn,
+    token: &str,
+    anti_csrf: Option<&str>,
+    login: Option<LoginService<'_>>,
+    ctx: &RequestCtx,
+) -> Result<(crate::session::service::Bundle, bool), RefreshError> {
+    match sign_in.migrate(token, anti_csrf, login, ctx).await {
+        Some(Migration::Migrated(bundle)) => Ok((bundle, false)),
+        Some(Migration::Refused(r)) if r.status == StatusCode::UNAUTHORIZED => {
+            Err(RefreshError::NoSession)
+        }
+        Some(Migration::Failed(e)) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
+            Err(RefreshError::StoreUnavailable)
+        }
+        Some(Migration::Failed(e)) if e.status == StatusCode::UNAUTHORIZED => {
+            Err(RefreshError::NoSession)
+        }
+        _ => Err(RefreshError::Undecryptable),
     }
 }
 

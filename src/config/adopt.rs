@@ -20,7 +20,7 @@ pub struct AdoptConfig {
     /// The `iss` the login service's tokens must carry, when set.
     pub issuer: Option<String>,
     /// Refresh tokens the gateway did not seal are refreshed upstream once,
-    /// then adopted (not yet done: the key is read and kept).
+    /// then adopted (`sign_in::migrate`).
     pub migrate: bool,
 }
 

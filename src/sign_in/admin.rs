@@ -123,7 +123,8 @@ async fn create(sign_in: &SignIn, req: Request<RequestBody>) -> Response<Body> {
         Err(CreateError::Store(_)) => {
             json_error(StatusCode::SERVICE_UNAVAILABLE, "Session store unavailable")
         }
-        Err(CreateError::Internal) => {
+        // Only adoption meets a session gone under it.
+        Err(CreateError::Internal | CreateError::Gone) => {
             json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
         }
     }

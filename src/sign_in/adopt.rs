@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use super::SignIn;
 use crate::body::{json_error, Body};
-use crate::config::{AdoptConfig, CookiesConfig};
+use crate::config::AdoptConfig;
 use crate::ctx::RequestCtx;
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::proxy::Reply;
@@ -41,7 +41,7 @@ use crate::tokens::jwt::{AccessClaims, VerifyError};
 /// that may carry a bundle is refused (502) rather than passed on unread.
 pub const MAX_JSON: usize = 64 * 1024;
 /// The rest of a JSON answer must arrive within this once its head has.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The error message of an answer that carried a bundle the gateway could
 /// not adopt.
@@ -53,14 +53,24 @@ pub(crate) struct Adopter {
     issuer: Option<String>,
     /// `{prefix}access_token`, `refresh_token`, `anti_csrf_token`,
     /// `info_token`: the login service's bundle cookies, replaced.
-    names: [String; 4],
+    pub(crate) names: [String; 4],
     /// `sis_adoptions_total{outcome}`.
     outcomes: Family<OutcomeLabels, Counter>,
+    /// With `migrate`: refresh tokens of the login service are migrated.
+    pub(crate) migrator: Option<super::migrate::Migrator>,
 }
 
 impl Adopter {
-    pub(crate) fn new(cfg: &AdoptConfig, cookies: &CookiesConfig, metrics: &Metrics) -> Adopter {
+    pub(crate) fn new(
+        cfg: &AdoptConfig,
+        config: &crate::config::Config,
+        metrics: &Metrics,
+    ) -> Adopter {
+        let cookies = &config.cookies;
         Adopter {
+            migrator: cfg
+                .migrate
+                .then(|| super::migrate::Migrator::new(config, metrics)),
             keys: cfg.keys.clone(),
             issuer: cfg.issuer.clone(),
             names: [
@@ -98,7 +108,7 @@ pub(crate) struct CookieBundle {
 }
 
 impl CookieBundle {
-    fn present(&self) -> bool {
+    pub(crate) fn present(&self) -> bool {
         self.access_token.is_some() || self.refresh_token
     }
 }
@@ -156,7 +166,7 @@ pub(crate) fn replace_cookies(
 }
 
 /// True for `application/json` and `application/*+json`.
-fn is_json(headers: &HeaderMap) -> bool {
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return false;
     };
@@ -204,7 +214,7 @@ pub(crate) fn replace_json(body: &mut Value, b: &Bundle) {
 
 /// The whole of `body` when it is at most [`MAX_JSON`] bytes and arrives
 /// without error.
-async fn read_limited(mut body: Body) -> Option<Bytes> {
+pub(crate) async fn read_limited(mut body: Body) -> Option<Bytes> {
     let mut out = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.ok()?.into_data() else {
@@ -248,7 +258,7 @@ fn as_access_claims(c: UpstreamClaims) -> AccessClaims {
 }
 
 fn not_adopted() -> Response<Body> {
-    json_error(StatusCode::BAD_GATEWAY, NOT_ADOPTED)
+    NotAdopted::bad_gateway("").response()
 }
 
 impl SignIn {
@@ -318,9 +328,12 @@ impl SignIn {
             tracing::warn!("a token bundle of the login service has no access token");
             return not_adopted().into();
         };
-        let bundle = match self.open_adopted(adopter, &token, ctx).await {
+        let bundle = match self.open_adopted(adopter, &token, None).await {
             Ok(b) => b,
-            Err(res) => return res.into(),
+            Err(e) => {
+                adopter.count(ctx, e.outcome);
+                return e.response().into();
+            }
         };
         adopter.count(ctx, "adopted");
         tracing::info!(
@@ -361,13 +374,16 @@ impl SignIn {
     }
 
     /// Verifies the login service's access token and opens a session of
-    /// the gateway's own for its user and client.
-    async fn open_adopted(
+    /// the gateway's own for its user and client: a new one, or, for a
+    /// migration (`migrated` is the login service's refresh token that was
+    /// refreshed), the one every adoption of that token shares. `Err` names
+    /// the outcome (for metrics) and the answer.
+    pub(crate) async fn open_adopted(
         &self,
         adopter: &Adopter,
         token: &str,
-        ctx: &RequestCtx,
-    ) -> Result<Bundle, Response<Body>> {
+        migrated: Option<&str>,
+    ) -> Result<Bundle, NotAdopted> {
         let now_secs = self.sessions.now_ms() / 1000;
         let claims = match adopter
             .keys
@@ -376,55 +392,84 @@ impl SignIn {
         {
             Ok(c) if !c.sub.is_empty() => c,
             Ok(_) => {
-                adopter.count(ctx, "invalid");
                 tracing::warn!("a sign-in of the login service names no user (empty sub)");
-                return Err(not_adopted());
+                return Err(NotAdopted::bad_gateway("invalid"));
             }
             Err(e) => {
-                adopter.count(
-                    ctx,
-                    match e {
-                        UpstreamVerifyError::Expired(_) => "expired",
-                        UpstreamVerifyError::Invalid => "invalid",
-                    },
-                );
                 tracing::warn!(reason = %e, "a sign-in of the login service was not adopted");
-                return Err(not_adopted());
+                return Err(NotAdopted::bad_gateway(match e {
+                    UpstreamVerifyError::Expired(_) => "expired",
+                    UpstreamVerifyError::Invalid => "invalid",
+                }));
             }
         };
         let attrs = match claims.user_attributes {
             Some(v @ Value::Object(_)) => v,
             _ => Value::Object(Default::default()),
         };
-        match self
-            .sessions
-            .create(&claims.sub, &claims.client_id, attrs)
-            .await
-        {
+        let opened = match migrated {
+            Some(old) => {
+                self.sessions
+                    .adopt(old, &claims.sub, &claims.client_id, attrs)
+                    .await
+            }
+            None => {
+                self.sessions
+                    .create(&claims.sub, &claims.client_id, attrs)
+                    .await
+            }
+        };
+        match opened {
             Ok(b) => Ok(b),
             Err(CreateError::UnknownClient) => {
-                adopter.count(ctx, "unknown_client");
                 tracing::warn!(
                     client_id = %claims.client_id,
                     "a sign-in of the login service names a client that is not configured"
                 );
-                Err(not_adopted())
+                Err(NotAdopted::bad_gateway("unknown_client"))
             }
-            Err(CreateError::Store(_)) => {
-                adopter.count(ctx, "store_error");
-                Err(json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Session store unavailable",
-                ))
+            Err(CreateError::Gone) => Err(NotAdopted {
+                outcome: "gone",
+                status: StatusCode::UNAUTHORIZED,
+                message: "No valid Session found",
+            }),
+            Err(CreateError::Store(e)) => {
+                tracing::warn!(error = %e, "session store call failed");
+                Err(NotAdopted {
+                    outcome: "store_error",
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: "Session store unavailable",
+                })
             }
-            Err(CreateError::Internal) => {
-                adopter.count(ctx, "store_error");
-                Err(json_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Internal error",
-                ))
-            }
+            Err(CreateError::Internal) => Err(NotAdopted {
+                outcome: "store_error",
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: "Internal error",
+            }),
         }
+    }
+}
+
+/// Why a bundle of the login service was not adopted: the outcome (a
+/// metrics label) and the answer.
+#[derive(Clone, Copy, Debug)]
+pub struct NotAdopted {
+    pub outcome: &'static str,
+    pub status: StatusCode,
+    pub message: &'static str,
+}
+
+impl NotAdopted {
+    pub(crate) fn bad_gateway(outcome: &'static str) -> NotAdopted {
+        NotAdopted {
+            outcome,
+            status: StatusCode::BAD_GATEWAY,
+            message: NOT_ADOPTED,
+        }
+    }
+
+    pub fn response(&self) -> Response<Body> {
+        json_error(self.status, self.message)
     }
 }
 

@@ -7,7 +7,8 @@
 //!   in [`crate::app`]), or is 404 without it.
 //! - With `[sign_in.adopt]`, the login service's answers that carry a token
 //!   bundle of its own get the gateway's instead ([`adopt`]), and its access
-//!   tokens are accepted until they expire ([`SignIn::verify_access`]).
+//!   tokens are accepted until they expire ([`SignIn::verify_access`]);
+//!   its refresh tokens are migrated ([`migrate`]).
 //! - Error bodies are `{"errors":"<message>"}` with the exact SiS messages.
 
 pub mod admin;
@@ -15,6 +16,7 @@ pub mod adopt;
 pub mod cookies;
 pub mod cors;
 pub mod limit;
+pub mod migrate;
 pub mod params;
 
 use std::borrow::Cow;
@@ -160,7 +162,7 @@ impl SignIn {
             .sign_in
             .adopt
             .as_ref()
-            .map(|a| adopt::Adopter::new(a, &config.cookies, &metrics));
+            .map(|a| adopt::Adopter::new(a, config, &metrics));
         let sessions = Sessions::new(config, store, sealer, access, clock.clone(), metrics);
         SignIn {
             adopter,
@@ -190,7 +192,14 @@ impl SignIn {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     }
 
-    pub async fn handle(&self, req: Request<RequestBody>, ctx: &RequestCtx) -> Response<Body> {
+    /// Answers a sign-in endpoint. `login` reaches the login service, for
+    /// migrations of its refresh tokens.
+    pub async fn handle(
+        &self,
+        req: Request<RequestBody>,
+        ctx: &RequestCtx,
+        login: Option<migrate::LoginService<'_>>,
+    ) -> Response<Body> {
         let origin = cors::allowed_origin(req.headers(), &self.cors_origins).cloned();
         let preflight = cors::is_preflight(req.method(), req.headers());
         let mut res = if preflight {
@@ -203,7 +212,7 @@ impl SignIn {
             // before any store work) is never limited; one that fails gets 429.
             let blocked = self.limiter.blocked(ctx.client_ip);
             // Boxed: keeps the connection future small on the pass-through path.
-            let res = Box::pin(self.route(req)).await;
+            let res = Box::pin(self.route(req, ctx, login)).await;
             let failed = res.status().is_client_error()
                 && !matches!(
                     res.status(),
@@ -243,7 +252,12 @@ impl SignIn {
         self.endpoint(path).is_some()
     }
 
-    async fn route(&self, req: Request<RequestBody>) -> Response<Body> {
+    async fn route(
+        &self,
+        req: Request<RequestBody>,
+        ctx: &RequestCtx,
+        login: Option<migrate::LoginService<'_>>,
+    ) -> Response<Body> {
         let Some((endpoint, allowed)) = self.endpoint(req.uri().path()) else {
             return json_error(StatusCode::NOT_FOUND, "Not found");
         };
@@ -255,7 +269,7 @@ impl SignIn {
             return r;
         }
         match endpoint {
-            Endpoint::Refresh => self.refresh(req).await,
+            Endpoint::Refresh => self.refresh(req, ctx, login).await,
             Endpoint::Revoke => self.revoke(req).await,
             Endpoint::RevokeAll => self.revoke_all(req).await,
             Endpoint::Logout => self.logout(req).await,
@@ -292,11 +306,25 @@ impl SignIn {
         }
     }
 
-    async fn refresh(&self, req: Request<RequestBody>) -> Response<Body> {
+    async fn refresh(
+        &self,
+        req: Request<RequestBody>,
+        ctx: &RequestCtx,
+        login: Option<migrate::LoginService<'_>>,
+    ) -> Response<Body> {
         let (token, anti_csrf) = match self.presented(req).await {
             Ok(p) => p,
             Err(res) => return res,
         };
+        // A token of the login service is migrated (SPEC §8).
+        if self.migrates(&token) {
+            return match self.migrate(&token, anti_csrf.as_deref(), login, ctx).await {
+                Some(migrate::Migration::Migrated(bundle)) => self.issued(&bundle, StatusCode::OK),
+                Some(migrate::Migration::Refused(r)) => r.response(),
+                Some(migrate::Migration::Failed(e)) => e.response(),
+                None => self.token_error(RefreshError::Undecryptable, &token),
+            };
+        }
         match self.sessions.refresh(&token, anti_csrf.as_deref()).await {
             Ok(bundle) => self.issued(&bundle, StatusCode::OK),
             Err(e) => self.token_error(e, &token),

@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod gateway;
 pub mod redis;
+pub mod sis;
 pub mod upstream;
 
 /// The `Set-Cookie`s of a response, parsed.

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use super::{
-    NewSession, RevokeOutcome, RevokeRequest, RotateOutcome, RotateRequest, SessionRecord,
-    SessionStore, StoreError,
+    AdoptOutcome, NewAdoption, NewSession, RevokeOutcome, RevokeRequest, RotateOutcome,
+    RotateRequest, SessionRecord, SessionStore, StoreError,
 };
 
 /// How often the sweeper drops expired sessions.
@@ -31,9 +31,30 @@ pub(super) struct Entry {
 struct Inner {
     sessions: HashMap<String, Entry>,
     users: HashMap<String, HashSet<String>>,
+    /// Handle of an adopted session → the sealed first token and the end of
+    /// the adoption window.
+    adoptions: HashMap<String, (Vec<u8>, u64)>,
 }
 
 impl Inner {
+    /// Writes a new session, replacing any under its handle.
+    fn insert(&mut self, s: NewSession) {
+        let handle = s.record.handle.clone();
+        let user = s.record.user_uuid.clone();
+        self.remove(&handle);
+        self.sessions.insert(
+            handle.clone(),
+            Entry {
+                record: s.record,
+                cur: s.token_hash,
+                prev: None,
+                prev_until_ms: 0,
+                succ: Vec::new(),
+            },
+        );
+        self.users.entry(user).or_default().insert(handle);
+    }
+
     fn remove(&mut self, handle: &str) -> Option<Entry> {
         let entry = self.sessions.remove(handle)?;
         let user = &entry.record.user_uuid;
@@ -79,6 +100,7 @@ impl Shared {
         for handle in &expired {
             inner.remove(handle);
         }
+        inner.adoptions.retain(|_, (_, until)| now < *until);
         expired.len()
     }
 }
@@ -231,22 +253,41 @@ fn revoke_entry(entry: &Entry, r: &RevokeRequest) -> RevokeOutcome {
 impl SessionStore for MemoryStore {
     async fn create(&self, s: NewSession) -> Result<(), StoreError> {
         self.shared.saw(s.now_ms);
-        let handle = s.record.handle.clone();
-        let user = s.record.user_uuid.clone();
-        let mut inner = self.shared.lock();
-        inner.remove(&handle);
-        inner.sessions.insert(
-            handle.clone(),
-            Entry {
-                record: s.record,
-                cur: s.token_hash,
-                prev: None,
-                prev_until_ms: 0,
-                succ: Vec::new(),
-            },
-        );
-        inner.users.entry(user).or_default().insert(handle);
+        self.shared.lock().insert(s);
         Ok(())
+    }
+
+    async fn adopt(&self, a: NewAdoption) -> Result<AdoptOutcome, StoreError> {
+        let now = a.session.now_ms;
+        self.shared.saw(now);
+        let handle = a.session.record.handle.clone();
+        let mut inner = self.shared.lock();
+        if let Some((sealed, until)) = inner.adoptions.get(&handle) {
+            if now < *until {
+                let sealed_token = sealed.clone();
+                let live = inner
+                    .sessions
+                    .get(&handle)
+                    .map(|e| &e.record)
+                    .filter(|r| r.is_live(now, a.session.max_age_ms))
+                    .cloned();
+                return Ok(match live {
+                    Some(session) => AdoptOutcome::Adopted {
+                        session,
+                        sealed_token,
+                    },
+                    None => AdoptOutcome::Gone,
+                });
+            }
+        }
+        inner.adoptions.remove(&handle);
+        inner.insert(a.session);
+        if a.window_ms > 0 {
+            inner
+                .adoptions
+                .insert(handle, (a.sealed_token, now.saturating_add(a.window_ms)));
+        }
+        Ok(AdoptOutcome::Created)
     }
 
     async fn rotate(&self, r: RotateRequest) -> Result<RotateOutcome, StoreError> {

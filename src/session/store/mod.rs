@@ -28,6 +28,11 @@
 //!   (nothing changes);
 //! - anything else → the session is deleted, [`RotateOutcome::Theft`].
 //!
+//! Adoption ([`SessionStore::adopt`]) writes a session as `create` does
+//! and records the adoption under the session's handle for the window; while
+//! the record lasts, adopting again writes nothing and answers the session
+//! and the sealed first token of the first adoption.
+//!
 //! Revoking with a token ([`SessionStore::revoke_token`]) classifies it the
 //! same way and deletes the session whatever the answer: current, the lost
 //! successor of current, or `prev` inside its replay window →
@@ -77,6 +82,36 @@ pub struct NewSession {
     /// Absolute lifetime; bounds the per-user index TTL.
     pub max_age_ms: u64,
     pub now_ms: u64,
+}
+
+/// A session opened by adopting a refresh token of another Sign-in Service
+/// (SPEC §8). Its handle is derived from that token, so every instance that
+/// adopts the token names the same session; the adoption is recorded beside
+/// the session (same hash tag) for the replay window.
+#[derive(Clone, Debug)]
+pub struct NewAdoption {
+    pub session: NewSession,
+    /// The session's first refresh token, sealed under a key derived from
+    /// the adopted token: only its holder can open it.
+    pub sealed_token: Vec<u8>,
+    /// How long the adoption is recorded (the replay window); 0 records none.
+    pub window_ms: u64,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum AdoptOutcome {
+    /// No adoption of the token is recorded: the session was written
+    /// (replacing any under its handle) and the adoption recorded.
+    Created,
+    /// The token was adopted within the window: nothing was written; the
+    /// session and the first token that adoption sealed.
+    Adopted {
+        session: SessionRecord,
+        sealed_token: Vec<u8>,
+    },
+    /// The token was adopted within the window, but that session is gone
+    /// (revoked or expired since).
+    Gone,
 }
 
 /// One refresh: the presented token's hash and, should it be current, what
@@ -198,6 +233,14 @@ pub trait SessionStore: Send + Sync + 'static {
     /// to its user's index.
     fn create(&self, s: NewSession) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Opens a session by adoption unless the same token was adopted within
+    /// the window, in one atomic step: parallel adoptions of one token, on
+    /// any number of instances, give one session.
+    fn adopt(
+        &self,
+        a: NewAdoption,
+    ) -> impl Future<Output = Result<AdoptOutcome, StoreError>> + Send;
+
     /// Applies the rotation rules (module docs) in one atomic step.
     fn rotate(
         &self,
@@ -288,6 +331,10 @@ macro_rules! delegate {
 impl SessionStore for Store {
     async fn create(&self, s: NewSession) -> Result<(), StoreError> {
         delegate!(self, st => st.create(s))
+    }
+
+    async fn adopt(&self, a: NewAdoption) -> Result<AdoptOutcome, StoreError> {
+        delegate!(self, st => st.adopt(a))
     }
 
     async fn rotate(&self, r: RotateRequest) -> Result<RotateOutcome, StoreError> {

@@ -8,6 +8,9 @@
 //! - `P u:{<user_uuid>}`: set of the user's handles, its TTL extended on
 //!   create to the longest lifetime of its sessions. It may hold handles whose
 //!   session is gone; readers skip and remove those.
+//! - `P a:{<handle>}`: the first refresh token of a session opened by
+//!   adoption, sealed under a key derived from the adopted token, kept for
+//!   the replay window (`adopt.lua` writes it with the session, atomically).
 //!
 //! Rotation is one round trip: `rotate.lua` by EVALSHA (reloaded on
 //! NOSCRIPT). Every operation is bounded by `store.timeout`; a connection
@@ -30,14 +33,15 @@ use futures_util::future::join_all;
 
 use super::memory::sort_records;
 use super::{
-    NewSession, RevokeOutcome, RevokeRequest, RotateOutcome, RotateRequest, RotatedSession,
-    SessionRecord, SessionStore, StoreError,
+    AdoptOutcome, NewAdoption, NewSession, RevokeOutcome, RevokeRequest, RotateOutcome,
+    RotateRequest, RotatedSession, SessionRecord, SessionStore, StoreError,
 };
 use crate::config::StoreConfig;
 
 const ROTATE_LUA: &str = include_str!("rotate.lua");
 const INDEX_ADD_LUA: &str = include_str!("index_add.lua");
 const REVOKE_LUA: &str = include_str!("revoke.lua");
+const ADOPT_LUA: &str = include_str!("adopt.lua");
 
 /// Record fields, in the order `get` reads them.
 const RECORD_FIELDS: [&str; 5] = ["user", "client", "attrs", "created", "exp"];
@@ -55,6 +59,7 @@ struct Inner {
     rotate: Script,
     index_add: Script,
     revoke: Script,
+    adopt: Script,
 }
 
 enum Backend {
@@ -321,6 +326,7 @@ impl RedisStore {
                 rotate: Script::new(ROTATE_LUA),
                 index_add: Script::new(INDEX_ADD_LUA),
                 revoke: Script::new(REVOKE_LUA),
+                adopt: Script::new(ADOPT_LUA),
             }),
         }
     }
@@ -328,6 +334,12 @@ impl RedisStore {
     /// `{prefix}s:{<handle>}`
     pub fn session_key(&self, handle: &str) -> String {
         format!("{}s:{{{handle}}}", self.inner.prefix)
+    }
+
+    /// `{prefix}a:{<handle>}`: the adoption that opened the session, for
+    /// its window.
+    pub fn adoption_key(&self, handle: &str) -> String {
+        format!("{}a:{{{handle}}}", self.inner.prefix)
     }
 
     /// `{prefix}u:{<user_uuid>}`
@@ -619,6 +631,64 @@ impl SessionStore for RedisStore {
             }
         })
         .await
+    }
+
+    async fn adopt(&self, a: NewAdoption) -> Result<AdoptOutcome, StoreError> {
+        let s = &a.session;
+        let rec = &s.record;
+        let ttl_ms = rec.refresh_exp_ms.saturating_sub(s.now_ms).max(1);
+        let index_ttl_ms = rec
+            .created_at_ms
+            .saturating_add(s.max_age_ms)
+            .saturating_sub(s.now_ms)
+            .max(ttl_ms);
+        // Index first, as in `create`.
+        let mut index = self.inner.index_add.key(self.user_key(&rec.user_uuid));
+        index.arg(&rec.handle).arg(index_ttl_ms);
+        let mut call = ::redis::cmd("EVALSHA");
+        call.arg(self.inner.adopt.get_hash())
+            .arg(2)
+            .arg(self.session_key(&rec.handle))
+            .arg(self.adoption_key(&rec.handle))
+            .arg(&rec.user_uuid)
+            .arg(&rec.client_id)
+            .arg(&rec.user_attributes)
+            .arg(&s.token_hash)
+            .arg(rec.created_at_ms)
+            .arg(rec.refresh_exp_ms)
+            .arg(ttl_ms)
+            .arg(&a.sealed_token[..])
+            .arg(a.window_ms)
+            .arg(s.now_ms)
+            .arg(s.max_age_ms);
+        let reply: Vec<Vec<u8>> = self
+            .run(|mut c| {
+                let (index, call) = (&index, &call);
+                async move {
+                    index.invoke_async::<i64>(&mut c).await?;
+                    eval_sha(c, call, &self.inner.adopt).await
+                }
+            })
+            .await?;
+        let mut reply = reply.into_iter();
+        match reply.next().unwrap_or_default().as_slice() {
+            b"created" => Ok(AdoptOutcome::Created),
+            b"gone" => Ok(AdoptOutcome::Gone),
+            b"adopted" => {
+                let sealed_token = reply
+                    .next()
+                    .ok_or_else(|| corrupt("adoption lacks its token"))?;
+                let session = record(&rec.handle, reply.collect())?;
+                Ok(AdoptOutcome::Adopted {
+                    session,
+                    sealed_token,
+                })
+            }
+            other => Err(corrupt(format_args!(
+                "unexpected adopt reply {:?}",
+                String::from_utf8_lossy(other)
+            ))),
+        }
     }
 
     async fn rotate(&self, r: RotateRequest) -> Result<RotateOutcome, StoreError> {
