@@ -6,7 +6,8 @@
 //! - [`config`]: `gateway.toml` parsed into a raw form, then validated into a typed [`config::Config`].
 //! - [`clock`]: injectable wall clock for expiry and grace windows.
 //! - [`cookie`]: the one reader of `Cookie` request headers (names and values), for every credential.
-//! - [`tokens`]: access JWTs (keys, `kid`, JWKS) and sealed `v1:` refresh tokens.
+//! - [`tokens`]: access JWTs (keys, `kid`, JWKS), sealed `v1:<sealed>.<nonce>.V0` refresh tokens, and
+//!   the key sets of an adopted login service (a file, or an `https://` URL fetched and refreshed).
 //! - [`session`]: sessions, the rotation rules and the store trait, with memory and Redis backends.
 //! - [`sign_in`]: the SiS endpoints (refresh, revoke, logout, certs), their errors, cookies and CORS;
 //!   adoption and migration of an existing Sign-in Service's tokens.
@@ -23,9 +24,11 @@
 //! - [`metrics`]: the Prometheus registry and the gateway's metric families.
 //! - [`body`], [`ctx`]: the request and response body types with JSON errors, and per-request facts.
 //!
-//! A request enters [`server`], goes to [`app`], and is either a sign-in
-//! endpoint ([`sign_in`] → [`session`] → store) or a routed request ([`proxy`]
-//! route match → [`auth`], which may call [`session`] → upstream). [`session`]
+//! A request enters [`server`], its target is settled ([`target`]), it goes to
+//! [`app`], and is either a sign-in endpoint ([`sign_in`] → [`session`] → store),
+//! another sign-in path (forwarded to the login service, its answer adopted), or a
+//! routed request ([`proxy`] route match → [`auth`], which may call [`session`] →
+//! upstream). [`session`]
 //! knows nothing of HTTP; [`proxy`] nothing of tokens.
 
 // Deeply nested async state machines (connection → dispatch → auth → proxy)
