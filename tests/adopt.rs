@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::gateway::{echoed, echoed_headers};
 use common::gateway::{temp_path, TestGateway};
 use common::redis::RedisServer;
-use common::sis::{now_secs, StandIn};
+use common::sis::{client, cookie_value, everything, now_secs, set_cookie_lines, StandIn};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -57,44 +57,12 @@ auth = "required"
     ))
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// Every header value and the body of a response, as one text to search.
-async fn everything(res: reqwest::Response) -> (StatusCode, reqwest::header::HeaderMap, String) {
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body = res.text().await.unwrap();
-    (status, headers, body)
-}
-
-fn set_cookies(headers: &reqwest::header::HeaderMap) -> Vec<String> {
-    headers
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .collect()
-}
-
-/// The value a `Set-Cookie` list gives `name`.
-fn cookie_value<'a>(cookies: &'a [String], name: &str) -> Option<&'a str> {
-    cookies.iter().find_map(|c| {
-        let pair = c.split(';').next()?;
-        let (n, v) = pair.split_once('=')?;
-        (n.trim() == name).then_some(v.trim())
-    })
-}
-
 #[tokio::test]
 async fn an_api_token_exchange_is_adopted_and_refreshes_at_the_gateway() {
     let redis = RedisServer::start();
     let login = stand_in().await;
     let gw = gateway(&redis, &login);
-    let http = http();
+    let http = client();
 
     let res = http
         .post(gw.url("/v0/sign_in/token"))
@@ -190,7 +158,7 @@ async fn a_browser_callback_is_adopted_with_the_gateways_cookies() {
     let redis = RedisServer::start();
     let login = stand_in().await;
     let gw = gateway(&redis, &login);
-    let http = http();
+    let http = client();
 
     let res = http
         .get(gw.url("/v0/sign_in/callback?code=c&state=s&client_id=web"))
@@ -205,7 +173,7 @@ async fn a_browser_callback_is_adopted_with_the_gateways_cookies() {
         "https://www.example.gov/?type=logingov"
     );
     assert!(!login.leaks(&headers, &text), "{headers:?}");
-    let cookies = set_cookies(&headers);
+    let cookies = set_cookie_lines(&headers);
     assert!(
         cookies
             .iter()
@@ -237,7 +205,7 @@ async fn a_browser_callback_is_adopted_with_the_gateways_cookies() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    let rotated = set_cookies(res.headers());
+    let rotated = set_cookie_lines(res.headers());
     assert!(cookie_value(&rotated, "vagov_refresh_token").is_some_and(|r| r != refresh));
     assert_eq!(login.calls.load(Ordering::SeqCst), calls);
 }
@@ -247,7 +215,7 @@ async fn bundles_that_do_not_verify_are_refused() {
     let redis = RedisServer::start();
     let login = stand_in().await;
     let gw = gateway(&redis, &login);
-    let http = http();
+    let http = client();
 
     for path in [
         "/v0/sign_in/token?rogue=1",
@@ -263,7 +231,7 @@ async fn bundles_that_do_not_verify_are_refused() {
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{path}: {text}");
         assert_eq!(text, NOT_ADOPTED, "{path}");
         assert!(!login.leaks(&headers, &text), "{path}");
-        assert!(set_cookies(&headers).is_empty(), "{path}");
+        assert!(set_cookie_lines(&headers).is_empty(), "{path}");
     }
     let metrics = reqwest::get(gw.admin_url("/metrics"))
         .await
@@ -287,7 +255,7 @@ async fn answers_without_a_bundle_pass_as_they_came() {
     let redis = RedisServer::start();
     let login = stand_in().await;
     let gw = gateway(&redis, &login);
-    let res = http()
+    let res = client()
         .post(gw.url("/v0/sign_in/introspect"))
         .send()
         .await
@@ -304,7 +272,7 @@ async fn the_login_services_access_tokens_are_accepted_until_they_expire() {
     let redis = RedisServer::start();
     let login = stand_in().await;
     let gw = gateway(&redis, &login);
-    let http = http();
+    let http = client();
     let token = login.key.access_token("web", now_secs() + 300);
 
     // As a Bearer header, and as the percent-encoded cookie the Rails
@@ -451,7 +419,7 @@ upstream = "{}"
         login.jwks_file.display(),
         login.apps,
     ));
-    let http = http();
+    let http = client();
     let res = http.post(gw.url("/v0/sign_in/token")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let body: Value = res.json().await.unwrap();
@@ -547,7 +515,7 @@ authentication = "api"
         login.url,
         jwks.display(),
     ));
-    let http = http();
+    let http = client();
     let status = |path: &'static str| {
         let http = http.clone();
         let url = gw.url(path);

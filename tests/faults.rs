@@ -10,75 +10,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::fixture::{config, create, ADMIN, REFRESH, STORE_TIMEOUT_MS};
 use common::gateway::{GatewayProcess, TestGateway};
 use common::redis::{wait_replicated, RedisSentinel, RedisServer};
 use common::upstream::TestUpstream;
 use common::{keep_alive_get, refresh_api};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const SEALING_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-const ADMIN: &str = "test-admin-token";
-const REFRESH: &str = "/v0/sign_in/refresh";
-/// `store.timeout` of these tests; SPEC §7 allows 50 ms on top, CI some more.
-const STORE_TIMEOUT_MS: u64 = 250;
+/// How long a refresh may take to answer 503 while Redis is gone.
 const STORE_ANSWER_BOUND: Duration = Duration::from_millis(STORE_TIMEOUT_MS + 150);
-
-fn config(redis_url: &str, upstream: &str, server: &str, routes: &str) -> String {
-    format!(
-        r#"
-[server]
-{server}
-[admin]
-token = "{ADMIN}"
-[store]
-url = "{redis_url}"
-timeout = "{STORE_TIMEOUT_MS}ms"
-[tokens]
-sealing_keys = ["{SEALING_KEY}"]
-[cookies]
-secure = false
-refresh_path = "/"
-[sign_in]
-failures_per_minute = 0
-[[clients]]
-client_id = "mobile"
-authentication = "api"
-anti_csrf = false
-[[clients]]
-client_id = "web"
-authentication = "cookie"
-anti_csrf = true
-[[routes]]
-path_prefix = "/pub"
-upstream = "{upstream}"
-auth = "public"
-[[routes]]
-path_prefix = "/app"
-upstream = "{upstream}"
-auth = "session"
-[[routes]]
-path_prefix = "/req"
-upstream = "{upstream}"
-auth = "required"
-{routes}
-"#
-    )
-}
-
-async fn create(http: &reqwest::Client, gw: &TestGateway, client_id: &str) -> Value {
-    let res = http
-        .post(gw.admin_url("/admin/sessions"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"user_uuid": "u-faults", "client_id": client_id}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::CREATED);
-    res.json().await.unwrap()
-}
 
 /// Refreshes until 200 (the store may still be reconnecting) and returns the
 /// next token; only 503 is acceptable meanwhile.

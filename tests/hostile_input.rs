@@ -14,72 +14,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::fixture::{config, create, ADMIN, REFRESH};
 use common::gateway::TestGateway;
 use common::redis::RedisServer;
 use common::upstream::TestUpstream;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const SEALING_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-const ADMIN: &str = "test-admin-token";
-const REFRESH: &str = "/v0/sign_in/refresh";
-const STORE_TIMEOUT_MS: u64 = 250;
-
-fn config(redis_url: &str, upstream: &str, server: &str, routes: &str) -> String {
-    format!(
-        r#"
-[server]
-{server}
-[admin]
-token = "{ADMIN}"
-[store]
-url = "{redis_url}"
-timeout = "{STORE_TIMEOUT_MS}ms"
-[tokens]
-sealing_keys = ["{SEALING_KEY}"]
-[cookies]
-secure = false
-refresh_path = "/"
-[sign_in]
-failures_per_minute = 0
-[[clients]]
-client_id = "mobile"
-authentication = "api"
-anti_csrf = false
-[[clients]]
-client_id = "web"
-authentication = "cookie"
-anti_csrf = true
-[[routes]]
-path_prefix = "/pub"
-upstream = "{upstream}"
-auth = "public"
-[[routes]]
-path_prefix = "/app"
-upstream = "{upstream}"
-auth = "session"
-[[routes]]
-path_prefix = "/req"
-upstream = "{upstream}"
-auth = "required"
-{routes}
-"#
-    )
-}
-
-async fn create(http: &reqwest::Client, gw: &TestGateway, client_id: &str) -> Value {
-    let res = http
-        .post(gw.admin_url("/admin/sessions"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"user_uuid": "u-faults", "client_id": client_id}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::CREATED);
-    res.json().await.unwrap()
-}
 
 /// A raw request with `Host` and `Connection: close`; `extra` are header
 /// lines (each ending in CRLF).

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use common::browser::Browser;
 use common::gateway::{echoed, echoed_headers, TestGateway};
 use common::redis::RedisServer;
-use common::sis::{enc, StandIn, USER};
+use common::sis::{client, cookie_value, enc, everything, set_cookie_lines, StandIn, USER};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -62,36 +62,6 @@ fn gateway(redis: &RedisServer, login: &StandIn) -> TestGateway {
     TestGateway::start(config(redis, login, true))
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-async fn everything(res: reqwest::Response) -> (StatusCode, reqwest::header::HeaderMap, String) {
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body = res.text().await.unwrap();
-    (status, headers, body)
-}
-
-fn set_cookies(headers: &reqwest::header::HeaderMap) -> Vec<String> {
-    headers
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .collect()
-}
-
-fn cookie_value<'a>(cookies: &'a [String], name: &str) -> Option<&'a str> {
-    cookies.iter().find_map(|c| {
-        let pair = c.split(';').next()?;
-        let (n, v) = pair.split_once('=')?;
-        (n.trim() == name).then_some(v.trim())
-    })
-}
-
 async fn metrics(gw: &TestGateway) -> String {
     reqwest::get(gw.admin_url("/metrics"))
         .await
@@ -126,7 +96,7 @@ async fn an_api_clients_old_token_migrates_once_then_refreshes_at_the_gateway() 
     let redis = RedisServer::start();
     let login = StandIn::start().await;
     let gw = gateway(&redis, &login);
-    let http = http();
+    let http = client();
     let (old, _) = login.signed_in("mobile");
 
     // Percent-encoded in the query, as SiS clients send it.
@@ -194,7 +164,7 @@ async fn a_browsers_old_cookies_migrate_at_the_endpoint() {
     let redis = RedisServer::start();
     let login = StandIn::start().await;
     let gw = gateway(&redis, &login);
-    let http = http();
+    let http = client();
     let (old, anti_csrf) = login.signed_in("web");
 
     // The cookies as the Rails service wrote them: percent-encoded.
@@ -216,7 +186,7 @@ async fn a_browsers_old_cookies_migrate_at_the_endpoint() {
     assert_eq!(text, "{}");
     assert_eq!(login.refreshes(), 1);
     assert!(!login.leaks(&headers, &text), "{headers:?}");
-    let cookies = set_cookies(&headers);
+    let cookies = set_cookie_lines(&headers);
     let vagov: Vec<&String> = cookies.iter().filter(|c| c.starts_with("vagov_")).collect();
     assert_eq!(vagov.len(), 4, "{cookies:?}");
     let refresh = cookie_value(&cookies, "vagov_refresh_token")
@@ -236,7 +206,7 @@ async fn a_browsers_old_cookies_migrate_at_the_endpoint() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    let rotated = set_cookies(res.headers());
+    let rotated = set_cookie_lines(res.headers());
     assert!(cookie_value(&rotated, "vagov_refresh_token").is_some_and(|r| r != refresh));
     assert_eq!(login.refreshes(), 1);
 
@@ -261,7 +231,7 @@ async fn an_inline_refresh_migrates_a_browser() {
     let redis = RedisServer::start();
     let login = StandIn::start().await;
     let gw = gateway(&redis, &login);
-    let http = http();
+    let http = client();
     let (old, anti_csrf) = login.signed_in("web");
 
     let res = http
@@ -286,7 +256,7 @@ async fn an_inline_refresh_migrates_a_browser() {
     let seen = echoed_headers(&serde_json::from_str(&text).unwrap());
     assert_eq!(echoed(&seen, "x-sis-user-uuid"), [USER]);
     assert_eq!(echoed(&seen, "x-sis-client-id"), ["web"]);
-    let cookies = set_cookies(&headers);
+    let cookies = set_cookie_lines(&headers);
     let access = cookie_value(&cookies, "vagov_access_token").unwrap();
     let refresh = cookie_value(&cookies, "vagov_refresh_token").unwrap();
     let sent_cookie = echoed(&seen, "cookie").join("; ");
@@ -337,7 +307,7 @@ async fn parallel_migrations_on_two_instances_converge() {
     let login = StandIn::start().await;
     let a = gateway(&redis, &login);
     let b = gateway(&redis, &login);
-    let http = http();
+    let http = client();
     let (old, _) = login.signed_in("mobile");
 
     let calls = [&a, &b].into_iter().flat_map(|gw| {
@@ -388,7 +358,7 @@ async fn a_refused_token_gets_the_login_services_answer() {
     let login = StandIn::start().await;
     let gw = gateway(&redis, &login);
     let refused = "v1:AAAA+/8=.0123456789abcdef0123456789abcdef.V0";
-    let res = http()
+    let res = client()
         .post(gw.url("/v0/sign_in/refresh"))
         .form(&[("refresh_token", refused)])
         .send()
@@ -397,7 +367,7 @@ async fn a_refused_token_gets_the_login_services_answer() {
     let (status, headers, text) = everything(res).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(text, r#"{"errors":"Refresh token cannot be decrypted"}"#);
-    let cookies = set_cookies(&headers);
+    let cookies = set_cookie_lines(&headers);
     assert!(
         cookies.iter().any(|c| c == "stand_in_refused=1; path=/"),
         "{cookies:?}"
@@ -422,7 +392,7 @@ async fn without_migrate_an_old_token_cannot_be_decrypted() {
     let login = StandIn::start().await;
     let gw = TestGateway::start(config(&redis, &login, false));
     let (old, _) = login.signed_in("mobile");
-    let res = http()
+    let res = client()
         .post(gw.url("/v0/sign_in/refresh"))
         .form(&[("refresh_token", old.as_str())])
         .send()

@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod browser;
+pub mod fixture;
 pub mod gateway;
 pub mod redis;
 pub mod sis;

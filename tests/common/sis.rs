@@ -455,3 +455,40 @@ async fn refresh(req: hyper::Request<hyper::body::Incoming>, key: &Key, state: &
             .unwrap()
     }
 }
+
+/// A client that does not follow redirects: a sign-in's 302 is the answer
+/// under test.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The status, headers and body of a response, for searching all of it.
+pub async fn everything(
+    res: reqwest::Response,
+) -> (reqwest::StatusCode, reqwest::header::HeaderMap, String) {
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.text().await.unwrap();
+    (status, headers, body)
+}
+
+/// Every `Set-Cookie` line of a response, as sent.
+pub fn set_cookie_lines(headers: &reqwest::header::HeaderMap) -> Vec<String> {
+    headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The value a list of `Set-Cookie` lines gives `name`.
+pub fn cookie_value<'a>(cookies: &'a [String], name: &str) -> Option<&'a str> {
+    cookies.iter().find_map(|c| {
+        let pair = c.split(';').next()?;
+        let (n, v) = pair.split_once('=')?;
+        (n.trim() == name).then_some(v.trim())
+    })
+}
