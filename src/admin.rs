@@ -1,11 +1,11 @@
 //! Health, readiness, metrics and the session admin API (the admin listener).
 
-use crate::body::RequestBody;
+use crate::http::body::RequestBody;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::app::App;
-use crate::body::{self, Body};
+use crate::http::body::{self, Body};
 
 /// The Prometheus text format as prometheus-client writes it (OpenMetrics).
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -6,15 +6,16 @@
 
 use std::sync::Arc;
 
-use crate::body::RequestBody;
+use crate::http::body::RequestBody;
 use http::{header, HeaderMap};
 use hyper::Request;
 
 use crate::auth::{self, Auth};
 use crate::config::{AuthMode, Config};
 use crate::ctx::RequestCtx;
+use crate::http::Reply;
 use crate::metrics::{Metrics, RouteStats};
-use crate::proxy::{self, Proxy, ProxyError, Reply, Tunnels};
+use crate::proxy::{self, Proxy, ProxyError, Tunnels};
 use crate::sign_in::migrate::LoginService;
 use crate::sign_in::SignIn;
 
@@ -132,8 +133,11 @@ impl App {
         // (SPEC §5a).
         if let Err(e) = crate::target::admit(&mut req, self.path_rules) {
             return Handled {
-                response: crate::body::json_error(http::StatusCode::BAD_REQUEST, &e.to_string())
-                    .into(),
+                response: crate::http::body::json_error(
+                    http::StatusCode::BAD_REQUEST,
+                    &e.to_string(),
+                )
+                .into(),
                 route: &self.labels.no_route,
             };
         }

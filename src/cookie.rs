@@ -20,11 +20,11 @@ use std::borrow::Cow;
 use http::header::{HeaderMap, COOKIE};
 use percent_encoding::percent_decode;
 
-use crate::wire::hex_digit;
+use crate::http::fields::hex_digit;
 
 /// Every `name=value` piece of one `Cookie` value, split at `;` and `,`.
 pub fn pieces(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    crate::wire::split_at_bytes(value, b';', b',')
+    crate::http::fields::split_at_bytes(value, b';', b',')
 }
 
 /// The name of a piece as it is matched: the bytes before its first `=`

@@ -4,7 +4,12 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
+use http::header::HeaderName;
 use http::HeaderValue;
+
+/// The request id, kept from a trusted proxy or made by the gateway, sent
+/// upstream and returned to the client.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Facts about one request, set by the server before dispatch.
 #[derive(Debug, Clone)]

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::body::{self, Body};
+use crate::http::body::{self, Body};
 
 /// Serves the demo upstream on `listener` until the task is dropped.
 pub async fn serve_demo_upstream(listener: TcpListener) {

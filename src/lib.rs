@@ -4,7 +4,6 @@
 //!
 //! - [`app`]: everything built from one configuration (proxy, sign-in, metrics) and request dispatch.
 //! - [`config`]: `gateway.toml` parsed into a raw form, then validated into a typed [`config::Config`].
-//! - [`clock`]: injectable wall clock for expiry and grace windows.
 //! - [`cookie`]: the one reader of `Cookie` request headers (names and values), for every credential.
 //! - [`tokens`]: access JWTs (keys, `kid`, JWKS), sealed `v1:<sealed>.<nonce>.V0` refresh tokens, and
 //!   the key sets of an adopted login service (a file, or an `https://` URL fetched and refreshed).
@@ -12,17 +11,20 @@
 //! - [`sign_in`]: the SiS endpoints (refresh, revoke, logout, certs), their errors, cookies and CORS;
 //!   adoption and migration of an existing Sign-in Service's tokens.
 //! - [`auth`]: route auth modes and single-flight inline refresh on pass-through routes.
-//! - [`target`]: the request target settled before dispatch: normalized path, one authority (SPEC §5a).
+//! - [`target`]: the request target settled before dispatch: normalized path, one authority.
 //! - [`proxy`]: route table, the pooled HTTP/1.1 upstream client, header operations and the one
 //!   request header policy (`proxy::policy`), upgrades.
 //! - [`server`]: listeners, TLS, connection limits, the HTTP/1.1 connection loop ([`server::h1`];
 //!   HTTP/2 and the admin listener are hyper's), request dispatch, access log, graceful shutdown.
-//! - `wire`: HTTP/1 body decoding and buffer-less socket reads, shared by both sides.
-//! - `timer`: request-path timeouts that reuse their timers on worker threads.
 //! - [`admin`]: the admin listener: health, readiness, metrics; `/admin/*` goes to [`sign_in`].
 //! - [`demo`]: the built-in demo upstream behind `sis-gateway demo`.
 //! - [`metrics`]: the Prometheus registry and the gateway's metric families.
-//! - [`body`], [`ctx`]: the request and response body types with JSON errors, and per-request facts.
+//! - [`ctx`]: per-request facts (peer, request id) every layer reads.
+//! - [`http`]: below both the server and the upstream client: request and response bodies with JSON
+//!   errors, the [`http::Reply`] a handler answers, upgrades, field-value helpers, and the one HTTP/1
+//!   codec ([`http::h1`]) both directions use.
+//! - [`time`]: the injectable wall clock for expiry and grace windows, a coarse monotonic clock for
+//!   connection timeouts, and request-path timeouts.
 //!
 //! A request enters [`server`], its target is settled ([`target`]), it goes to
 //! [`app`], and is either a sign-in endpoint ([`sign_in`] → [`session`] → store),
@@ -38,21 +40,19 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
-pub mod body;
-pub mod clock;
 pub mod config;
 pub mod cookie;
 pub mod ctx;
 pub mod demo;
+pub mod http;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod sign_in;
 pub mod target;
-pub(crate) mod timer;
+pub mod time;
 pub mod tokens;
-pub(crate) mod wire;
 
 /// A future pinned in a box of its own. The box is allocated first and the
 /// future made in it, so a large future's state is not built on the stack

@@ -38,11 +38,12 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Level;
 
 use crate::app::App;
-use crate::body::RequestBody;
 use crate::config::{Config, ServerConfig};
 use crate::ctx::{RequestCtx, RequestId, GENERATED_LEN};
+use crate::http::body::RequestBody;
+use crate::http::Reply;
 use crate::metrics::Metrics;
-use crate::proxy::{self, headers, Reply};
+use crate::proxy::{self, headers};
 
 use self::conn::{ActiveGuard, ConnState, ConnTicket, TrackedBody, TrackedStream, UntilClosed};
 
@@ -358,7 +359,7 @@ impl Workers {
                 .name(format!("sis-worker-{id}"))
                 .spawn(move || {
                     proxy::pool::set_worker_slot(id);
-                    crate::timer::start_worker();
+                    crate::time::timer::start_worker();
                     runtime.block_on(async move {
                         relay_signals_to_worker(&shared);
                         while let Some(h) = rx.recv().await {
@@ -388,7 +389,7 @@ impl Workers {
                     });
                     // What this thread kept for its requests goes while the
                     // runtime it belongs to is still there.
-                    crate::timer::end_worker();
+                    crate::time::timer::end_worker();
                     WORKER_APP.with(|app| app.borrow_mut().take());
                     // Dropping the runtime ends what is left: pooled upstream
                     // connections, connections past the drain deadline.
@@ -686,7 +687,7 @@ async fn public_request(
     let trusted = proxy::is_trusted(trusted_proxies, peer.ip());
 
     let kept = trusted
-        .then(|| req.headers().get(&headers::X_REQUEST_ID))
+        .then(|| req.headers().get(&crate::ctx::X_REQUEST_ID))
         .flatten()
         .filter(|v| valid_request_id(v));
     let request_id = match kept {

@@ -26,7 +26,7 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request};
 
 use crate::config::{EscapedSlashes, ServerConfig};
-use crate::wire::hex_digit;
+use crate::http::fields::hex_digit;
 
 /// Why a request target was refused; every one is a 400 with this message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -4,7 +4,7 @@
 //! reads of any size (the first byte picks it).
 
 use libfuzzer_sys::fuzz_target;
-use sis_gateway::server::h1::parse_request_stream;
+use sis_gateway::http::h1::parse_request_stream;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, rest)) = data.split_first() else {

@@ -16,10 +16,10 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::body::{empty, json_error, Body};
 use crate::config::{AuthMode, CookiesConfig, RouteConfig};
 use crate::cookie;
 use crate::ctx::RequestCtx;
+use crate::http::body::{empty, json_error, Body};
 use crate::proxy::headers::{remove_cookies, replace_cookie};
 use crate::session::service::RefreshError;
 use crate::sign_in::migrate::{LoginService, Migration};

@@ -4,11 +4,11 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::body::RequestBody;
+use crate::http::body::RequestBody;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
-use crate::body::BoxError;
+use crate::http::body::BoxError;
 
 /// The error a [`ForwardBody`] yields once more than `max_body` bytes went through.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@ use std::io;
 
 use http::{Response, StatusCode};
 
-use crate::body::{json_error, Body};
+use crate::http::body::{json_error, Body};
 use crate::metrics::UpstreamErrorKind;
 
 #[derive(Debug, thiserror::Error)]

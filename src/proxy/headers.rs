@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::wire::{list_elements, lists};
+use crate::http::fields::{list_elements, lists};
 
 /// Headers that are hop-by-hop whether or not `Connection` names them
 /// (RFC 9110 §7.6.1, plus the obsolete `Keep-Alive` and `Proxy-Connection`
@@ -106,9 +106,6 @@ pub struct ForwardedFor<'a> {
     pub host: Option<&'a HeaderValue>,
 }
 
-/// The request id, kept from a trusted proxy or made by the gateway, sent
-/// upstream and returned to the client.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -302,15 +299,15 @@ pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) -> bool {
 
     let mut out: Vec<u8> = Vec::new();
     for value in headers.get_all(header::COOKIE) {
-        for segment in crate::wire::split_at_byte(value.as_bytes(), b';') {
+        for segment in crate::http::fields::split_at_byte(value.as_bytes(), b';') {
             if segment.trim_ascii().is_empty() {
                 continue;
             }
             let kept = if memchr::memchr(b',', segment).is_some()
-                && crate::wire::split_at_byte(segment, b',').any(|p| names_match(p, names))
+                && crate::http::fields::split_at_byte(segment, b',').any(|p| names_match(p, names))
             {
                 // Keep the comma-separated parts that are not forbidden.
-                let parts: Vec<&[u8]> = crate::wire::split_at_byte(segment, b',')
+                let parts: Vec<&[u8]> = crate::http::fields::split_at_byte(segment, b',')
                     .filter(|p| !names_match(p, names) && !p.trim_ascii().is_empty())
                     .collect();
                 parts.join(&b","[..])

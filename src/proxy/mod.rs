@@ -13,7 +13,6 @@
 //! [`Proxy::forward`] does both with nothing in between.
 
 pub mod body;
-pub mod coarse;
 mod error;
 pub mod headers;
 pub mod policy;
@@ -31,11 +30,11 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use ipnet::IpNet;
 
-use crate::body::{Body, RequestBody};
 use crate::config::{Config, RouteConfig};
-use crate::ctx::{RequestCtx, RequestId};
+use crate::ctx::RequestCtx;
+use crate::http::body::{Body, RequestBody};
+use crate::http::Reply;
 use crate::metrics::{Metrics, RouteStats, UpstreamErrorKind};
-use crate::wire::RawFields;
 
 use self::body::ForwardBody;
 pub use self::error::ProxyError;
@@ -127,50 +126,6 @@ impl Outgoing<'_> {
     /// written (a `Host` or `X-Request-Id` here is not sent).
     pub fn headers_mut(&mut self) -> &mut HeaderMap {
         &mut self.parts.headers
-    }
-}
-
-/// A response on its way to the client. An upstream's end-to-end fields
-/// stay as they arrived in `received` (see [`RawFields`]) and are sent before
-/// the response's own header map, which holds what the gateway adds.
-pub struct Reply {
-    pub response: Response<Body>,
-    pub(crate) received: Option<Box<RawFields>>,
-    /// `X-Request-Id`, written after the other fields (it replaces any the
-    /// header map holds).
-    pub request_id: Option<RequestId>,
-}
-
-impl Reply {
-    /// A response whose fields are all in its header map.
-    pub fn new(response: Response<Body>) -> Reply {
-        Reply {
-            response,
-            received: None,
-            request_id: None,
-        }
-    }
-
-    /// The response with every field in its header map (for HTTP/2, and
-    /// anything else that reads them).
-    pub fn into_response(self) -> Response<Body> {
-        let mut response = self.response;
-        if let Some(received) = self.received {
-            let rest = std::mem::take(response.headers_mut());
-            *response.headers_mut() = received.into_map(rest);
-        }
-        if let Some(id) = self.request_id {
-            response
-                .headers_mut()
-                .insert(headers::X_REQUEST_ID, id.to_header_value());
-        }
-        response
-    }
-}
-
-impl From<Response<Body>> for Reply {
-    fn from(response: Response<Body>) -> Reply {
-        Reply::new(response)
     }
 }
 
@@ -360,7 +315,7 @@ impl Proxy {
         // Pinned where it is made: the timeout then holds a pointer, and the
         // exchange's state is not copied into it.
         let exchange = std::pin::pin!(self.exchange(out, ctx));
-        match crate::timer::timeout(self.upstream_timeout, exchange).await {
+        match crate::time::timer::timeout(self.upstream_timeout, exchange).await {
             Ok(Ok((res, target, upgrade))) => {
                 let _ = ctx.upstream.set(target.name.clone());
                 match self.respond(route, res, upgrade, extra_response_headers) {
@@ -441,7 +396,7 @@ impl Proxy {
             };
             match sent {
                 Ok(res) => {
-                    crate::wire::give_map(parts.headers);
+                    crate::http::h1::give_map(parts.headers);
                     return Ok((res, target, upgrade));
                 }
                 Err(SendError::Connect(error)) => {

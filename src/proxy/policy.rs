@@ -17,8 +17,9 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
-use super::headers::{self, Forwarded, ForwardedFor, X_REQUEST_ID};
+use super::headers::{self, Forwarded, ForwardedFor};
 use crate::config::{Config, RouteConfig};
+use crate::ctx::X_REQUEST_ID;
 
 /// Names the gateway sets or strips on every request, besides the identity
 /// headers of the routes (lower case).

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::coarse::now_ms;
+use crate::time::coarse::monotonic_ms;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
@@ -37,13 +37,14 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::body::{BodyTooLarge, ForwardBody};
-use super::headers::{Forwarded, X_REQUEST_ID};
+use super::headers::Forwarded;
 use super::upstream::UpstreamTarget;
-use super::Reply;
-use crate::body::BoxError;
+use crate::ctx::X_REQUEST_ID;
+use crate::http::body::BoxError;
+use crate::http::h1::decode::{Decoder, Step};
+use crate::http::h1::{poll_fill, write_all, HeadFacts, RawFields, Rewind};
+use crate::http::Reply;
 use crate::metrics::UpstreamErrorKind;
-use crate::wire::decode::{Decoder, Step};
-use crate::wire::{poll_fill, write_all, HeadFacts, RawFields, Rewind};
 
 /// Idle connections kept per upstream and worker at most.
 pub const MAX_IDLE_PER_UPSTREAM: usize = 1024;
@@ -96,7 +97,7 @@ pub struct Pool {
 
 struct Idle {
     conn: UpstreamConn,
-    /// [`now_ms`] when it was given back.
+    /// [`monotonic_ms`] when it was given back.
     since: u64,
 }
 
@@ -113,7 +114,7 @@ impl Pool {
     }
 
     fn checkout(&self) -> Option<UpstreamConn> {
-        let now = now_ms();
+        let now = monotonic_ms();
         let mut idle = self.lock();
         while let Some(c) = idle.pop() {
             if now - c.since < self.idle_timeout_ms {
@@ -128,7 +129,7 @@ impl Pool {
             // Bytes after the response: not a connection to trust again.
             return;
         }
-        let since = now_ms();
+        let since = monotonic_ms();
         let mut idle = self.lock();
         if idle.len() < MAX_IDLE_PER_UPSTREAM {
             idle.push(Idle { conn, since });
@@ -137,7 +138,7 @@ impl Pool {
 
     /// Drops idle connections older than the idle timeout (closing them).
     pub fn reap(&self) {
-        let now = now_ms();
+        let now = monotonic_ms();
         self.lock().retain(|c| now - c.since < self.idle_timeout_ms);
     }
 
@@ -242,12 +243,12 @@ impl Connector {
         body: &mut ForwardBody,
         added: &Added<'_>,
     ) -> Result<Reply, SendError> {
-        let mut head = crate::wire::take_buf(256);
+        let mut head = crate::http::h1::take_buf(256);
         let framing = encode_request_head(parts, added, &HttpBody::size_hint(body), &mut head);
         let result =
             std::pin::pin!(self.exchange(endpoint, pool, &parts.method, body, &head, framing))
                 .await;
-        crate::wire::give_buf(head);
+        crate::http::h1::give_buf(head);
         result
     }
 
@@ -424,10 +425,10 @@ async fn write_request(
     if framing == ReqFraming::None {
         return conn.write(&mut Vec::new(), head).await.map_err(Written::Io);
     }
-    let mut out = crate::wire::take_buf(head.len() + 64);
+    let mut out = crate::http::h1::take_buf(head.len() + 64);
     out.extend_from_slice(head);
     let written = write_body(conn, &mut out, body, framing, body_started).await;
-    crate::wire::give_buf(out);
+    crate::http::h1::give_buf(out);
     written
 }
 
@@ -555,7 +556,7 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ReadH
     // Where each field lies in `buf`, so the fields can share the head's
     // bytes once they are split off.
     let mut facts = HeadFacts::default();
-    let ranges: crate::wire::FieldRanges = res
+    let ranges: crate::http::h1::FieldRanges = res
         .headers
         .iter()
         .map(|f| {
@@ -603,7 +604,7 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ReadH
     }
     // Room for what the gateway adds (request id, cookies): growing
     // the map later rehashes every field.
-    let mut headers = crate::wire::take_map(ranges.len() + 8);
+    let mut headers = crate::http::h1::take_map(ranges.len() + 8);
     for &(name_at, name_len, value_at, value_len) in &ranges {
         let raw_name = &bytes[name_at..name_at + name_len];
         // A `101` keeps the hop-by-hop fields for the upgrade, and
@@ -658,7 +659,7 @@ fn into_response(
     };
     let mut reusable = request_written && keeps_alive(version, &facts);
     let decoder = if status == StatusCode::SWITCHING_PROTOCOLS {
-        let mut res = Response::new(crate::body::empty());
+        let mut res = Response::new(crate::http::body::empty());
         *res.status_mut() = status;
         *res.headers_mut() = headers;
         res.extensions_mut()
@@ -699,7 +700,7 @@ fn into_response(
     };
     let mut res = Response::new(if body.decoder.is_done() {
         drop(body);
-        crate::body::empty()
+        crate::http::body::empty()
     } else {
         body.boxed_unsync()
     });
@@ -842,7 +843,7 @@ pub struct UpstreamBody {
 #[derive(Debug, thiserror::Error)]
 enum UpstreamBodyError {
     #[error("upstream response body: {0}")]
-    Decode(#[from] crate::wire::decode::DecodeError),
+    Decode(#[from] crate::http::h1::decode::DecodeError),
     #[error("upstream closed the connection before the response body ended")]
     Incomplete,
     #[error("upstream response body: {0}")]

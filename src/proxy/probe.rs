@@ -7,9 +7,9 @@ use std::sync::{Arc, OnceLock};
 use http::Request;
 
 use super::{pool, Proxy, Tunnels};
-use crate::body::RequestBody;
 use crate::config::Config;
 use crate::ctx::{RequestCtx, RequestId};
+use crate::http::body::RequestBody;
 use crate::metrics::Metrics;
 use crate::target::{self, PathRules};
 
@@ -51,7 +51,7 @@ impl Probe {
     /// it and encodes the request the upstream would get (with an empty
     /// body: the body's framing is the upstream client's, not the policy's).
     pub fn forward(&self, head: &[u8]) -> Outcome {
-        let Some(parts) = crate::server::h1::parse_head(head) else {
+        let Some(parts) = crate::http::h1::parse_head(head) else {
             return Outcome::Refused;
         };
         let mut req = Request::from_parts(parts, RequestBody::empty());

@@ -8,9 +8,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-use crate::body::RequestBody;
+use crate::http::body::RequestBody;
+use crate::http::PendingUpgrade;
 use crate::metrics::Metrics;
-use crate::server::h1::PendingUpgrade;
 
 /// The client's side of an upgrade: from the gateway's HTTP/1 server, or
 /// from hyper.

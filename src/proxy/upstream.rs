@@ -16,7 +16,7 @@ use rustls::pki_types::ServerName;
 use super::pool::{Endpoint, Pools};
 use crate::config::Upstream;
 
-use super::coarse::now_ms;
+use crate::time::coarse::monotonic_ms;
 
 /// One upstream base URL with what forwarding needs precomputed.
 pub struct UpstreamTarget {
@@ -27,7 +27,7 @@ pub struct UpstreamTarget {
     base_path: String,
     /// `Host` for routes without `preserve_host`.
     pub host: HeaderValue,
-    /// 0 = healthy; else `now_ms()` until which it is skipped.
+    /// 0 = healthy; else `monotonic_ms()` until which it is skipped.
     down_until: AtomicU64,
 }
 
@@ -119,13 +119,13 @@ impl UpstreamSet {
         let single = n == 1;
         (0..n)
             .map(move |i| &self.targets[(start + i) % n])
-            .filter(move |t| single || t.healthy(now_ms()))
+            .filter(move |t| single || t.healthy(monotonic_ms()))
     }
 
     /// Records that `target` refused a connection: skip it for the cooldown.
     pub fn mark_down(&self, target: &UpstreamTarget) {
         if self.targets.len() > 1 && !self.cooldown.is_zero() {
-            let until = now_ms() + self.cooldown.as_millis() as u64;
+            let until = monotonic_ms() + self.cooldown.as_millis() as u64;
             target.down_until.store(until.max(1), Ordering::Relaxed);
         }
     }

@@ -26,10 +26,10 @@ use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 
-use crate::body::{Body, BoxError};
+use crate::http::body::{Body, BoxError};
 use crate::metrics::Metrics;
 
-use crate::proxy::coarse::now_ms;
+use crate::time::coarse::monotonic_ms;
 
 /// What the watchdog needs to know about one connection.
 pub(crate) struct ConnState {
@@ -60,7 +60,7 @@ impl ConnState {
         Arc::new(ConnState {
             active: AtomicUsize::new(0),
             head_started: AtomicU64::new(0),
-            idle_since: AtomicU64::new(now_ms()),
+            idle_since: AtomicU64::new(monotonic_ms()),
             h2: AtomicBool::new(false),
             write_blocked_since: AtomicU64::new(0),
             close: AtomicBool::new(false),
@@ -95,14 +95,15 @@ impl ConnState {
         if self.active.load(Ordering::Relaxed) == 0
             && self.head_started.load(Ordering::Relaxed) == 0
         {
-            self.head_started.store(now_ms(), Ordering::Relaxed);
+            self.head_started.store(monotonic_ms(), Ordering::Relaxed);
         }
     }
 
     fn on_write(&self, blocked: bool) {
         let since = self.write_blocked_since.load(Ordering::Relaxed);
         if blocked && since == 0 {
-            self.write_blocked_since.store(now_ms(), Ordering::Relaxed);
+            self.write_blocked_since
+                .store(monotonic_ms(), Ordering::Relaxed);
         } else if !blocked && since != 0 {
             self.write_blocked_since.store(0, Ordering::Relaxed);
         }
@@ -115,7 +116,7 @@ impl ConnState {
         let header_ms = header.as_millis() as u64;
         let idle_ms = idle.as_millis() as u64;
         loop {
-            let now = now_ms();
+            let now = monotonic_ms();
             let wait_ms = if self.active.load(Ordering::Relaxed) > 0 {
                 let blocked = self.write_blocked_since.load(Ordering::Relaxed);
                 if blocked != 0 && now >= blocked + idle_ms {
@@ -232,7 +233,7 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.0.idle_since.store(now_ms(), Ordering::Relaxed);
+            self.0.idle_since.store(monotonic_ms(), Ordering::Relaxed);
         }
     }
 }

@@ -11,13 +11,13 @@ use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::sync::OnceCell;
 
-use crate::clock::SharedClock;
 use crate::config::{ClientConfig, Config};
 use crate::metrics::Metrics;
 use crate::session::store::{
     AdoptOutcome, NewAdoption, NewSession, RevokeOutcome, RevokeRequest, RotateOutcome,
     RotateRequest, SessionRecord, SessionStore, Store, StoreError,
 };
+use crate::time::SharedClock;
 use crate::tokens::jwt::{AccessClaims, AccessTokens, VerifyError};
 use crate::tokens::seal::{
     open_successor, seal_successor, seal_successor_with_nonce, OpenError, RefreshPayload, Sealer,

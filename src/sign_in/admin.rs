@@ -8,14 +8,14 @@
 //! Every call needs `Authorization: Bearer <admin.token>`, compared in
 //! constant time; without a configured token the API is off (404).
 
-use crate::body::RequestBody;
+use crate::http::body::RequestBody;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::{cookies::iso_millis, read_small_body, SignIn};
-use crate::body::{empty, json, json_error, Body};
+use crate::http::body::{empty, json, json_error, Body};
 use crate::session::service::CreateError;
 
 #[derive(Deserialize)]

@@ -28,11 +28,11 @@ use serde_json::Value;
 use std::sync::Arc;
 
 use super::SignIn;
-use crate::body::{json_error, Body};
 use crate::config::AdoptConfig;
 use crate::ctx::RequestCtx;
+use crate::http::body::{json_error, Body};
+use crate::http::Reply;
 use crate::metrics::{Metrics, OutcomeLabels};
-use crate::proxy::Reply;
 use crate::session::service::{Bundle, CreateError};
 use crate::tokens::jwks::{UpstreamClaims, UpstreamKeys, UpstreamVerifyError};
 use crate::tokens::jwt::{AccessClaims, VerifyError};
@@ -282,7 +282,7 @@ impl SignIn {
                 .headers()
                 .get(header::CONTENT_ENCODING)
                 .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-            let declared = crate::wire::content_length(res.headers())
+            let declared = crate::http::fields::content_length(res.headers())
                 .ok()
                 .flatten()
                 .unwrap_or(0);
@@ -307,7 +307,7 @@ impl SignIn {
                 }
             };
             json = serde_json::from_slice::<Value>(&bytes).ok();
-            res = Response::from_parts(parts, crate::body::full(bytes));
+            res = Response::from_parts(parts, crate::http::body::full(bytes));
         }
         let json_token = match json.as_ref().map(json_bundle) {
             Some(Ok(t)) => t.map(str::to_owned),
@@ -348,7 +348,7 @@ impl SignIn {
             replace_json(&mut body, &bundle);
             let bytes = serde_json::to_vec(&body).unwrap_or_default();
             res.headers_mut().remove(header::CONTENT_LENGTH);
-            *res.body_mut() = crate::body::full(Bytes::from(bytes));
+            *res.body_mut() = crate::http::body::full(Bytes::from(bytes));
         }
         res.into()
     }

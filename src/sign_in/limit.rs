@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use crate::clock::SharedClock;
+use crate::time::SharedClock;
 
 const WINDOW_MS: u64 = 60_000;
 /// Past this many tracked addresses, stale windows are dropped on insert.
@@ -61,7 +61,7 @@ impl FailureLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::time::ManualClock;
     use std::sync::Arc;
     use std::time::Duration;
 

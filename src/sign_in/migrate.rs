@@ -32,9 +32,9 @@ use super::adopt::{
     cookie_bundle, is_json, json_bundle, read_limited, Adopter, NotAdopted, BODY_TIMEOUT,
 };
 use super::SignIn;
-use crate::body::{Body, RequestBody};
 use crate::config::Config;
 use crate::ctx::RequestCtx;
+use crate::http::body::{Body, RequestBody};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::proxy::{Proxy, Route};
 use crate::session::service::Bundle;
@@ -61,7 +61,7 @@ impl Refusal {
     /// The answer as the login service gave it: status, fields (its
     /// `Set-Cookie`s included) and body.
     pub fn response(&self) -> Response<Body> {
-        let mut res = Response::new(crate::body::full(self.body.clone()));
+        let mut res = Response::new(crate::http::body::full(self.body.clone()));
         *res.status_mut() = self.status;
         *res.headers_mut() = self.headers.clone();
         res
@@ -301,7 +301,7 @@ impl SignIn {
             .forward(login.route, req, &call_ctx, HeaderMap::new())
             .await;
         let (parts, body) = reply.into_response().into_parts();
-        let declared = crate::wire::content_length(&parts.headers)
+        let declared = crate::http::fields::content_length(&parts.headers)
             .ok()
             .flatten()
             .unwrap_or(0);
@@ -333,7 +333,7 @@ impl SignIn {
             headers.remove(header::CONTENT_LENGTH);
             headers.remove(header::TRANSFER_ENCODING);
             // The request's own id is the server's to write.
-            headers.remove(crate::proxy::headers::X_REQUEST_ID);
+            headers.remove(crate::ctx::X_REQUEST_ID);
             return Migration::Refused(Refusal {
                 status: parts.status,
                 headers,

@@ -23,19 +23,19 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::body::RequestBody;
+use crate::http::body::RequestBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
-use crate::body::{empty, json, json_error, Body};
-use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Authentication, ClientConfig, Config, CookiesConfig};
 use crate::ctx::RequestCtx;
+use crate::http::body::{empty, json, json_error, Body};
 use crate::metrics::Metrics;
 use crate::session::service::{Bundle, RefreshError, Sessions};
 use crate::session::store::Store;
+use crate::time::{SharedClock, SystemClock};
 use crate::tokens::jwt::{AccessClaims, AccessTokens, VerifyError};
 use crate::tokens::seal::Sealer;
 
@@ -476,7 +476,7 @@ impl SignIn {
                     return json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error");
                 }
                 let mut res = json(status, &serde_json::Value::Null);
-                *res.body_mut() = crate::body::full(bytes);
+                *res.body_mut() = crate::http::body::full(bytes);
                 res
             }
             Authentication::Cookie => {

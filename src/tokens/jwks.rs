@@ -13,8 +13,8 @@ use arc_swap::ArcSwapOption;
 use rustls::pki_types::CertificateDer;
 
 use super::jwks_fetch::Remote;
-use crate::clock::SystemClock;
 use crate::metrics::Metrics;
+use crate::time::SystemClock;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};

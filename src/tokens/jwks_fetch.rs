@@ -30,8 +30,8 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::sync::{mpsc, watch};
 
 use super::jwks::KeySet;
-use crate::clock::SharedClock;
 use crate::metrics::{Metrics, OutcomeLabels};
+use crate::time::SharedClock;
 
 /// Between good fetches when the answer names no `max-age`.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
@@ -484,7 +484,7 @@ impl Fetcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::time::ManualClock;
 
     fn cc(v: &'static str) -> Option<HeaderValue> {
         Some(HeaderValue::from_static(v))
@@ -558,7 +558,7 @@ mod tests {
 
     #[test]
     fn urls_are_checked() {
-        let clock: SharedClock = Arc::new(crate::clock::SystemClock);
+        let clock: SharedClock = Arc::new(crate::time::SystemClock);
         let ok = Remote::new(
             "https://sis.example.gov:8443/v0/sign_in/openid_connect/certs",
             None,

@@ -16,11 +16,7 @@
 //! handler did not read to its end is drained when it is small and quick,
 //! otherwise the connection closes after the response.
 
-mod body;
-mod encode;
 pub(crate) mod idle;
-mod io;
-mod parse;
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
@@ -37,20 +33,17 @@ use tokio::sync::{oneshot, watch};
 
 use super::conn::ConnTicket;
 use super::Shared;
-use crate::body::{json_error, RequestBody};
 use crate::ctx::RequestId;
-use crate::proxy::Reply;
+use crate::http::body::{json_error, RequestBody};
+use crate::http::Reply;
 
-pub(crate) use self::body::Streamed;
-pub(crate) use self::io::Upgraded;
-pub(crate) use self::io::{BoxRead, BoxWrite};
-
-use self::body::BodyShared;
-use self::encode::{Exchange, Framing};
-use self::io::ReadSide;
-use self::parse::HeadError;
-use crate::wire::decode::{Decoder, Step};
-use crate::wire::{self, write_all};
+use crate::http::h1::body::{BodyShared, Streamed};
+use crate::http::h1::decode::{Decoder, Step};
+use crate::http::h1::encode::{self, Exchange, Framing};
+use crate::http::h1::halves::{self, BoxRead, BoxWrite, ReadSide};
+use crate::http::h1::parse::{self, HeadError};
+use crate::http::h1::{self, write_all};
+use crate::http::PendingUpgrade;
 
 /// A body frame up to this size is copied into the pending write instead of
 /// being written on its own.
@@ -62,25 +55,6 @@ const DRAIN_LIMIT: u64 = 64 * 1024;
 /// keeps reading (see [`linger`]).
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
-
-/// The client side of an upgrade requested on an HTTP/1 connection: resolves
-/// to the connection once the `101` response has been written. (Request
-/// extensions must be `Clone`; the first to take the receiver has it.)
-#[derive(Clone)]
-pub struct PendingUpgrade(Arc<std::sync::Mutex<Option<oneshot::Receiver<Upgraded>>>>);
-
-impl PendingUpgrade {
-    /// Resolves to the upgraded connection; `None` when the response was not
-    /// a `101` or the connection is gone.
-    pub(crate) async fn connection(self) -> Option<Upgraded> {
-        let rx = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()?;
-        rx.await.ok()
-    }
-}
 
 /// Per-connection settings, fixed at start.
 pub(crate) struct Limits {
@@ -179,7 +153,7 @@ impl Conn {
             };
             if read.buf.is_empty() {
                 // Idle: give the buffer back and wait for the next request.
-                crate::wire::give_read_buf(std::mem::take(&mut read.buf));
+                crate::http::h1::give_read_buf(std::mem::take(&mut read.buf));
                 if *self.drain.borrow() {
                     return "shutting down";
                 }
@@ -190,7 +164,7 @@ impl Conn {
                     Some(got) => Ok(got),
                     None => {
                         // Seconds-scale: the coarse clock saves a clock read.
-                        let due = crate::proxy::coarse::deadline(self.limits.idle_timeout);
+                        let due = crate::time::coarse::deadline(self.limits.idle_timeout);
                         // The connection's one idle timer stays armed from
                         // wait to wait, so a busy connection does not
                         // register and cancel a timer for every request: when
@@ -313,8 +287,7 @@ impl Conn {
         *req.headers_mut() = head.headers;
         let upgrade = head.upgrade.then(|| {
             let (tx, rx) = oneshot::channel();
-            req.extensions_mut()
-                .insert(PendingUpgrade(Arc::new(std::sync::Mutex::new(Some(rx)))));
+            req.extensions_mut().insert(PendingUpgrade::new(rx));
             tx
         });
 
@@ -362,7 +335,11 @@ impl Conn {
                 let ticket = self.ticket.take();
                 let write: BoxWrite =
                     std::mem::replace(&mut self.write, Box::new(tokio::io::sink()));
-                let _ = tx.send(io::upgraded(read, write, ticket));
+                let _ = tx.send(halves::upgraded(
+                    read,
+                    write,
+                    ticket.map(|t| Box::new(t) as halves::Held),
+                ));
             }
             return Next::Close("upgraded");
         }
@@ -386,11 +363,11 @@ impl Conn {
         exchange: Exchange,
         keep_alive: bool,
     ) -> Result<bool, &'static str> {
-        let mut out = wire::take_buf(512);
+        let mut out = h1::take_buf(512);
         let result = self
             .write_response(res, exchange, keep_alive, &mut out)
             .await;
-        wire::give_buf(out);
+        h1::give_buf(out);
         result
     }
 
@@ -416,7 +393,7 @@ impl Conn {
             &mut keep_alive,
             out,
         );
-        wire::give_map(parts.headers);
+        h1::give_map(parts.headers);
         if let Some(received) = res.received {
             received.recycle();
         }
@@ -564,63 +541,4 @@ async fn drain_body(read: &mut ReadSide, decoder: &mut Decoder, deadline: Durati
         }
     };
     tokio::time::timeout(deadline, drain).await.unwrap_or(false)
-}
-
-/// Runs the request-head parser and the body decoders over `data` as one
-/// connection's input, arriving in reads of `read_size` bytes; returns how
-/// many requests were read whole. What the `http1_requests` fuzz target
-/// drives: no input may panic, and no decoded body may hold more bytes than
-/// came in.
-#[doc(hidden)]
-pub fn parse_request_stream(data: &[u8], read_size: usize) -> usize {
-    let read_size = read_size.max(1);
-    let mut input = data.chunks(read_size);
-    let mut buf = BytesMut::new();
-    let mut whole = 0;
-    let mut body_bytes = 0usize;
-    'requests: loop {
-        let head = loop {
-            match parse::parse(&mut buf, 8192) {
-                Ok(Some(head)) => break head,
-                Ok(None) => match input.next() {
-                    Some(chunk) => buf.extend_from_slice(chunk),
-                    None => break 'requests,
-                },
-                Err(_) => break 'requests,
-            }
-        };
-        let mut decoder = match head.framing {
-            parse::Framing::Empty => Decoder::Done,
-            parse::Framing::Length(n) => Decoder::length(n),
-            parse::Framing::Chunked => Decoder::chunked(8192),
-        };
-        loop {
-            match decoder.decode(&mut buf) {
-                Ok(Step::Data(d)) => {
-                    body_bytes += d.len();
-                    assert!(body_bytes <= data.len(), "a body larger than its input");
-                }
-                Ok(Step::Done) => break,
-                Ok(Step::NeedMore) => match input.next() {
-                    Some(chunk) => buf.extend_from_slice(chunk),
-                    None => break 'requests,
-                },
-                Err(_) => break 'requests,
-            }
-        }
-        whole += 1;
-    }
-    whole
-}
-
-/// Parses one request head from `bytes` as the server does; `None` when it
-/// is incomplete or refused. For [`crate::proxy::Probe`].
-pub(crate) fn parse_head(bytes: &[u8]) -> Option<http::request::Parts> {
-    let head = parse::parse(&mut BytesMut::from(bytes), 64 * 1024).ok()??;
-    let (mut parts, ()) = Request::new(()).into_parts();
-    parts.method = head.method;
-    parts.uri = head.uri;
-    parts.version = head.version;
-    parts.headers = head.headers;
-    Some(parts)
 }

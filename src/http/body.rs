@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use super::BoxError;
 
 /// Every response the gateway produces: streamed upstream bodies and small
 /// generated ones alike.
@@ -52,7 +52,7 @@ enum RequestInner {
     /// A body the gateway made itself (a request of its own upstream).
     Full(Option<Bytes>),
     Hyper(hyper::body::Incoming),
-    H1(crate::server::h1::Streamed),
+    H1(crate::http::h1::body::Streamed),
 }
 
 impl RequestBody {
@@ -65,7 +65,7 @@ impl RequestBody {
         RequestBody(RequestInner::Full(Some(bytes).filter(|b| !b.is_empty())))
     }
 
-    pub(crate) fn h1(body: crate::server::h1::Streamed) -> RequestBody {
+    pub(crate) fn h1(body: crate::http::h1::body::Streamed) -> RequestBody {
         RequestBody(RequestInner::H1(body))
     }
 }

@@ -11,9 +11,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
-use super::io::ReadSide;
-use crate::body::BoxError;
-use crate::wire::decode::{Decoder, Step};
+use super::halves::ReadSide;
+use crate::http::h1::decode::{Decoder, Step};
+use crate::http::BoxError;
 
 /// The read side while a body is being read, and the body's decoder.
 pub(crate) struct BodyState {
@@ -55,7 +55,7 @@ impl BodyShared {
 #[derive(Debug, thiserror::Error)]
 enum BodyError {
     #[error("request body: {0}")]
-    Decode(#[from] crate::wire::decode::DecodeError),
+    Decode(#[from] crate::http::h1::decode::DecodeError),
     #[error("request body: connection closed before the body ended")]
     Incomplete,
     #[error("request body: the connection has moved on")]

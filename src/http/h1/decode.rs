@@ -7,7 +7,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::hex_digit;
+use crate::http::fields::hex_digit;
 
 /// Bytes a chunk-size line may spend on extensions.
 const MAX_EXTENSION: usize = 4096;

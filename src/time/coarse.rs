@@ -14,7 +14,7 @@ static START: OnceLock<Instant> = OnceLock::new();
 
 /// Milliseconds since the clock started, plus one (so 0 can mean "unset").
 /// Never behind the real time by more than [`TICK`] (plus scheduling delay).
-pub fn now_ms() -> u64 {
+pub fn monotonic_ms() -> u64 {
     START.get_or_init(|| {
         let start = Instant::now();
         std::thread::Builder::new()
@@ -34,8 +34,8 @@ pub fn now_ms() -> u64 {
 /// clock thread was kept from running beyond a tick). A duration too long to
 /// add is as good as none: the deadline is then decades away.
 pub fn deadline(after: Duration) -> tokio::time::Instant {
-    let ms = now_ms();
-    let start = *START.get().expect("set by now_ms");
+    let ms = monotonic_ms();
+    let start = *START.get().expect("set by monotonic_ms");
     // The clock may lag by a tick; adding one means never firing early.
     let now = start + Duration::from_millis(ms - 1) + TICK;
     tokio::time::Instant::from_std(
@@ -52,7 +52,7 @@ mod tests {
     fn deadlines_are_never_early() {
         // Let the clock run first, so a deadline that left out the time
         // since it started would be well over the allowance early.
-        now_ms();
+        monotonic_ms();
         std::thread::sleep(Duration::from_millis(250));
         for after in [
             Duration::ZERO,
@@ -74,9 +74,9 @@ mod tests {
 
     #[test]
     fn advances() {
-        let a = now_ms();
+        let a = monotonic_ms();
         std::thread::sleep(Duration::from_millis(60));
-        let b = now_ms();
+        let b = monotonic_ms();
         assert!(b >= a + 30, "{a} {b}");
         assert!(a >= 1);
     }

@@ -9,8 +9,7 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::server::conn::ConnTicket;
-use crate::wire::Rewind;
+use crate::http::h1::Rewind;
 
 pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
@@ -31,7 +30,7 @@ impl ReadSide {
 
     /// Reads what the socket has into `buf`; `Ok(0)` at end of stream.
     pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        crate::wire::poll_fill(&mut self.io, &mut self.buf, cx)
+        crate::http::h1::poll_fill(&mut self.io, &mut self.buf, cx)
     }
 
     pub(crate) async fn fill(&mut self) -> io::Result<usize> {
@@ -43,13 +42,17 @@ impl ReadSide {
 /// bytes the client sent after its request first, then the socket.
 pub(crate) type Upgraded = Rewind<Joined>;
 
-pub(crate) fn upgraded(read: ReadSide, write: BoxWrite, ticket: Option<ConnTicket>) -> Upgraded {
+/// What a connection holds while it lives (its slot and gauge in the
+/// server's accounting), kept by the upgraded connection until it closes.
+pub(crate) type Held = Box<dyn Send>;
+
+pub(crate) fn upgraded(read: ReadSide, write: BoxWrite, held: Option<Held>) -> Upgraded {
     Rewind::new(
         read.buf.freeze(),
         Joined {
             read: read.io,
             write,
-            _ticket: ticket,
+            _held: held,
         },
     )
 }
@@ -59,7 +62,7 @@ pub(crate) fn upgraded(read: ReadSide, write: BoxWrite, ticket: Option<ConnTicke
 pub(crate) struct Joined {
     read: BoxRead,
     write: BoxWrite,
-    _ticket: Option<ConnTicket>,
+    _held: Option<Held>,
 }
 
 impl AsyncRead for Joined {

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::wire::{Codings, FieldRanges, HeadFacts};
+use crate::http::h1::{Codings, FieldRanges, HeadFacts};
 
 /// Fields the gateway may add to a request before it goes upstream.
 const ADDED_HEADERS: usize = 8;
@@ -131,7 +131,7 @@ pub(crate) fn parse(buf: &mut BytesMut, max_size: usize) -> Result<Option<Head>,
         .map_err(|_| HeadError::Malformed)?;
     // Room for what the gateway adds (request id, X-Forwarded-*, Host):
     // growing the map later rehashes every field.
-    let mut headers = crate::wire::take_map(ranges.len() + ADDED_HEADERS);
+    let mut headers = crate::http::h1::take_map(ranges.len() + ADDED_HEADERS);
     for &(name_at, name_len, value_at, value_len) in &ranges {
         let name = HeaderName::from_bytes(&bytes[name_at..name_at + name_len])
             .map_err(|_| HeadError::Malformed)?;

@@ -7,8 +7,9 @@ use http::header::{self, HeaderMap};
 use http::{StatusCode, Version};
 use http_body::SizeHint;
 
-use crate::proxy::headers::X_REQUEST_ID;
-use crate::wire::{content_length, elements, RawFields};
+use crate::ctx::X_REQUEST_ID;
+use crate::http::fields::{content_length, elements};
+use crate::http::h1::RawFields;
 
 /// How the response body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
