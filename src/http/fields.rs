@@ -1,8 +1,78 @@
 //! Field values shared by every reader of HTTP fields: list elements
-//! (RFC 9110 §5.6.1), `Content-Length` (RFC 9112 §6.3), hex digits and
-//! fast splits of long values.
+//! (RFC 9110 §5.6.1), `Content-Length` (RFC 9112 §6.3), which fields are
+//! hop-by-hop (RFC 9110 §7.6.1), hex digits and fast splits of long values.
 
 use http::header::{self, HeaderMap, HeaderName};
+
+/// Headers that are hop-by-hop whether or not `Connection` names them
+/// (RFC 9110 §7.6.1, plus the obsolete `Keep-Alive` and `Proxy-Connection`
+/// that clients still send). Names rather than `HeaderName`s: a `const`
+/// array of those is built and dropped at every use, and comparing with a
+/// `static` one goes through the general comparison for each.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Where `name` (any case) is in [`HOP_BY_HOP`].
+fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
+    // Most names have a length none of these has.
+    if !matches!(name.len(), 2 | 7 | 10 | 16..=19) {
+        return None;
+    }
+    HOP_BY_HOP
+        .iter()
+        .position(|h| h.len() == name.len() && name.eq_ignore_ascii_case(h.as_bytes()))
+}
+
+/// True when `name` (any case, as received) is one of the fields that are
+/// hop-by-hop whether or not `Connection` names them.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    hop_by_hop_index(name).is_some()
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): every header named in
+/// `Connection`, then the fixed list of connection-specific fields. A proxy
+/// must not forward them; the next hop gets its own.
+///
+/// Callers that tunnel an upgrade re-add `Connection: upgrade` and `Upgrade`
+/// afterwards.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One scan of the names finds which are present, so absent ones cost no
+    // lookups; most messages carry none or only `Connection: keep-alive`.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name.as_str().as_bytes()) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        // Tokens that name no further header (`close`) or one removed anyway
+        // need no lookup.
+        let listed: Vec<HeaderName> = list_elements(headers, &header::CONNECTION)
+            .filter(|e| !e.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(e))
+            .filter_map(|e| HeaderName::from_bytes(e).ok())
+            .collect();
+        for name in listed {
+            headers.remove(&name);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
+    }
+}
 
 /// 1*DIGIT, without sign or whitespace, at most 19 digits (so it always
 /// fits a u64).
@@ -80,27 +150,45 @@ pub(crate) fn lists(headers: &HeaderMap, name: &HeaderName, token: &[u8]) -> boo
     list_elements(headers, name).any(|e| e.eq_ignore_ascii_case(token))
 }
 
-/// The message's `Content-Length`: `Ok(None)` without one, `Err` when a
-/// value is not a number or the values disagree (RFC 9112 §6.3).
-pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
-    if !headers.contains_key(header::CONTENT_LENGTH) {
-        return Ok(None);
+/// A `Content-Length` that is not a number, values that disagree, or a
+/// field with no value (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid or conflicting Content-Length")]
+pub struct BadLength;
+
+/// The message's `Content-Length`: `Ok(None)` without one (RFC 9112 §6.3).
+/// The rule is the codec's, [`HeadFacts::content_length`], applied to the
+/// fields of a header map.
+///
+/// [`HeadFacts::content_length`]: crate::http::h1::HeadFacts::content_length
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, BadLength> {
+    let mut facts = crate::http::h1::HeadFacts::default();
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        facts.note(b"content-length", value.as_bytes());
     }
-    let mut length = None;
-    for element in list_elements(headers, &header::CONTENT_LENGTH) {
-        let n = parse_length(element).ok_or(())?;
-        if length.is_some_and(|l| l != n) {
-            return Err(());
-        }
-        length = Some(n);
-    }
-    // Present, but empty.
-    length.map(Some).ok_or(())
+    facts.content_length()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_hop_by_hop_name_is_recognised_in_any_case() {
+        for name in HOP_BY_HOP {
+            assert!(is_hop_by_hop(name.as_bytes()), "{name}");
+            assert!(is_hop_by_hop(name.to_uppercase().as_bytes()), "{name}");
+        }
+        for other in [
+            "host",
+            "te2",
+            "connections",
+            "x-connection",
+            "upgrade-insecure-requests",
+        ] {
+            assert!(!is_hop_by_hop(other.as_bytes()), "{other}");
+        }
+    }
 
     #[test]
     fn lengths() {

@@ -10,39 +10,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::http::fields::{list_elements, lists};
 
-/// Headers that are hop-by-hop whether or not `Connection` names them
-/// (RFC 9110 §7.6.1, plus the obsolete `Keep-Alive` and `Proxy-Connection`
-/// that clients still send). Names rather than `HeaderName`s: a `const`
-/// array of those is built and dropped at every use, and comparing with a
-/// `static` one goes through the general comparison for each.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
-
-/// Where `name` (any case) is in [`HOP_BY_HOP`].
-fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
-    // Most names have a length none of these has.
-    if !matches!(name.len(), 2 | 7 | 10 | 16..=19) {
-        return None;
-    }
-    HOP_BY_HOP
-        .iter()
-        .position(|h| h.len() == name.len() && name.eq_ignore_ascii_case(h.as_bytes()))
-}
-
-/// True when `name` (any case, as received) is one of the fields that are
-/// hop-by-hop whether or not `Connection` names them.
-pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    hop_by_hop_index(name).is_some()
-}
+pub use crate::http::fields::is_hop_by_hop;
 
 /// True when the request asks to switch protocols: `Connection` lists
 /// `upgrade` and an `Upgrade` header is present (RFC 9110 §7.8).
@@ -50,41 +18,7 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && lists(headers, &header::CONNECTION, b"upgrade")
 }
 
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1): every header named in
-/// `Connection`, then the fixed list of connection-specific fields. A proxy
-/// must not forward them; the next hop gets its own.
-///
-/// Callers that tunnel an upgrade re-add `Connection: upgrade` and `Upgrade`
-/// afterwards (see [`set_upgrade`]).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One scan of the names finds which are present, so absent ones cost no
-    // lookups; most messages carry none or only `Connection: keep-alive`.
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name.as_str().as_bytes()) {
-            present |= 1 << i;
-        }
-    }
-    if present == 0 {
-        return;
-    }
-    if present & 1 != 0 {
-        // Tokens that name no further header (`close`) or one removed anyway
-        // need no lookup.
-        let listed: Vec<HeaderName> = list_elements(headers, &header::CONNECTION)
-            .filter(|e| !e.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(e))
-            .filter_map(|e| HeaderName::from_bytes(e).ok())
-            .collect();
-        for name in listed {
-            headers.remove(&name);
-        }
-    }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(*name);
-        }
-    }
-}
+pub use crate::http::fields::strip_hop_by_hop;
 
 /// Sets `Connection: upgrade` and `Upgrade: <protocol>` (RFC 9110 §7.8), the
 /// one hop-by-hop pair a proxy re-creates when it tunnels an upgrade.
@@ -442,23 +376,6 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-keep", "authorization"]);
-    }
-
-    #[test]
-    fn every_hop_by_hop_name_is_recognised_in_any_case() {
-        for name in HOP_BY_HOP {
-            assert!(is_hop_by_hop(name.as_bytes()), "{name}");
-            assert!(is_hop_by_hop(name.to_uppercase().as_bytes()), "{name}");
-        }
-        for other in [
-            "host",
-            "te2",
-            "connections",
-            "x-connection",
-            "upgrade-insecure-requests",
-        ] {
-            assert!(!is_hop_by_hop(other.as_bytes()), "{other}");
-        }
     }
 
     #[test]

@@ -25,9 +25,9 @@ use crate::time::coarse::monotonic_ms;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use rustls::pki_types::ServerName;
@@ -41,8 +41,13 @@ use super::headers::Forwarded;
 use super::upstream::UpstreamTarget;
 use crate::ctx::X_REQUEST_ID;
 use crate::http::body::BoxError;
+use crate::http::fields::BadLength;
 use crate::http::h1::decode::{Decoder, Step};
-use crate::http::h1::{poll_fill, write_all, HeadFacts, RawFields, Rewind};
+use crate::http::h1::encode::{self, RequestFraming};
+use crate::http::h1::parse::{
+    self, InvalidResponse, ResponseFields, ResponseFraming, ResponseHead,
+};
+use crate::http::h1::{poll_fill, write_all, Rewind};
 use crate::http::Reply;
 use crate::metrics::UpstreamErrorKind;
 
@@ -52,13 +57,6 @@ pub const MAX_IDLE_PER_UPSTREAM: usize = 1024;
 /// Pools per upstream: one per worker thread, so a connection is only ever
 /// used by the thread whose runtime drives it.
 pub const WORKER_SLOTS: usize = 64;
-
-/// The largest response head accepted from an upstream.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Header fields a response head may carry.
-const MAX_RESPONSE_HEADERS: usize = 256;
-/// A request body frame up to this size joins the pending write.
-const COALESCE: usize = 16 * 1024;
 
 thread_local! {
     static WORKER_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -213,14 +211,6 @@ impl ExchangeError {
     }
 }
 
-/// How the request body goes on the wire.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum ReqFraming {
-    None,
-    Length,
-    Chunked,
-}
-
 /// Makes connections and runs exchanges.
 pub struct Connector {
     pub connect_timeout: Duration,
@@ -260,9 +250,9 @@ impl Connector {
         method: &Method,
         body: &mut ForwardBody,
         head: &[u8],
-        framing: ReqFraming,
+        framing: RequestFraming,
     ) -> Result<Reply, SendError> {
-        let retry_after_eof = framing == ReqFraming::None
+        let retry_after_eof = framing == RequestFraming::None
             && matches!(
                 *method,
                 Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
@@ -361,50 +351,32 @@ pub(super) fn encode_request_head(
     added: &Added<'_>,
     hint: &SizeHint,
     dst: &mut Vec<u8>,
-) -> ReqFraming {
-    fn field(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-        dst.extend_from_slice(name);
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value);
-        dst.extend_from_slice(b"\r\n");
-    }
-    dst.extend_from_slice(parts.method.as_str().as_bytes());
-    dst.push(b' ');
+) -> RequestFraming {
     let (target, path) = added.target;
-    target.write_target(path, dst);
-    dst.extend_from_slice(b" HTTP/1.1\r\n");
-    field(dst, b"host", added.host.as_bytes());
-    for (name, value) in &parts.headers {
-        if super::policy::written_by_gateway(name) {
-            continue;
-        }
-        field(dst, name.as_str().as_bytes(), value.as_bytes());
-    }
-    field(dst, X_REQUEST_ID.as_str().as_bytes(), added.request_id);
-    for (name, value) in added.forwarded.fields() {
-        field(dst, name.as_bytes(), value.as_bytes());
-    }
-    let framing = match hint.exact() {
-        Some(0) => {
-            // A method that usually carries a body says it has none.
-            if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
-                dst.extend_from_slice(b"content-length: 0\r\n");
-            }
-            ReqFraming::None
-        }
-        Some(n) => {
-            dst.extend_from_slice(b"content-length: ");
-            dst.extend_from_slice(n.to_string().as_bytes());
-            dst.extend_from_slice(b"\r\n");
-            ReqFraming::Length
-        }
-        None => {
-            dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
-            ReqFraming::Chunked
-        }
-    };
-    dst.extend_from_slice(b"\r\n");
-    framing
+    let request_id = X_REQUEST_ID;
+    let own = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| !super::policy::written_by_gateway(name))
+        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+    let forwarded = added
+        .forwarded
+        .fields()
+        .map(|(name, value)| (name.as_bytes(), value.as_bytes()));
+    let fields = std::iter::once((&b"host"[..], added.host.as_bytes()))
+        .chain(own)
+        .chain(std::iter::once((
+            request_id.as_str().as_bytes(),
+            added.request_id,
+        )))
+        .chain(forwarded);
+    encode::request_head(
+        &parts.method,
+        |dst| target.write_target(path, dst),
+        fields,
+        hint,
+        dst,
+    )
 }
 
 enum Written {
@@ -419,11 +391,14 @@ async fn write_request(
     conn: &mut UpstreamConn,
     head: &[u8],
     body: &mut ForwardBody,
-    framing: ReqFraming,
+    framing: RequestFraming,
     body_started: &mut bool,
 ) -> Result<(), Written> {
-    if framing == ReqFraming::None {
-        return conn.write(&mut Vec::new(), head).await.map_err(Written::Io);
+    if framing == RequestFraming::None {
+        return conn
+            .write(&mut Vec::new(), &[head])
+            .await
+            .map_err(Written::Io);
     }
     let mut out = crate::http::h1::take_buf(head.len() + 64);
     out.extend_from_slice(head);
@@ -437,14 +412,15 @@ async fn write_body(
     conn: &mut UpstreamConn,
     out: &mut Vec<u8>,
     body: &mut ForwardBody,
-    framing: ReqFraming,
+    framing: RequestFraming,
     body_started: &mut bool,
 ) -> Result<(), Written> {
+    let chunked = framing == RequestFraming::Chunked;
     loop {
         let frame = match body.frame().now_or_never() {
             Some(frame) => frame,
             None => {
-                conn.write(out, b"").await.map_err(Written::Io)?;
+                conn.write(out, &[]).await.map_err(Written::Io)?;
                 body.frame().await
             }
         };
@@ -457,41 +433,12 @@ async fn write_body(
                 _ => continue,
             },
         };
-        if framing == ReqFraming::Chunked {
-            let _ = std::io::Write::write_fmt(out, format_args!("{:x}\r\n", data.len()));
-        }
-        if data.len() <= COALESCE {
-            out.extend_from_slice(&data);
-            if framing == ReqFraming::Chunked {
-                out.extend_from_slice(b"\r\n");
-            }
-        } else {
-            conn.write(out, &data).await.map_err(Written::Io)?;
-            if framing == ReqFraming::Chunked {
-                out.extend_from_slice(b"\r\n");
-            }
+        if let Some((large, tail)) = encode::frame_data(chunked, &data, out) {
+            conn.write(out, &[large, tail]).await.map_err(Written::Io)?;
         }
     }
-    if framing == ReqFraming::Chunked {
-        out.extend_from_slice(b"0\r\n\r\n");
-    }
-    conn.write(out, b"").await.map_err(Written::Io)
-}
-
-/// A parsed response head.
-struct ResponseHead {
-    facts: HeadFacts,
-    status: StatusCode,
-    version: Version,
-    fields: Fields,
-}
-
-/// A response head's fields: kept as received for a plain response, in a
-/// header map when something must edit them (an upgrade, or a
-/// `Connection` that names further hop-by-hop fields).
-enum Fields {
-    Raw(Box<RawFields>),
-    Map(HeaderMap),
+    encode::end_body(chunked, out);
+    conn.write(out, &[]).await.map_err(Written::Io)
 }
 
 enum ReadHead {
@@ -500,7 +447,7 @@ enum ReadHead {
         nothing_read: bool,
     },
     Io(io::Error),
-    Invalid(&'static str),
+    Invalid(InvalidResponse),
 }
 
 /// Reads the final response head, skipping interim (1xx other than 101)
@@ -508,7 +455,7 @@ enum ReadHead {
 async fn read_response_head(conn: &mut UpstreamConn) -> Result<ResponseHead, ReadHead> {
     let mut nothing_read = conn.buf.is_empty();
     loop {
-        match parse_response_head(&mut conn.buf)? {
+        match parse::parse_response(&mut conn.buf).map_err(ReadHead::Invalid)? {
             Some(head)
                 if head.status.is_informational()
                     && head.status != StatusCode::SWITCHING_PROTOCOLS =>
@@ -526,115 +473,6 @@ async fn read_response_head(conn: &mut UpstreamConn) -> Result<ResponseHead, Rea
     }
 }
 
-fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ReadHead> {
-    // Uninitialised: initialising every field on each parse costs more
-    // than the parse of a typical head.
-    let mut fields =
-        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
-    let mut res = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut res,
-        buf,
-        &mut fields,
-    ) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
-            return Err(ReadHead::Invalid("response head too large"))
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(ReadHead::Invalid("malformed response head")),
-    };
-    let version = match res.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
-    let status = res
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or(ReadHead::Invalid("bad status code"))?;
-    let base = buf.as_ptr() as usize;
-    // Where each field lies in `buf`, so the fields can share the head's
-    // bytes once they are split off.
-    let mut facts = HeadFacts::default();
-    let ranges: crate::http::h1::FieldRanges = res
-        .headers
-        .iter()
-        .map(|f| {
-            let (name, value) = (f.name.as_bytes(), f.value);
-            facts.note(name, value);
-            (
-                name.as_ptr() as usize - base,
-                name.len(),
-                value.as_ptr() as usize - base,
-                value.len(),
-            )
-        })
-        .collect();
-    let bytes: Bytes = buf.split_to(len).freeze();
-    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
-    // Hop-by-hop fields are not forwarded (RFC 9110 §7.6.1), and what they
-    // say about this connection is in `facts`: they are left out here
-    // rather than removed later.
-    if !upgrade && !facts.names_others && bytes.len() <= RawFields::MAX_HEAD {
-        // With `Transfer-Encoding`, a `Content-Length` is wrong (RFC 9112
-        // §6.3) and is not forwarded.
-        let length = if facts.transfer_encoding {
-            None
-        } else {
-            facts.content_length().ok().flatten()
-        };
-        let mut raw = RawFields::new(bytes, length);
-        for &(name_at, name_len, value_at, value_len) in &ranges {
-            let name = &raw.head()[name_at..name_at + name_len];
-            // The gateway answers with its own request id.
-            if super::headers::is_hop_by_hop(name)
-                || name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes())
-                || (facts.transfer_encoding && name.eq_ignore_ascii_case(b"content-length"))
-            {
-                continue;
-            }
-            raw.push((name_at, name_len), (value_at, value_len));
-        }
-        return Ok(Some(ResponseHead {
-            facts,
-            status,
-            version,
-            fields: Fields::Raw(raw),
-        }));
-    }
-    // Room for what the gateway adds (request id, cookies): growing
-    // the map later rehashes every field.
-    let mut headers = crate::http::h1::take_map(ranges.len() + 8);
-    for &(name_at, name_len, value_at, value_len) in &ranges {
-        let raw_name = &bytes[name_at..name_at + name_len];
-        // A `101` keeps the hop-by-hop fields for the upgrade, and
-        // `Connection` stays when it names further fields, for
-        // `strip_hop_by_hop` to remove. The request id is the gateway's, as
-        // above.
-        if (!upgrade
-            && super::headers::is_hop_by_hop(raw_name)
-            && !(facts.names_others && raw_name.eq_ignore_ascii_case(b"connection")))
-            || raw_name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes())
-        {
-            continue;
-        }
-        let name =
-            HeaderName::from_bytes(raw_name).map_err(|_| ReadHead::Invalid("bad header name"))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_at + value_len))
-            .map_err(|_| ReadHead::Invalid("bad header value"))?;
-        headers.append(name, value);
-    }
-    if facts.transfer_encoding {
-        headers.remove(header::CONTENT_LENGTH);
-    }
-    Ok(Some(ResponseHead {
-        facts,
-        status,
-        version,
-        fields: Fields::Map(headers),
-    }))
-}
-
 /// The response with its body reading from `conn` (RFC 9112 §6.3 decides
 /// how long it is), or the connection as an upgrade for a `101`.
 fn into_response(
@@ -644,20 +482,21 @@ fn into_response(
     method: &Method,
     request_written: bool,
 ) -> Result<Reply, ExchangeError> {
+    let mut reusable = request_written && head.keeps_alive();
+    let framing = head.framing(method);
     let ResponseHead {
-        facts,
         status,
         version,
         fields,
+        ..
     } = head;
     let (headers, raw) = match fields {
         // The map holds only what the gateway adds, usually nothing (the
         // request id is written on its own): an empty map allocates
         // nothing until something is added.
-        Fields::Raw(raw) => (HeaderMap::new(), Some(raw)),
-        Fields::Map(map) => (map, None),
+        ResponseFields::Raw(raw) => (HeaderMap::new(), Some(raw)),
+        ResponseFields::Map(map) => (map, None),
     };
-    let mut reusable = request_written && keeps_alive(version, &facts);
     let decoder = if status == StatusCode::SWITCHING_PROTOCOLS {
         let mut res = Response::new(crate::http::body::empty());
         *res.status_mut() = status;
@@ -665,32 +504,21 @@ fn into_response(
         res.extensions_mut()
             .insert(UpstreamUpgrade(Arc::new(Mutex::new(Some(conn)))));
         return Ok(Reply::new(res));
-    } else if method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        Decoder::Done
-    } else if facts.transfer_encoding {
-        // Its `Content-Length` was left out as the head was parsed.
-        if facts.content_length() != Ok(None) {
-            reusable = false;
-        }
-        if facts.chunked_last {
-            Decoder::chunked(MAX_RESPONSE_HEAD)
-        } else {
-            reusable = false;
-            Decoder::UntilClose
-        }
-    } else if let Some(length) = facts.content_length().map_err(|()| {
-        ExchangeError::other(
-            UpstreamErrorKind::other,
-            "invalid or conflicting upstream Content-Length",
-        )
-    })? {
-        Decoder::length(length)
     } else {
-        reusable = false;
-        Decoder::UntilClose
+        match framing.map_err(|BadLength| {
+            ExchangeError::other(
+                UpstreamErrorKind::other,
+                "invalid or conflicting upstream Content-Length",
+            )
+        })? {
+            ResponseFraming::Empty => Decoder::Done,
+            ResponseFraming::Length(n) => Decoder::length(n),
+            ResponseFraming::Chunked => Decoder::chunked(parse::MAX_RESPONSE_HEAD),
+            ResponseFraming::UntilClose => {
+                reusable = false;
+                Decoder::UntilClose
+            }
+        }
     };
     let body = UpstreamBody {
         conn: Some(conn),
@@ -712,11 +540,6 @@ fn into_response(
         received: raw,
         request_id: None,
     })
-}
-
-/// Whether the upstream lets the connection be used again.
-fn keeps_alive(version: Version, facts: &HeadFacts) -> bool {
-    !facts.close && (version == Version::HTTP_11 || facts.keep_alive)
 }
 
 /// A connection to an upstream, and what was read from it but not yet used.
@@ -746,8 +569,12 @@ impl UpstreamConn {
     }
 
     /// Writes `pending` then `extra`, and clears `pending`.
-    async fn write(&mut self, pending: &mut Vec<u8>, extra: &[u8]) -> io::Result<()> {
-        let mut bufs = [IoSlice::new(pending), IoSlice::new(extra)];
+    async fn write(&mut self, pending: &mut Vec<u8>, extra: &[&[u8]]) -> io::Result<()> {
+        let mut bufs = [
+            IoSlice::new(pending),
+            IoSlice::new(extra.first().copied().unwrap_or_default()),
+            IoSlice::new(extra.get(1).copied().unwrap_or_default()),
+        ];
         let res = write_all(&mut self.io, &mut bufs).await;
         pending.clear();
         res
@@ -921,26 +748,4 @@ impl HttpBody for UpstreamBody {
             None => SizeHint::default(),
         }
     }
-}
-
-/// Parses `data` as the response heads an upstream sends on one connection;
-/// returns how many were read. What the `http1_responses` fuzz target drives.
-#[doc(hidden)]
-pub fn parse_response_heads(data: &[u8]) -> usize {
-    let mut buf = BytesMut::from(data);
-    let mut heads = 0;
-    while let Ok(Some(head)) = parse_response_head(&mut buf) {
-        assert!(head.status.as_u16() >= 100);
-        if let Fields::Raw(raw) = head.fields {
-            // Fields kept as received are valid for a header map too, so
-            // an HTTP/2 client loses none of them.
-            let count = raw.iter().count();
-            assert!(raw.iter().all(|(name, value, _)| {
-                HeaderName::from_bytes(name).is_ok() && HeaderValue::from_bytes(value).is_ok()
-            }));
-            assert_eq!(raw.into_map(HeaderMap::new()).len(), count);
-        }
-        heads += 1;
-    }
-    heads
 }

@@ -1,10 +1,11 @@
-//! Response heads and body framing.
+//! Message heads and body framing, both roles: the server's response heads,
+//! the upstream client's request heads, and the body writer both share.
 
 use std::cell::RefCell;
 use std::time::SystemTime;
 
 use http::header::{self, HeaderMap};
-use http::{StatusCode, Version};
+use http::{Method, StatusCode, Version};
 use http_body::SizeHint;
 
 use crate::ctx::X_REQUEST_ID;
@@ -199,6 +200,91 @@ fn write_date(dst: &mut Vec<u8>) {
 pub(crate) fn chunk_size_line(len: usize, dst: &mut Vec<u8>) {
     use std::io::Write;
     let _ = write!(dst, "{len:x}\r\n");
+}
+
+/// How a request body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestFraming {
+    /// No body.
+    None,
+    /// `Content-Length`.
+    Length,
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// Writes a request head to `dst`: `METHOD target HTTP/1.1` (`target`
+/// writes the target), `fields` in order, and the body framing: the exact
+/// length when `hint` knows it, else chunked. `fields` must hold no framing
+/// field of its own.
+pub(crate) fn request_head<'a>(
+    method: &Method,
+    target: impl FnOnce(&mut Vec<u8>),
+    fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    hint: &SizeHint,
+    dst: &mut Vec<u8>,
+) -> RequestFraming {
+    dst.extend_from_slice(method.as_str().as_bytes());
+    dst.push(b' ');
+    target(dst);
+    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in fields {
+        field(dst, name, value);
+    }
+    let framing = match hint.exact() {
+        Some(0) => {
+            // A method that usually carries a body says it has none.
+            if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+                dst.extend_from_slice(b"content-length: 0\r\n");
+            }
+            RequestFraming::None
+        }
+        Some(n) => {
+            let mut digits = itoa::Buffer::new();
+            field(dst, b"content-length", digits.format(n).as_bytes());
+            RequestFraming::Length
+        }
+        None => {
+            dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            RequestFraming::Chunked
+        }
+    };
+    dst.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// A body frame of this size or less joins the pending write; a larger one
+/// is written from where it is, after what is pending.
+pub(crate) const COALESCE: usize = 16 * 1024;
+
+/// Frames one non-empty body chunk `data`, of either role, `chunked` or
+/// not. A small one (see [`COALESCE`]) joins `out` whole and `None` is
+/// returned; for a large one only its size line (when chunked) joins `out`,
+/// and the caller writes `out`, then the returned chunk, then the returned
+/// tail (its CRLF when chunked), without copying the chunk.
+pub(crate) fn frame_data<'a>(
+    chunked: bool,
+    data: &'a [u8],
+    out: &mut Vec<u8>,
+) -> Option<(&'a [u8], &'static [u8])> {
+    if chunked {
+        chunk_size_line(data.len(), out);
+    }
+    let tail: &'static [u8] = if chunked { b"\r\n" } else { b"" };
+    if data.len() <= COALESCE {
+        out.extend_from_slice(data);
+        out.extend_from_slice(tail);
+        None
+    } else {
+        Some((data, tail))
+    }
+}
+
+/// The end of a body: the last chunk and an empty trailer when chunked.
+pub(crate) fn end_body(chunked: bool, out: &mut Vec<u8>) {
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
 }
 
 #[cfg(test)]

@@ -15,13 +15,14 @@ mod raw;
 
 pub(crate) use self::drive::parse_head;
 pub use self::drive::parse_request_stream;
+pub use self::parse::parse_response_heads;
 pub(crate) use self::raw::RawFields;
 pub(crate) use crate::http::fields::parse_length;
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
 
-use crate::http::fields::elements;
+use crate::http::fields::{elements, BadLength};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -342,13 +343,13 @@ impl HeadFacts {
     }
 
     /// The message's `Content-Length` (RFC 9112 §6.3): `Ok(None)` without
-    /// one, `Err` when a value is not a number, the values disagree, or
-    /// there is none in a present field.
-    pub(crate) fn content_length(&self) -> Result<Option<u64>, ()> {
+    /// one, [`BadLength`] when a value is not a number, the values
+    /// disagree, or there is none in a present field.
+    pub(crate) fn content_length(&self) -> Result<Option<u64>, BadLength> {
         match (self.length_present, self.length_bad, self.length) {
             (false, _, _) => Ok(None),
             (true, false, Some(n)) => Ok(Some(n)),
-            _ => Err(()),
+            _ => Err(BadLength),
         }
     }
 
@@ -374,7 +375,7 @@ mod tests {
 
     #[test]
     fn content_length_from_fields() {
-        let cases: &[(Fields<'_>, Result<Option<u64>, ()>)] = &[
+        let cases: &[(Fields<'_>, Result<Option<u64>, BadLength>)] = &[
             (&[], Ok(None)),
             (&[("Content-Length", "42")], Ok(Some(42))),
             (&[("content-length", " 7 ")], Ok(Some(7))),
@@ -386,11 +387,17 @@ mod tests {
                 &[("Content-Length", "5"), ("Content-Length", "")],
                 Ok(Some(5)),
             ),
-            (&[("Content-Length", "5"), ("Content-Length", "6")], Err(())),
-            (&[("Content-Length", "")], Err(())),
-            (&[("Content-Length", "-1")], Err(())),
-            (&[("Content-Length", "1x")], Err(())),
-            (&[("Content-Length", "99999999999999999999")], Err(())),
+            (
+                &[("Content-Length", "5"), ("Content-Length", "6")],
+                Err(BadLength),
+            ),
+            (&[("Content-Length", "")], Err(BadLength)),
+            (&[("Content-Length", "-1")], Err(BadLength)),
+            (&[("Content-Length", "1x")], Err(BadLength)),
+            (
+                &[("Content-Length", "99999999999999999999")],
+                Err(BadLength),
+            ),
             (
                 &[("Content-Lengths", "1"), ("X-Content-Length", "2")],
                 Ok(None),

@@ -1,22 +1,33 @@
-//! Request heads: parsing (httparse) and the message framing of RFC 9112 §6.
+//! Message heads, both roles: the server's request heads and the upstream
+//! client's response heads, parsed with httparse through one field loop,
+//! and the message framing of RFC 9112 §6.
 //!
-//! Framing is strict, since a gateway that reads a body's length differently
-//! from the upstream behind it is open to request smuggling: a request with
-//! both `Transfer-Encoding` and `Content-Length`, with differing
-//! `Content-Length` values, with a transfer coding other than a final
-//! `chunked`, or with `Transfer-Encoding` on HTTP/1.0 is refused.
+//! Request framing is strict, since a gateway that reads a body's length
+//! differently from the upstream behind it is open to request smuggling: a
+//! request with both `Transfer-Encoding` and `Content-Length`, with
+//! differing `Content-Length` values, with a transfer coding other than a
+//! final `chunked`, or with `Transfer-Encoding` on HTTP/1.0 is refused. A
+//! response framed that way is read as RFC 9112 §6.3 says, and its
+//! connection is not used again.
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::http::h1::{Codings, FieldRanges, HeadFacts};
+use crate::ctx::X_REQUEST_ID;
+use crate::http::fields::{is_hop_by_hop, BadLength};
+use crate::http::h1::{Codings, FieldRanges, HeadFacts, RawFields};
 
-/// Fields the gateway may add to a request before it goes upstream.
+/// Fields the gateway may add to a message before it goes on: growing a
+/// header map later rehashes every field.
 const ADDED_HEADERS: usize = 8;
 
 /// Header fields a request head may carry.
 pub(crate) const MAX_HEADERS: usize = 128;
+/// Header fields a response head may carry.
+pub(crate) const MAX_RESPONSE_HEADERS: usize = 256;
+/// The largest response head accepted from an upstream.
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// How the request body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,35 +121,16 @@ pub(crate) fn parse(buf: &mut BytesMut, max_size: usize) -> Result<Option<Head>,
     let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
         .map_err(|_| HeadError::Malformed)?;
     let base = buf.as_ptr() as usize;
-    let offset = |s: &[u8]| s.as_ptr() as usize - base;
     let path = req.path.unwrap_or_default().as_bytes();
-    let path_range = (offset(path), path.len());
-    // Where each field lies in `buf`, so the fields can share the head's
-    // bytes once they are split off.
-    let mut facts = HeadFacts::default();
-    let ranges: FieldRanges = req
-        .headers
-        .iter()
-        .map(|f| {
-            let (name, value) = (f.name.as_bytes(), f.value);
-            facts.note(name, value);
-            (offset(name), name.len(), offset(value), value.len())
-        })
-        .collect();
+    let path_range = (path.as_ptr() as usize - base, path.len());
+    let (facts, ranges) = note_fields(req.headers, base);
 
     let bytes: Bytes = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(bytes.slice(path_range.0..path_range.0 + path_range.1))
         .map_err(|_| HeadError::Malformed)?;
-    // Room for what the gateway adds (request id, X-Forwarded-*, Host):
-    // growing the map later rehashes every field.
+    // Room for what the gateway adds (request id, X-Forwarded-*, Host).
     let mut headers = crate::http::h1::take_map(ranges.len() + ADDED_HEADERS);
-    for &(name_at, name_len, value_at, value_len) in &ranges {
-        let name = HeaderName::from_bytes(&bytes[name_at..name_at + name_len])
-            .map_err(|_| HeadError::Malformed)?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_at + value_len))
-            .map_err(|_| HeadError::Malformed)?;
-        headers.append(name, value);
-    }
+    fill_map(&mut headers, &bytes, &ranges, |_| false).map_err(|_| HeadError::Malformed)?;
 
     let framing = framing(&facts, version)?;
     let keep_alive = !facts.close && (version == Version::HTTP_11 || facts.keep_alive);
@@ -171,11 +163,246 @@ fn framing(facts: &HeadFacts, version: Version) -> Result<Framing, HeadError> {
         };
     }
     Ok(
-        match facts.content_length().map_err(|()| HeadError::BadLength)? {
+        match facts
+            .content_length()
+            .map_err(|BadLength| HeadError::BadLength)?
+        {
             None | Some(0) => Framing::Empty,
             Some(n) => Framing::Length(n),
         },
     )
+}
+
+/// Notes the framing facts of `fields` and where each lies in the buffer
+/// that starts at `base`, so the fields can share the head's bytes once
+/// they are split off. The field loop of both roles.
+fn note_fields(fields: &[httparse::Header<'_>], base: usize) -> (HeadFacts, FieldRanges) {
+    let mut facts = HeadFacts::default();
+    let ranges = fields
+        .iter()
+        .map(|f| {
+            let (name, value) = (f.name.as_bytes(), f.value);
+            facts.note(name, value);
+            (
+                name.as_ptr() as usize - base,
+                name.len(),
+                value.as_ptr() as usize - base,
+                value.len(),
+            )
+        })
+        .collect();
+    (facts, ranges)
+}
+
+/// A field a header map does not accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BadField {
+    #[error("bad header name")]
+    Name,
+    #[error("bad header value")]
+    Value,
+}
+
+/// Appends the fields at `ranges` of `bytes` to `map`, except those
+/// `skip` names.
+fn fill_map(
+    map: &mut HeaderMap,
+    bytes: &Bytes,
+    ranges: &FieldRanges,
+    skip: impl Fn(&[u8]) -> bool,
+) -> Result<(), BadField> {
+    for &(name_at, name_len, value_at, value_len) in ranges {
+        let raw_name = &bytes[name_at..name_at + name_len];
+        if skip(raw_name) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(raw_name).map_err(|_| BadField::Name)?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_at + value_len))
+            .map_err(|_| BadField::Value)?;
+        map.append(name, value);
+    }
+    Ok(())
+}
+
+/// Why an upstream's response head was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum InvalidResponse {
+    #[error("response head too large")]
+    TooLarge,
+    #[error("malformed response head")]
+    Malformed,
+    #[error("bad status code")]
+    Status,
+    #[error(transparent)]
+    Field(#[from] BadField),
+}
+
+/// A parsed response head.
+pub(crate) struct ResponseHead {
+    pub(crate) facts: HeadFacts,
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) fields: ResponseFields,
+}
+
+/// A response head's fields: kept as received for a plain response, in a
+/// header map when something must edit them (an upgrade, or a
+/// `Connection` that names further hop-by-hop fields).
+pub(crate) enum ResponseFields {
+    Raw(Box<RawFields>),
+    Map(HeaderMap),
+}
+
+/// Parses a response head from the start of `buf`. `Ok(None)`: not complete
+/// yet (and within [`MAX_RESPONSE_HEAD`]). On success the head's bytes are
+/// taken out of `buf`; what follows (the body) stays. Hop-by-hop fields
+/// (but those of a `101`) and the upstream's `X-Request-Id` are left out.
+pub(crate) fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, InvalidResponse> {
+    // Uninitialised: initialising every field on each parse costs more
+    // than the parse of a typical head.
+    let mut fields =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
+            return Err(InvalidResponse::TooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(InvalidResponse::Malformed),
+    };
+    let version = match res.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let status = res
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(InvalidResponse::Status)?;
+    let (facts, ranges) = note_fields(res.headers, buf.as_ptr() as usize);
+    let bytes: Bytes = buf.split_to(len).freeze();
+    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
+    // Hop-by-hop fields are not forwarded (RFC 9110 §7.6.1), and what they
+    // say about this connection is in `facts`: they are left out here
+    // rather than removed later.
+    if !upgrade && !facts.names_others && bytes.len() <= RawFields::MAX_HEAD {
+        // With `Transfer-Encoding`, a `Content-Length` is wrong (RFC 9112
+        // §6.3) and is not forwarded.
+        let length = if facts.transfer_encoding {
+            None
+        } else {
+            facts.content_length().ok().flatten()
+        };
+        let mut raw = RawFields::new(bytes, length);
+        for &(name_at, name_len, value_at, value_len) in &ranges {
+            let name = &raw.head()[name_at..name_at + name_len];
+            // The gateway answers with its own request id.
+            if is_hop_by_hop(name)
+                || name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes())
+                || (facts.transfer_encoding && name.eq_ignore_ascii_case(b"content-length"))
+            {
+                continue;
+            }
+            raw.push((name_at, name_len), (value_at, value_len));
+        }
+        return Ok(Some(ResponseHead {
+            facts,
+            status,
+            version,
+            fields: ResponseFields::Raw(raw),
+        }));
+    }
+    // Room for what the gateway adds (request id, cookies).
+    let mut headers = crate::http::h1::take_map(ranges.len() + ADDED_HEADERS);
+    // A `101` keeps the hop-by-hop fields for the upgrade, and `Connection`
+    // stays when it names further fields, for `strip_hop_by_hop` to remove.
+    // The request id is the gateway's, as above.
+    fill_map(&mut headers, &bytes, &ranges, |name| {
+        (!upgrade
+            && is_hop_by_hop(name)
+            && !(facts.names_others && name.eq_ignore_ascii_case(b"connection")))
+            || name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes())
+    })?;
+    if facts.transfer_encoding {
+        headers.remove(http::header::CONTENT_LENGTH);
+    }
+    Ok(Some(ResponseHead {
+        facts,
+        status,
+        version,
+        fields: ResponseFields::Map(headers),
+    }))
+}
+
+/// How a response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResponseFraming {
+    /// No body: a response to `HEAD`, a `204` or a `304`.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// The body ends when the connection does.
+    UntilClose,
+}
+
+impl ResponseHead {
+    /// How the body of this response to a `method` request is delimited.
+    pub(crate) fn framing(&self, method: &Method) -> Result<ResponseFraming, BadLength> {
+        if method == Method::HEAD
+            || self.status == StatusCode::NO_CONTENT
+            || self.status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(ResponseFraming::Empty);
+        }
+        if self.facts.transfer_encoding {
+            // Its `Content-Length` was left out as the head was parsed.
+            return Ok(if self.facts.chunked_last {
+                ResponseFraming::Chunked
+            } else {
+                ResponseFraming::UntilClose
+            });
+        }
+        Ok(match self.facts.content_length()? {
+            Some(n) => ResponseFraming::Length(n),
+            None => ResponseFraming::UntilClose,
+        })
+    }
+
+    /// Whether the upstream lets the connection be used again after this
+    /// response, as far as its head says: it asks to keep it, and its
+    /// framing is unambiguous.
+    pub(crate) fn keeps_alive(&self) -> bool {
+        let facts = &self.facts;
+        !facts.close
+            && (self.version == Version::HTTP_11 || facts.keep_alive)
+            && !(facts.transfer_encoding && facts.content_length() != Ok(None))
+    }
+}
+
+/// Parses `data` as the response heads an upstream sends on one connection;
+/// returns how many were read. What the `http1_responses` fuzz target drives.
+#[doc(hidden)]
+pub fn parse_response_heads(data: &[u8]) -> usize {
+    let mut buf = BytesMut::from(data);
+    let mut heads = 0;
+    while let Ok(Some(head)) = parse_response(&mut buf) {
+        assert!(head.status.as_u16() >= 100);
+        if let ResponseFields::Raw(raw) = head.fields {
+            // Fields kept as received are valid for a header map too, so
+            // an HTTP/2 client loses none of them.
+            let count = raw.iter().count();
+            assert!(raw.iter().all(|(name, value, _)| {
+                HeaderName::from_bytes(name).is_ok() && HeaderValue::from_bytes(value).is_ok()
+            }));
+            assert_eq!(raw.into_map(HeaderMap::new()).len(), count);
+        }
+        heads += 1;
+    }
+    heads
 }
 
 #[cfg(test)]

@@ -45,9 +45,6 @@ use crate::http::h1::parse::{self, HeadError};
 use crate::http::h1::{self, write_all};
 use crate::http::PendingUpgrade;
 
-/// A body frame up to this size is copied into the pending write instead of
-/// being written on its own.
-const COALESCE: usize = 16 * 1024;
 /// A body the handler left unread is drained, so the connection can stay
 /// open, when this little of it is left.
 const DRAIN_LIMIT: u64 = 64 * 1024;
@@ -435,21 +432,8 @@ impl Conn {
                 }
             }
             sent += len;
-            if framing == Framing::Chunked {
-                encode::chunk_size_line(data.len(), out);
-            }
-            if data.len() <= COALESCE {
-                out.extend_from_slice(&data);
-                if framing == Framing::Chunked {
-                    out.extend_from_slice(b"\r\n");
-                }
-            } else {
-                let tail: &[u8] = if framing == Framing::Chunked {
-                    b"\r\n"
-                } else {
-                    b""
-                };
-                self.flush(out, Some((&data, tail)), idle).await?;
+            if let Some(large) = encode::frame_data(framing == Framing::Chunked, &data, out) {
+                self.flush(out, Some(large), idle).await?;
             }
         }
         if let Framing::Length(n) = framing {
@@ -458,9 +442,7 @@ impl Conn {
                 return Err("response body shorter than declared");
             }
         }
-        if framing == Framing::Chunked {
-            out.extend_from_slice(b"0\r\n\r\n");
-        }
+        encode::end_body(framing == Framing::Chunked, out);
         self.flush(out, None, idle).await?;
         Ok(keep_alive)
     }
