@@ -38,9 +38,40 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
     hop_by_hop_index(name).is_some()
 }
 
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1): every header named in
-/// `Connection`, then the fixed list of connection-specific fields. A proxy
-/// must not forward them; the next hop gets its own.
+/// Which fields of one message are hop-by-hop (RFC 9110 §7.6.1): the fixed
+/// list ([`is_hop_by_hop`]) and every field its `Connection` names. The one
+/// decision for both the fields of a parsed response head and those of a
+/// header map ([`strip_hop_by_hop`]).
+#[derive(Default)]
+pub(crate) struct HopByHop {
+    /// The names `Connection` lists that are not in the fixed list (most
+    /// messages have none: then this allocates nothing).
+    named: Vec<Vec<u8>>,
+}
+
+impl HopByHop {
+    /// The decision for a message whose `Connection` fields have `values`.
+    pub(crate) fn new<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> HopByHop {
+        // `close` names no field; those in the fixed list go anyway.
+        let named = values
+            .into_iter()
+            .flat_map(elements)
+            .filter(|e| !e.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(e))
+            .map(<[u8]>::to_vec)
+            .collect();
+        HopByHop { named }
+    }
+
+    /// True when the field `name` (any case) is not forwarded.
+    pub(crate) fn contains(&self, name: &[u8]) -> bool {
+        is_hop_by_hop(name) || self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1, see [`HopByHop`]): every
+/// header named in `Connection`, then the fixed list of
+/// connection-specific fields. A proxy must not forward them; the next hop
+/// gets its own.
 ///
 /// Callers that tunnel an upgrade re-add `Connection: upgrade` and `Upgrade`
 /// afterwards.
@@ -57,10 +88,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     if present & 1 != 0 {
-        // Tokens that name no further header (`close`) or one removed anyway
-        // need no lookup.
-        let listed: Vec<HeaderName> = list_elements(headers, &header::CONNECTION)
-            .filter(|e| !e.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(e))
+        let values = headers
+            .get_all(header::CONNECTION)
+            .into_iter()
+            .map(|v| v.as_bytes());
+        let listed: Vec<HeaderName> = HopByHop::new(values)
+            .named
+            .iter()
             .filter_map(|e| HeaderName::from_bytes(e).ok())
             .collect();
         for name in listed {

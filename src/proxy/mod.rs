@@ -467,11 +467,8 @@ impl Proxy {
             );
             headers::strip_hop_by_hop(res.headers_mut());
             headers::set_upgrade(res.headers_mut(), chosen);
-        } else if received.is_none() {
-            // (Hop-by-hop fields were left out of `received` as it was
-            // parsed.)
-            headers::strip_hop_by_hop(res.headers_mut());
         }
+        // Otherwise its hop-by-hop fields were left out as it was parsed.
         if !extra_response_headers.is_empty() {
             let h = res.headers_mut();
             let mut last: Option<HeaderName> = None;

@@ -15,7 +15,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
 use crate::ctx::X_REQUEST_ID;
-use crate::http::fields::{is_hop_by_hop, BadLength};
+use crate::http::fields::{BadLength, HopByHop};
 use crate::http::h1::{Codings, FieldRanges, HeadFacts, RawFields};
 
 /// Fields the gateway may add to a message before it goes on: growing a
@@ -245,9 +245,9 @@ pub(crate) struct ResponseHead {
     pub(crate) fields: ResponseFields,
 }
 
-/// A response head's fields: kept as received for a plain response, in a
-/// header map when something must edit them (an upgrade, or a
-/// `Connection` that names further hop-by-hop fields).
+/// A response head's fields: kept as received, or in a header map for an
+/// upgrade (whose hop-by-hop fields are edited) and a head too large for
+/// [`RawFields`].
 pub(crate) enum ResponseFields {
     Raw(Box<RawFields>),
     Map(HeaderMap),
@@ -288,26 +288,26 @@ pub(crate) fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>,
     let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
     // Hop-by-hop fields are not forwarded (RFC 9110 §7.6.1), and what they
     // say about this connection is in `facts`: they are left out here
-    // rather than removed later.
-    if !upgrade && !facts.names_others && bytes.len() <= RawFields::MAX_HEAD {
-        // With `Transfer-Encoding`, a `Content-Length` is wrong (RFC 9112
-        // §6.3) and is not forwarded.
+    // rather than removed later. A `101` keeps them for the upgrade. The
+    // gateway answers with its own request id; with `Transfer-Encoding`, a
+    // `Content-Length` is wrong (RFC 9112 §6.3) and is not forwarded.
+    let left_out = |hop_by_hop: &HopByHop, name: &[u8]| {
+        (!upgrade && hop_by_hop.contains(name))
+            || name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes())
+            || (facts.transfer_encoding && name.eq_ignore_ascii_case(b"content-length"))
+    };
+    if !upgrade && bytes.len() <= RawFields::MAX_HEAD {
         let length = if facts.transfer_encoding {
             None
         } else {
             facts.content_length().ok().flatten()
         };
+        let hop_by_hop = hop_by_hop_of(&bytes, &ranges, &facts);
         let mut raw = RawFields::new(bytes, length);
         for &(name_at, name_len, value_at, value_len) in &ranges {
-            let name = &raw.head()[name_at..name_at + name_len];
-            // The gateway answers with its own request id.
-            if is_hop_by_hop(name)
-                || name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes())
-                || (facts.transfer_encoding && name.eq_ignore_ascii_case(b"content-length"))
-            {
-                continue;
+            if !left_out(&hop_by_hop, &raw.head()[name_at..name_at + name_len]) {
+                raw.push((name_at, name_len), (value_at, value_len));
             }
-            raw.push((name_at, name_len), (value_at, value_len));
         }
         return Ok(Some(ResponseHead {
             facts,
@@ -318,24 +318,33 @@ pub(crate) fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>,
     }
     // Room for what the gateway adds (request id, cookies).
     let mut headers = crate::http::h1::take_map(ranges.len() + ADDED_HEADERS);
-    // A `101` keeps the hop-by-hop fields for the upgrade, and `Connection`
-    // stays when it names further fields, for `strip_hop_by_hop` to remove.
-    // The request id is the gateway's, as above.
+    let hop_by_hop = hop_by_hop_of(&bytes, &ranges, &facts);
     fill_map(&mut headers, &bytes, &ranges, |name| {
-        (!upgrade
-            && is_hop_by_hop(name)
-            && !(facts.names_others && name.eq_ignore_ascii_case(b"connection")))
-            || name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes())
+        left_out(&hop_by_hop, name)
     })?;
-    if facts.transfer_encoding {
-        headers.remove(http::header::CONTENT_LENGTH);
-    }
     Ok(Some(ResponseHead {
         facts,
         status,
         version,
         fields: ResponseFields::Map(headers),
     }))
+}
+
+/// The hop-by-hop decision for the fields at `ranges` of `head`: the values
+/// of its `Connection` fields are only looked at when `facts` say they name
+/// further fields.
+fn hop_by_hop_of(head: &[u8], ranges: &FieldRanges, facts: &HeadFacts) -> HopByHop {
+    if !facts.names_others {
+        return HopByHop::default();
+    }
+    HopByHop::new(
+        ranges
+            .iter()
+            .filter(|&&(name_at, name_len, _, _)| {
+                head[name_at..name_at + name_len].eq_ignore_ascii_case(b"connection")
+            })
+            .map(|&(_, _, value_at, value_len)| &head[value_at..value_at + value_len]),
+    )
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).
@@ -553,5 +562,35 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!h.expect_continue);
+    }
+
+    fn response_names(text: &str) -> (StatusCode, Vec<String>) {
+        let head = parse_response(&mut BytesMut::from(text.as_bytes()))
+            .unwrap()
+            .unwrap();
+        let names = match head.fields {
+            ResponseFields::Raw(raw) => raw
+                .iter()
+                .map(|(n, _, _)| String::from_utf8(n.to_vec()).unwrap())
+                .collect(),
+            ResponseFields::Map(map) => map.keys().map(|n| n.as_str().to_owned()).collect(),
+        };
+        (head.status, names)
+    }
+
+    #[test]
+    fn response_hop_by_hop_fields_are_left_out_in_one_place() {
+        let (_, names) = response_names(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Foo\r\nX-Foo: 1\r\n\
+             Keep-Alive: timeout=5\r\nX-Keep: 2\r\nX-Request-Id: up\r\n\
+             Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        );
+        assert_eq!(names, ["X-Keep"]);
+        let (status, names) = response_names(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\n\r\n",
+        );
+        assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(names, ["connection", "upgrade"]);
     }
 }
