@@ -243,10 +243,7 @@ impl App {
         // still delivers rotated cookies: the browser must not keep using a
         // token that has already been rotated.
         for cookie in decision.set_cookies {
-            response
-                .response
-                .headers_mut()
-                .append(header::SET_COOKIE, cookie);
+            response.append_header(header::SET_COOKIE, cookie);
         }
         response
     }

@@ -721,7 +721,7 @@ async fn public_request(
     let handled = std::pin::pin!(app.handle(req, &ctx)).await;
     let mut reply = handled.response;
     let elapsed = start.elapsed();
-    let status = reply.response.status().as_u16();
+    let status = reply.status().as_u16();
     handled.route.record(status, elapsed);
     if let Some((method, version, path)) = log {
         let upstream = ctx.upstream.get().map(|u| &**u);

@@ -441,11 +441,7 @@ impl Proxy {
         upgrade: Option<(ClientUpgrade, HeaderValue)>,
         extra_response_headers: HeaderMap,
     ) -> Result<Reply, ProxyError> {
-        let Reply {
-            response: mut res,
-            received,
-            request_id,
-        } = reply;
+        let mut res = reply;
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {
             let (client_side, asked) = upgrade.ok_or(ProxyError::BadUpgrade)?;
             let chosen = res
@@ -469,24 +465,17 @@ impl Proxy {
             headers::set_upgrade(res.headers_mut(), chosen);
         }
         // Otherwise its hop-by-hop fields were left out as it was parsed.
-        if !extra_response_headers.is_empty() {
-            let h = res.headers_mut();
-            let mut last: Option<HeaderName> = None;
-            for (name, value) in extra_response_headers {
-                if let Some(n) = name {
-                    last = Some(n);
-                }
-                if let Some(n) = &last {
-                    h.append(n.clone(), value);
-                }
+        let mut last: Option<HeaderName> = None;
+        for (name, value) in extra_response_headers {
+            if let Some(n) = name {
+                last = Some(n);
+            }
+            if let Some(n) = &last {
+                res.append_header(n.clone(), value);
             }
         }
         res.extensions_mut().clear();
-        Ok(Reply {
-            response: res,
-            received,
-            request_id,
-        })
+        Ok(res)
     }
 }
 

@@ -535,10 +535,9 @@ fn into_response(
     *res.status_mut() = status;
     *res.version_mut() = version;
     *res.headers_mut() = headers;
-    Ok(Reply {
-        response: res,
-        received: raw,
-        request_id: None,
+    Ok(match raw {
+        Some(raw) => Reply::with_received(res, raw),
+        None => Reply::new(res),
     })
 }
 

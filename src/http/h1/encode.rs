@@ -44,8 +44,11 @@ enum Length {
 /// A response's fields, in the order they are written.
 #[derive(Clone, Copy)]
 pub(crate) struct Fields<'a> {
-    /// An upstream's, as they arrived.
+    /// An upstream's, as they arrived (written before `map`).
     pub(crate) received: Option<&'a RawFields>,
+    /// An upstream's, folded into `map`: the case `map`'s names are written
+    /// in, when they arrived there.
+    pub(crate) cased: Option<&'a RawFields>,
     /// The response's header map.
     pub(crate) map: &'a HeaderMap,
     /// `X-Request-Id`, in place of any in `map`.
@@ -67,6 +70,7 @@ pub(crate) fn head(
 ) -> Framing {
     let Fields {
         received,
+        cased,
         map: headers,
         request_id,
     } = fields;
@@ -109,7 +113,11 @@ pub(crate) fn head(
             continue;
         }
         has_date |= name == header::DATE;
-        field(dst, name.as_str().as_bytes(), value.as_bytes());
+        let name = name.as_str();
+        let name = cased
+            .and_then(|c| c.case_of(name))
+            .unwrap_or(name.as_bytes());
+        field(dst, name, value.as_bytes());
     }
     if let Some(id) = request_id {
         field(dst, X_REQUEST_ID.as_str().as_bytes(), id);
@@ -312,6 +320,7 @@ mod tests {
             StatusCode::from_u16(status).unwrap(),
             Fields {
                 received: None,
+                cased: None,
                 map: &map,
                 request_id: None,
             },

@@ -135,6 +135,42 @@ impl RawFields {
         self.has_date
     }
 
+    /// These fields then `rest`'s, in one header map, each kept: received
+    /// fields first, in order, then the ones the gateway added. The fields
+    /// stay, for [`case_of`](Self::case_of).
+    pub(crate) fn fold(&self, rest: HeaderMap) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.spans.len() + rest.len());
+        for &s in &self.spans {
+            // Both were validated by the parser; a field that still fails
+            // here is left out rather than failing the response.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&self.head[s.name()]),
+                HeaderValue::from_maybe_shared(self.head.slice(s.value())),
+            ) {
+                map.append(name, value);
+            }
+        }
+        let mut last: Option<HeaderName> = None;
+        for (name, value) in rest {
+            if let Some(n) = name {
+                last = Some(n);
+            }
+            if let Some(n) = &last {
+                map.append(n.clone(), value);
+            }
+        }
+        map
+    }
+
+    /// The name `name` (lowercase) arrived with, when one of these fields
+    /// has it.
+    pub(crate) fn case_of(&self, name: &str) -> Option<&[u8]> {
+        self.spans
+            .iter()
+            .map(|&s| &self.head[s.name()])
+            .find(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
+
     /// These fields then `rest`'s, in one header map: received fields first,
     /// in order, then the ones the gateway set. A field of `rest` replaces
     /// received ones of its name, except `Set-Cookie`, which is added.

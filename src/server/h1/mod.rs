@@ -298,8 +298,7 @@ impl Conn {
             self.tls
         ))
         .await;
-        let upgrading =
-            upgrade.is_some() && res.response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let upgrading = upgrade.is_some() && res.status() == StatusCode::SWITCHING_PROTOCOLS;
         let keep_alive = head.keep_alive
             && !*self.drain.borrow()
             && !shared_body
@@ -376,11 +375,12 @@ impl Conn {
         mut keep_alive: bool,
         out: &mut Vec<u8>,
     ) -> Result<bool, &'static str> {
-        let (parts, mut body) = res.response.into_parts();
+        let (parts, mut body, received, request_id) = res.into_parts();
         let fields = encode::Fields {
-            received: res.received.as_deref(),
+            received: received.untouched(),
+            cased: received.folded(),
             map: &parts.headers,
-            request_id: res.request_id.as_ref().map(RequestId::as_bytes),
+            request_id: request_id.as_ref().map(RequestId::as_bytes),
         };
         let framing = encode::head(
             parts.status,
@@ -391,9 +391,7 @@ impl Conn {
             out,
         );
         h1::give_map(parts.headers);
-        if let Some(received) = res.received {
-            received.recycle();
-        }
+        received.recycle();
         let idle = self.limits.idle_timeout;
         if framing == Framing::None {
             drop(body);
