@@ -415,13 +415,13 @@ impl Proxy {
                         Some(target),
                     ));
                 }
+                Err(SendError::BodyTooLarge) => {
+                    return Err((ProxyError::BodyTooLarge, Some(target)));
+                }
+                Err(SendError::ClientBody(_)) => {
+                    return Err((ProxyError::BadRequestBody, Some(target)));
+                }
                 Err(SendError::Exchange(e)) => {
-                    if e.body_too_large {
-                        return Err((ProxyError::BodyTooLarge, Some(target)));
-                    }
-                    if e.client_body {
-                        return Err((ProxyError::BadRequestBody, Some(target)));
-                    }
                     self.metrics.upstream_error(&route.name, e.kind);
                     let err = ProxyError::Upstream {
                         kind: e.kind,

@@ -155,21 +155,34 @@ pub struct Endpoint {
 
 /// Why an exchange failed.
 pub enum SendError {
-    /// No connection could be made: nothing was sent.
+    /// No connection could be made: nothing was sent, and the request can
+    /// go to another upstream.
     Connect(io::Error),
+    /// The route's `max_body` tripped while the body streamed.
+    BodyTooLarge,
+    /// The client's body failed while it streamed: how.
+    ClientBody(String),
     /// The exchange failed after the request (or part of it) went out.
     Exchange(ExchangeError),
 }
 
-/// An exchange that failed once the request was on its way.
+impl SendError {
+    /// The client's body failed (or passed `max_body`) while it streamed.
+    fn body(e: &BoxError) -> SendError {
+        if e.is::<BodyTooLarge>() {
+            SendError::BodyTooLarge
+        } else {
+            SendError::ClientBody(format!("request body: {}", super::error::describe(&**e)))
+        }
+    }
+}
+
+/// An exchange with the upstream that failed once the request was on its
+/// way.
 #[derive(Debug, thiserror::Error)]
 #[error("{detail}")]
 pub struct ExchangeError {
     pub kind: UpstreamErrorKind,
-    /// The route's `max_body` tripped while the body streamed.
-    pub body_too_large: bool,
-    /// The client's body failed while it streamed.
-    pub client_body: bool,
     pub detail: String,
 }
 
@@ -185,8 +198,6 @@ impl ExchangeError {
         };
         ExchangeError {
             kind,
-            body_too_large: false,
-            client_body: false,
             detail: format!("{what}: {e}"),
         }
     }
@@ -194,19 +205,7 @@ impl ExchangeError {
     fn other(kind: UpstreamErrorKind, detail: impl Into<String>) -> ExchangeError {
         ExchangeError {
             kind,
-            body_too_large: false,
-            client_body: false,
             detail: detail.into(),
-        }
-    }
-
-    fn body(e: BoxError) -> ExchangeError {
-        let too_large = e.is::<BodyTooLarge>();
-        ExchangeError {
-            kind: UpstreamErrorKind::other,
-            body_too_large: too_large,
-            client_body: !too_large,
-            detail: format!("request body: {}", super::error::describe(&*e)),
         }
     }
 }
@@ -274,7 +273,7 @@ impl Connector {
             let written = write_request(&mut conn, head, body, framing, &mut body_started).await;
             let write_error = match written {
                 Ok(()) => None,
-                Err(Written::Body(e)) => return Err(SendError::Exchange(ExchangeError::body(e))),
+                Err(Written::Body(e)) => return Err(SendError::body(&e)),
                 Err(Written::Io(_)) if reused && !body_started => continue,
                 // The upstream may have answered early and closed; its
                 // answer, if any, is read below.
@@ -286,13 +285,13 @@ impl Connector {
                     return into_response(res, conn, pool, method, fully_written)
                         .map_err(SendError::Exchange);
                 }
-                (Err(ReadHead::Eof { nothing_read: true }), _)
+                (Err(ReadHead::Closed), _)
                     if reused && !body_started && (retry_after_eof || !fully_written) =>
                 {
                     continue
                 }
                 (Err(_), Some(e)) => ExchangeError::io(&e, "writing the request"),
-                (Err(ReadHead::Eof { .. }), None) => ExchangeError::other(
+                (Err(ReadHead::Closed | ReadHead::Cut), None) => ExchangeError::other(
                     UpstreamErrorKind::reset,
                     "upstream closed the connection before a complete response head",
                 ),
@@ -442,10 +441,10 @@ async fn write_body(
 }
 
 enum ReadHead {
-    /// The connection ended; `nothing_read`: not a byte of a response came.
-    Eof {
-        nothing_read: bool,
-    },
+    /// The connection ended before a byte of a response came.
+    Closed,
+    /// The connection ended within a response head.
+    Cut,
     Io(io::Error),
     Invalid(InvalidResponse),
 }
@@ -466,7 +465,8 @@ async fn read_response_head(conn: &mut UpstreamConn) -> Result<ResponseHead, Rea
             None => {}
         }
         match std::future::poll_fn(|cx| poll_fill(&mut conn.io, &mut conn.buf, cx)).await {
-            Ok(0) => return Err(ReadHead::Eof { nothing_read }),
+            Ok(0) if nothing_read => return Err(ReadHead::Closed),
+            Ok(0) => return Err(ReadHead::Cut),
             Ok(_) => nothing_read = false,
             Err(e) => return Err(ReadHead::Io(e)),
         }
