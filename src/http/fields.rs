@@ -190,17 +190,46 @@ pub(crate) fn lists(headers: &HeaderMap, name: &HeaderName, token: &[u8]) -> boo
 #[error("invalid or conflicting Content-Length")]
 pub struct BadLength;
 
-/// The message's `Content-Length`: `Ok(None)` without one (RFC 9112 §6.3).
-/// The rule is the codec's, [`HeadFacts::content_length`], applied to the
-/// fields of a header map.
-///
-/// [`HeadFacts::content_length`]: crate::http::h1::HeadFacts::content_length
-pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, BadLength> {
-    let mut facts = crate::http::h1::HeadFacts::default();
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        facts.note(b"content-length", value.as_bytes());
+/// The `Content-Length` rule (RFC 9112 §6.3), noted value by value: the one
+/// rule for heads as they are parsed and for header maps.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct LengthRule {
+    present: bool,
+    length: Option<u64>,
+    bad: bool,
+}
+
+impl LengthRule {
+    /// Notes the value of one `Content-Length` field.
+    pub(crate) fn note(&mut self, value: &[u8]) {
+        self.present = true;
+        for element in elements(value) {
+            match parse_length(element) {
+                Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                _ => self.bad = true,
+            }
+        }
     }
-    facts.content_length()
+
+    /// `Ok(None)` without a `Content-Length`; [`BadLength`] when a value is
+    /// not a number, the values disagree, or there is none in a present
+    /// field.
+    pub(crate) fn length(&self) -> Result<Option<u64>, BadLength> {
+        match (self.present, self.bad, self.length) {
+            (false, _, _) => Ok(None),
+            (true, false, Some(n)) => Ok(Some(n)),
+            _ => Err(BadLength),
+        }
+    }
+}
+
+/// The message's `Content-Length`: `Ok(None)` without one (RFC 9112 §6.3).
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, BadLength> {
+    let mut rule = LengthRule::default();
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        rule.note(value.as_bytes());
+    }
+    rule.length()
 }
 
 #[cfg(test)]

@@ -17,12 +17,11 @@ pub(crate) use self::drive::parse_head;
 pub use self::drive::parse_request_stream;
 pub use self::parse::parse_response_heads;
 pub(crate) use self::raw::RawFields;
-pub(crate) use crate::http::fields::parse_length;
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
 
-use crate::http::fields::{elements, BadLength};
+use crate::http::fields::{elements, BadLength, LengthRule};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -254,9 +253,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 /// while it is parsed, so nothing looks them up in its header map later.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct HeadFacts {
-    length_present: bool,
-    length: Option<u64>,
-    length_bad: bool,
+    length: LengthRule,
     /// `Transfer-Encoding` is present.
     pub(crate) transfer_encoding: bool,
     /// Its last coding is `chunked`.
@@ -302,13 +299,7 @@ impl HeadFacts {
         let first = name.first().map_or(0, |b| b.to_ascii_lowercase());
         match (name.len(), first) {
             (14, b'c') if name.eq_ignore_ascii_case(b"content-length") => {
-                self.length_present = true;
-                for element in elements {
-                    match parse_length(element) {
-                        Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
-                        _ => self.length_bad = true,
-                    }
-                }
+                self.length.note(value);
             }
             (17, b't') if name.eq_ignore_ascii_case(b"transfer-encoding") => {
                 self.transfer_encoding = true;
@@ -346,11 +337,7 @@ impl HeadFacts {
     /// one, [`BadLength`] when a value is not a number, the values
     /// disagree, or there is none in a present field.
     pub(crate) fn content_length(&self) -> Result<Option<u64>, BadLength> {
-        match (self.length_present, self.length_bad, self.length) {
-            (false, _, _) => Ok(None),
-            (true, false, Some(n)) => Ok(Some(n)),
-            _ => Err(BadLength),
-        }
+        self.length.length()
     }
 
     /// The transfer codings, judged strictly (see [`Codings`]).
