@@ -595,6 +595,9 @@ impl UpstreamUpgrade {
 pub enum UpstreamIo {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// An in-memory connection, for tests of the exchange.
+    #[cfg(test)]
+    Mem(tokio::io::DuplexStream),
 }
 
 impl AsyncRead for UpstreamIo {
@@ -606,6 +609,8 @@ impl AsyncRead for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
             UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            #[cfg(test)]
+            UpstreamIo::Mem(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -619,6 +624,8 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
             UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            #[cfg(test)]
+            UpstreamIo::Mem(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -630,6 +637,8 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            #[cfg(test)]
+            UpstreamIo::Mem(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -637,6 +646,8 @@ impl AsyncWrite for UpstreamIo {
         match self {
             UpstreamIo::Plain(s) => s.is_write_vectored(),
             UpstreamIo::Tls(s) => s.is_write_vectored(),
+            #[cfg(test)]
+            UpstreamIo::Mem(s) => s.is_write_vectored(),
         }
     }
 
@@ -644,6 +655,8 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
             UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            #[cfg(test)]
+            UpstreamIo::Mem(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -651,6 +664,8 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
             UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            #[cfg(test)]
+            UpstreamIo::Mem(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -746,5 +761,151 @@ impl HttpBody for UpstreamBody {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::body::RequestBody;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: up\r\n\r\n";
+
+    fn connector() -> Connector {
+        Connector {
+            connect_timeout: Duration::from_millis(50),
+            tls: None,
+        }
+    }
+
+    /// An endpoint nothing listens on: a test that connects fails.
+    fn nowhere() -> Endpoint {
+        Endpoint {
+            addr: "127.0.0.1:1".to_owned(),
+            tls_name: None,
+        }
+    }
+
+    /// A pooled in-memory connection, and the upstream's end of it.
+    fn pooled(pool: &Pool) -> DuplexStream {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        pool.give_back(UpstreamConn {
+            io: UpstreamIo::Mem(ours),
+            buf: BytesMut::new(),
+        });
+        theirs
+    }
+
+    /// Reads one request head from the upstream's end.
+    async fn read_request(upstream: &mut DuplexStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        while !got.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8];
+            if upstream.read(&mut byte).await.unwrap() == 0 {
+                break;
+            }
+            got.push(byte[0]);
+        }
+        got
+    }
+
+    /// Sends a GET on `pool` and reads the response body whole.
+    async fn get(pool: &Arc<Pool>) -> Result<(StatusCode, Bytes), String> {
+        let mut body = ForwardBody::new(RequestBody::empty(), None);
+        let reply = connector()
+            .exchange(
+                &nowhere(),
+                pool,
+                &Method::GET,
+                &mut body,
+                GET,
+                RequestFraming::None,
+            )
+            .await
+            .map_err(|e| match e {
+                SendError::Connect(e) => format!("connect: {e}"),
+                SendError::Exchange(e) => e.detail,
+                SendError::BodyTooLarge | SendError::ClientBody(_) => "body".to_owned(),
+            })?;
+        let status = reply.status();
+        let body = reply.into_response().into_body();
+        let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, bytes))
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_after_a_complete_response() {
+        let pool = Pool::new(Duration::from_secs(60));
+        let mut upstream = pooled(&pool);
+        let serve = tokio::spawn(async move {
+            for body in ["one", "two"] {
+                assert_eq!(read_request(&mut upstream).await, GET);
+                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{body}");
+                upstream.write_all(answer.as_bytes()).await.unwrap();
+            }
+            upstream
+        });
+        assert_eq!(get(&pool).await.unwrap().1, "one");
+        assert_eq!(pool.idle_count(), 1);
+        assert_eq!(get(&pool).await.unwrap().1, "two");
+        assert_eq!(pool.idle_count(), 1);
+        drop(serve.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_pooled_connection_closed_unanswered_is_sent_again() {
+        let pool = Pool::new(Duration::from_secs(60));
+        // Given back second, so taken first: it takes the request and
+        // closes without a byte of answer.
+        let mut fresh = pooled(&pool);
+        let mut stale = pooled(&pool);
+        let closing = tokio::spawn(async move {
+            assert_eq!(read_request(&mut stale).await, GET);
+        });
+        let serve = tokio::spawn(async move {
+            assert_eq!(read_request(&mut fresh).await, GET);
+            fresh
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            fresh
+        });
+        let (status, body) = get(&pool).await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+        closing.await.unwrap();
+        drop(serve.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_connection_cut_short_or_desynced_is_not_given_back() {
+        // Extra bytes after the response: the next response would be read
+        // from the middle of something else.
+        let pool = Pool::new(Duration::from_secs(60));
+        let mut upstream = pooled(&pool);
+        let serve = tokio::spawn(async move {
+            read_request(&mut upstream).await;
+            upstream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
+                .await
+                .unwrap();
+            upstream
+        });
+        assert_eq!(get(&pool).await.unwrap().1, "ok");
+        assert_eq!(pool.idle_count(), 0);
+        drop(serve.await.unwrap());
+
+        // A body cut short by the end of the connection.
+        let pool = Pool::new(Duration::from_secs(60));
+        let mut upstream = pooled(&pool);
+        tokio::spawn(async move {
+            read_request(&mut upstream).await;
+            upstream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
+                .await
+                .unwrap();
+        });
+        assert!(get(&pool).await.is_err());
+        assert_eq!(pool.idle_count(), 0);
     }
 }
