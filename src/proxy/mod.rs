@@ -13,7 +13,9 @@
 //! [`Proxy::forward`] does both with nothing in between.
 
 pub mod body;
+pub mod connect;
 mod error;
+pub mod exchange;
 pub mod headers;
 pub mod policy;
 pub mod pool;
@@ -37,10 +39,11 @@ use crate::http::Reply;
 use crate::metrics::{Metrics, RouteStats, UpstreamErrorKind};
 
 use self::body::ForwardBody;
+use self::connect::Connector;
 pub use self::error::ProxyError;
+use self::exchange::SendError;
 use self::headers::{Forwarded, ForwardedFor};
 use self::policy::RequestPolicy;
-use self::pool::{Connector, SendError};
 #[doc(hidden)]
 pub use self::probe::{Outcome, Probe};
 pub use self::tunnel::{ClientUpgrade, Tunnels};
@@ -376,7 +379,7 @@ impl Proxy {
         let mut body = ForwardBody::new(body, route.config.max_body);
         let mut last = None;
         for target in route.upstreams.candidates() {
-            let added = pool::Added {
+            let added = exchange::Added {
                 target: (target, &path),
                 // The client's with `preserve_host`; else, and when an
                 // HTTP/1.0 client sent none, the upstream's.
@@ -452,8 +455,8 @@ impl Proxy {
                 .ok_or(ProxyError::BadUpgrade)?;
             let upstream_side = res
                 .extensions()
-                .get::<pool::UpstreamUpgrade>()
-                .and_then(pool::UpstreamUpgrade::take)
+                .get::<exchange::UpstreamUpgrade>()
+                .and_then(exchange::UpstreamUpgrade::take)
                 .ok_or(ProxyError::BadUpgrade)?;
             self.tunnels.spawn(
                 client_side,

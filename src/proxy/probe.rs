@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use http::Request;
 
-use super::{pool, Proxy, Tunnels};
+use super::{exchange, Proxy, Tunnels};
 use crate::config::Config;
 use crate::ctx::{RequestCtx, RequestId};
 use crate::http::body::RequestBody;
@@ -81,14 +81,14 @@ impl Probe {
             .candidates()
             .next()
             .expect("a route has an upstream");
-        let added = pool::Added {
+        let added = exchange::Added {
             target: (target, &out.path),
             host: out.client_host.as_ref().unwrap_or(&target.host),
             request_id: ctx.request_id.as_bytes(),
             forwarded: &out.forwarded,
         };
         let mut upstream = Vec::new();
-        pool::encode_request_head(
+        exchange::encode_request_head(
             &out.parts,
             &added,
             &http_body::Body::size_hint(&out.body),

@@ -88,7 +88,7 @@ impl Tunnels {
     pub(super) fn spawn(
         &self,
         client: ClientUpgrade,
-        upstream: super::pool::UpstreamConn,
+        upstream: super::connect::UpstreamConn,
         metrics: Arc<Metrics>,
         route: Arc<str>,
     ) {

@@ -13,7 +13,8 @@ use http::uri::{PathAndQuery, Scheme};
 use http::HeaderValue;
 use rustls::pki_types::ServerName;
 
-use super::pool::{Endpoint, Pools};
+use super::connect::Endpoint;
+use super::pool::Pools;
 use crate::config::Upstream;
 
 use crate::time::coarse::monotonic_ms;

@@ -1,5 +1,5 @@
 //! The HTTP/1 codec, one for both directions: the server's connection loop
-//! (`server::h1`) and the upstream client (`proxy::pool`) read heads,
+//! (`server::h1`) and the upstream client (`proxy::exchange`) read heads,
 //! decode bodies and write messages with it. This file holds what both
 //! share below the parsers: the framing facts noted while a head is parsed,
 //! socket reads without a resident buffer, and the per-thread reuse of
