@@ -28,8 +28,8 @@ use prometheus_client::metrics::family::Family;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use super::adopt::{
-    cookie_bundle, is_json, json_bundle, read_limited, Adopter, NotAdopted, BODY_TIMEOUT,
+use super::bundle::{
+    cookie_bundle, is_json, json_bundle, read_limited, NotAdopted, BODY_TIMEOUT, MAX_JSON,
 };
 use super::SignIn;
 use crate::body::{Body, RequestBody};
@@ -220,7 +220,7 @@ impl SignIn {
                             return Migration::Migrated(b);
                         }
                         let m = self
-                            .migrate_once(adopter, migrator, token, anti_csrf, login, ctx)
+                            .migrate_once(&adopter.names, migrator, token, anti_csrf, login, ctx)
                             .await;
                         if let Migration::Migrated(b) = &m {
                             migrator.remember(&key, b, self.sessions.now_ms());
@@ -243,7 +243,7 @@ impl SignIn {
     /// One call to the login service, and the adoption of its answer.
     async fn migrate_once(
         &self,
-        adopter: &Adopter,
+        names: &[String; 4],
         migrator: &Migrator,
         token: &str,
         anti_csrf: Option<&str>,
@@ -251,7 +251,7 @@ impl SignIn {
         ctx: &RequestCtx,
     ) -> Migration {
         let result = self
-            .call_login_service(adopter, migrator, token, anti_csrf, login, ctx)
+            .call_login_service(names, migrator, token, anti_csrf, login, ctx)
             .await;
         match &result {
             Migration::Migrated(b) => {
@@ -271,9 +271,10 @@ impl SignIn {
         result
     }
 
+    /// `names` are the login service's bundle cookies.
     async fn call_login_service(
         &self,
-        adopter: &Adopter,
+        names: &[String; 4],
         migrator: &Migrator,
         token: &str,
         anti_csrf: Option<&str>,
@@ -309,7 +310,7 @@ impl SignIn {
             .headers
             .get(header::CONTENT_ENCODING)
             .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-        let bytes = if encoded || declared > super::adopt::MAX_JSON as u64 {
+        let bytes = if encoded || declared > MAX_JSON as u64 {
             None
         } else {
             tokio::time::timeout(BODY_TIMEOUT, read_limited(body))
@@ -321,7 +322,7 @@ impl SignIn {
             tracing::warn!("an answer of the login service to a migration could not be read");
             return Migration::Failed(NotAdopted::bad_gateway("unreadable"));
         };
-        let cookies = cookie_bundle(&adopter.names, &parts.headers);
+        let cookies = cookie_bundle(names, &parts.headers);
         let json: Option<Value> = is_json(&parts.headers)
             .then(|| serde_json::from_slice(&bytes).ok())
             .flatten();
@@ -347,6 +348,10 @@ impl SignIn {
         };
         let (StatusCode::OK, Some(access)) = (parts.status, access) else {
             tracing::warn!(status = %parts.status, "an answer of the login service to a migration carries no usable bundle");
+            return Migration::Failed(NotAdopted::bad_gateway("invalid"));
+        };
+        // Migration is on only with `[sign_in.adopt]`.
+        let Some(adopter) = &self.adopter else {
             return Migration::Failed(NotAdopted::bad_gateway("invalid"));
         };
         match self.open_adopted(adopter, &access, Some(token)).await {

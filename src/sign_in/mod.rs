@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod adopt;
+mod bundle;
 pub mod cookies;
 pub mod cors;
 pub mod limit;
