@@ -22,6 +22,7 @@ use crate::cookie;
 use crate::ctx::RequestCtx;
 use crate::proxy::headers::{remove_cookies, replace_cookie};
 use crate::session::service::RefreshError;
+use crate::sign_in::adopt::NotAdopted;
 use crate::sign_in::migrate::{LoginService, Migration};
 use crate::sign_in::{cookies, params, SignIn};
 use crate::tokens::jwt::VerifyError;
@@ -215,12 +216,10 @@ async fn migrated(
         Some(Migration::Refused(r)) if r.status == StatusCode::UNAUTHORIZED => {
             Err(RefreshError::NoSession)
         }
-        Some(Migration::Failed(e)) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
+        Some(Migration::Failed(NotAdopted::StoreUnavailable)) => {
             Err(RefreshError::StoreUnavailable)
         }
-        Some(Migration::Failed(e)) if e.status == StatusCode::UNAUTHORIZED => {
-            Err(RefreshError::NoSession)
-        }
+        Some(Migration::Failed(NotAdopted::Gone)) => Err(RefreshError::NoSession),
         _ => Err(RefreshError::Undecryptable),
     }
 }

@@ -18,18 +18,18 @@
 
 use bytes::Bytes;
 use http::header;
-use http::{Response, StatusCode};
+use http::Response;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde_json::Value;
 use std::sync::Arc;
 
 use super::bundle::{
-    cookie_bundle, is_json, json_bundle, read_limited, replace_cookies, replace_json, BODY_TIMEOUT,
+    cookie_bundle, is_json, json_bundle, read_limited, replace_cookies, replace_json,
+    NoAccessToken, BODY_TIMEOUT,
 };
 pub use super::bundle::{NotAdopted, MAX_JSON, NOT_ADOPTED};
 use super::SignIn;
-use crate::body::Body;
 use crate::config::AdoptConfig;
 use crate::ctx::RequestCtx;
 use crate::metrics::{Metrics, OutcomeLabels};
@@ -79,6 +79,12 @@ impl Adopter {
         }
     }
 
+    /// Counts an answer whose bundle was not adopted, and answers for it.
+    fn refuse(&self, ctx: &RequestCtx, e: NotAdopted) -> Reply {
+        self.count(ctx, e.outcome());
+        e.response().into()
+    }
+
     /// Counts an answer that carried a bundle, and names its outcome in the
     /// request's access log line.
     fn count(&self, ctx: &RequestCtx, outcome: &'static str) {
@@ -118,10 +124,6 @@ fn as_access_claims(c: UpstreamClaims) -> AccessClaims {
     }
 }
 
-fn not_adopted() -> Response<Body> {
-    NotAdopted::bad_gateway("").response()
-}
-
 impl SignIn {
     /// True when answers of the login service are adopted.
     pub fn adopts(&self) -> bool {
@@ -148,23 +150,21 @@ impl SignIn {
                 .flatten()
                 .unwrap_or(0);
             if encoded || declared > MAX_JSON as u64 {
-                adopter.count(ctx, "unreadable");
                 tracing::warn!(
                     encoded,
                     declared,
                     "a JSON answer of the login service could not be read for adoption"
                 );
-                return not_adopted().into();
+                return adopter.refuse(ctx, NotAdopted::Unreadable);
             }
             let (parts, body) = res.into_parts();
             let bytes = match tokio::time::timeout(BODY_TIMEOUT, read_limited(body)).await {
                 Ok(Some(bytes)) => bytes,
                 _ => {
-                    adopter.count(ctx, "unreadable");
                     tracing::warn!(
                         "a JSON answer of the login service was too large, slow or broken to read for adoption"
                     );
-                    return not_adopted().into();
+                    return adopter.refuse(ctx, NotAdopted::Unreadable);
                 }
             };
             json = serde_json::from_slice::<Value>(&bytes).ok();
@@ -172,10 +172,9 @@ impl SignIn {
         }
         let json_token = match json.as_ref().map(json_bundle) {
             Some(Ok(t)) => t.map(str::to_owned),
-            Some(Err(())) => {
-                adopter.count(ctx, "invalid");
-                tracing::warn!("a token bundle of the login service has no access token");
-                return not_adopted().into();
+            Some(Err(NoAccessToken)) => {
+                tracing::warn!("{NoAccessToken}");
+                return adopter.refuse(ctx, NotAdopted::Invalid);
             }
             None => None,
         };
@@ -185,16 +184,12 @@ impl SignIn {
             return res.into();
         }
         let Some(token) = json_token.or(cookies.access_token) else {
-            adopter.count(ctx, "invalid");
-            tracing::warn!("a token bundle of the login service has no access token");
-            return not_adopted().into();
+            tracing::warn!("{NoAccessToken}");
+            return adopter.refuse(ctx, NotAdopted::Invalid);
         };
         let bundle = match self.open_adopted(adopter, &token, None).await {
             Ok(b) => b,
-            Err(e) => {
-                adopter.count(ctx, e.outcome);
-                return e.response().into();
-            }
+            Err(e) => return adopter.refuse(ctx, e),
         };
         adopter.count(ctx, "adopted");
         tracing::info!(
@@ -254,14 +249,14 @@ impl SignIn {
             Ok(c) if !c.sub.is_empty() => c,
             Ok(_) => {
                 tracing::warn!("a sign-in of the login service names no user (empty sub)");
-                return Err(NotAdopted::bad_gateway("invalid"));
+                return Err(NotAdopted::Invalid);
             }
             Err(e) => {
                 tracing::warn!(reason = %e, "a sign-in of the login service was not adopted");
-                return Err(NotAdopted::bad_gateway(match e {
-                    UpstreamVerifyError::Expired(_) => "expired",
-                    UpstreamVerifyError::Invalid => "invalid",
-                }));
+                return Err(match e {
+                    UpstreamVerifyError::Expired(_) => NotAdopted::Expired,
+                    UpstreamVerifyError::Invalid => NotAdopted::Invalid,
+                });
             }
         };
         let attrs = match claims.user_attributes {
@@ -287,26 +282,14 @@ impl SignIn {
                     client_id = %claims.client_id,
                     "a sign-in of the login service names a client that is not configured"
                 );
-                Err(NotAdopted::bad_gateway("unknown_client"))
+                Err(NotAdopted::UnknownClient)
             }
-            Err(CreateError::Gone) => Err(NotAdopted {
-                outcome: "gone",
-                status: StatusCode::UNAUTHORIZED,
-                message: "No valid Session found",
-            }),
+            Err(CreateError::Gone) => Err(NotAdopted::Gone),
             Err(CreateError::Store(e)) => {
                 tracing::warn!(error = %e, "session store call failed");
-                Err(NotAdopted {
-                    outcome: "store_error",
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    message: "Session store unavailable",
-                })
+                Err(NotAdopted::StoreUnavailable)
             }
-            Err(CreateError::Internal) => Err(NotAdopted {
-                outcome: "store_error",
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                message: "Internal error",
-            }),
+            Err(CreateError::Internal) => Err(NotAdopted::Internal),
         }
     }
 }

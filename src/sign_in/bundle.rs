@@ -106,10 +106,15 @@ pub(crate) fn is_json(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// A JSON answer that is a bundle (`data.refresh_token` present) but has no
+/// usable access token (`data.access_token` missing, empty or not a string).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a token bundle of the login service has no access token")]
+pub(crate) struct NoAccessToken;
+
 /// The login service's access token in a JSON answer, when the answer is
-/// a bundle (`data.refresh_token` present). `Err` when it is one without a
-/// usable access token.
-pub(crate) fn json_bundle(body: &Value) -> Result<Option<&str>, ()> {
+/// a bundle (`data.refresh_token` present).
+pub(crate) fn json_bundle(body: &Value) -> Result<Option<&str>, NoAccessToken> {
     let Some(data) = body.get("data").filter(|d| d.is_object()) else {
         return Ok(None);
     };
@@ -119,7 +124,7 @@ pub(crate) fn json_bundle(body: &Value) -> Result<Option<&str>, ()> {
     }
     match data.get("access_token").and_then(Value::as_str) {
         Some(t) if !t.is_empty() => Ok(Some(t)),
-        _ => Err(()),
+        _ => Err(NoAccessToken),
     }
 }
 
@@ -154,26 +159,62 @@ pub(crate) async fn read_limited(mut body: Body) -> Option<Bytes> {
     Some(out.freeze())
 }
 
-/// Why a bundle of the login service was not adopted: the outcome (a
-/// metrics label) and the answer.
-#[derive(Clone, Copy, Debug)]
-pub struct NotAdopted {
-    pub outcome: &'static str,
-    pub status: StatusCode,
-    pub message: &'static str,
+/// Why a bundle of the login service was not adopted. Each has its
+/// answer ([`status`](Self::status) and the message it displays) and its
+/// metrics label ([`outcome`](Self::outcome)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotAdopted {
+    /// The answer could not be read: too large, encoded, slow or broken.
+    #[error("{NOT_ADOPTED}")]
+    Unreadable,
+    /// The bundle has no usable access token, or it does not verify, or it
+    /// names no user.
+    #[error("{NOT_ADOPTED}")]
+    Invalid,
+    /// The access token has expired.
+    #[error("{NOT_ADOPTED}")]
+    Expired,
+    /// The access token names a client that is not configured.
+    #[error("{NOT_ADOPTED}")]
+    UnknownClient,
+    /// The token was adopted moments ago, and that session is gone since.
+    #[error("No valid Session found")]
+    Gone,
+    /// The session store did not answer.
+    #[error("Session store unavailable")]
+    StoreUnavailable,
+    /// The session could not be opened for a reason of the gateway's own.
+    #[error("Internal error")]
+    Internal,
 }
 
 impl NotAdopted {
-    pub(crate) fn bad_gateway(outcome: &'static str) -> NotAdopted {
-        NotAdopted {
-            outcome,
-            status: StatusCode::BAD_GATEWAY,
-            message: NOT_ADOPTED,
+    /// The metrics label (`sis_adoptions_total{outcome}`).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            NotAdopted::Unreadable => "unreadable",
+            NotAdopted::Invalid => "invalid",
+            NotAdopted::Expired => "expired",
+            NotAdopted::UnknownClient => "unknown_client",
+            NotAdopted::Gone => "gone",
+            NotAdopted::StoreUnavailable | NotAdopted::Internal => "store_error",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            NotAdopted::Unreadable
+            | NotAdopted::Invalid
+            | NotAdopted::Expired
+            | NotAdopted::UnknownClient => StatusCode::BAD_GATEWAY,
+            NotAdopted::Gone => StatusCode::UNAUTHORIZED,
+            NotAdopted::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            NotAdopted::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     pub fn response(&self) -> Response<Body> {
-        json_error(self.status, self.message)
+        json_error(self.status(), &self.to_string())
     }
 }
 
@@ -256,13 +297,44 @@ mod tests {
     }
 
     #[test]
+    fn refusals_answer_with_the_sis_messages() {
+        for e in [
+            NotAdopted::Unreadable,
+            NotAdopted::Invalid,
+            NotAdopted::Expired,
+            NotAdopted::UnknownClient,
+        ] {
+            assert_eq!(
+                (e.status(), e.to_string()),
+                (StatusCode::BAD_GATEWAY, NOT_ADOPTED.into())
+            );
+        }
+        assert_eq!(NotAdopted::Gone.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(NotAdopted::Gone.to_string(), "No valid Session found");
+        assert_eq!(
+            NotAdopted::StoreUnavailable.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            NotAdopted::StoreUnavailable.to_string(),
+            "Session store unavailable"
+        );
+        assert_eq!(
+            NotAdopted::Internal.status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(NotAdopted::Internal.to_string(), "Internal error");
+        assert_eq!(NotAdopted::Internal.outcome(), "store_error");
+    }
+
+    #[test]
     fn json_bundles_are_recognised() {
         let v = serde_json::json!({"data": {"access_token": "a", "refresh_token": "r"}});
         assert_eq!(json_bundle(&v), Ok(Some("a")));
         let v = serde_json::json!({"data": {"refresh_token": "r"}});
-        assert_eq!(json_bundle(&v), Err(()));
+        assert_eq!(json_bundle(&v), Err(NoAccessToken));
         let v = serde_json::json!({"data": {"access_token": 3, "refresh_token": "r"}});
-        assert_eq!(json_bundle(&v), Err(()));
+        assert_eq!(json_bundle(&v), Err(NoAccessToken));
         for none in [
             serde_json::json!({"data": {"access_token": "a"}}),
             serde_json::json!({"data": {"active": true}, "refresh_token": "r"}),

@@ -266,7 +266,7 @@ impl SignIn {
                 migrator.count("refused");
                 tracing::info!(status = %r.status, "the login service refused to refresh a token to migrate");
             }
-            Migration::Failed(e) => migrator.count(e.outcome),
+            Migration::Failed(e) => migrator.count(e.outcome()),
         }
         result
     }
@@ -320,14 +320,14 @@ impl SignIn {
         };
         let Some(bytes) = bytes else {
             tracing::warn!("an answer of the login service to a migration could not be read");
-            return Migration::Failed(NotAdopted::bad_gateway("unreadable"));
+            return Migration::Failed(NotAdopted::Unreadable);
         };
         let cookies = cookie_bundle(names, &parts.headers);
         let json: Option<Value> = is_json(&parts.headers)
             .then(|| serde_json::from_slice(&bytes).ok())
             .flatten();
         let json_token = json.as_ref().map(json_bundle);
-        let in_json = matches!(json_token, Some(Ok(Some(_))) | Some(Err(())));
+        let in_json = matches!(json_token, Some(Ok(Some(_))) | Some(Err(_)));
         let carries = in_json || cookies.present();
         if !carries {
             let mut headers = parts.headers;
@@ -348,11 +348,11 @@ impl SignIn {
         };
         let (StatusCode::OK, Some(access)) = (parts.status, access) else {
             tracing::warn!(status = %parts.status, "an answer of the login service to a migration carries no usable bundle");
-            return Migration::Failed(NotAdopted::bad_gateway("invalid"));
+            return Migration::Failed(NotAdopted::Invalid);
         };
         // Migration is on only with `[sign_in.adopt]`.
         let Some(adopter) = &self.adopter else {
-            return Migration::Failed(NotAdopted::bad_gateway("invalid"));
+            return Migration::Failed(NotAdopted::Invalid);
         };
         match self.open_adopted(adopter, &access, Some(token)).await {
             Ok(bundle) => Migration::Migrated(bundle),
