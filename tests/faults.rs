@@ -1,7 +1,7 @@
-//! Faults and hostile clients against the real gateway (SPEC §7): Redis
-//! restarted or frozen under load, upstreams dying mid-response, slow
-//! clients, malformed input of every kind over real TCP, and the memory an
-//! idle keep-alive connection costs.
+//! Faults and hostile clients against the real gateway (README, What the
+//! gateway needs of Redis): Redis restarted or frozen under load, upstreams
+//! dying mid-response, slow clients, malformed input of every kind over real
+//! TCP, and the memory an idle keep-alive connection costs.
 
 mod common;
 
@@ -744,7 +744,7 @@ auth = "public"
 async fn idle_keep_alive_connections_meet_the_spec_budget() {
     const N: usize = 1000;
     let (before, after) = idle_connection_rss(N).await;
-    // SPEC §7: 10,000 idle connections in under 100 MB for the whole
+    // README, Benchmarks: 10,000 idle connections in under 100 MB for the whole
     // process: what is left after the baseline, per connection.
     let budget_kib = (100_000_000 / 1024 - before) / 10_000;
     assert!(

@@ -1,8 +1,8 @@
-//! Hostile input over real TCP against the in-process gateway (SPEC §7):
-//! malformed tokens, cookies, headers, percent-encoding, JSON, oversized
-//! and ill-framed heads and bodies, and ways around the trust boundary
-//! (§5a). Every one gets an answer below 500, the gateway never panics on
-//! any thread, and it still serves afterwards.
+//! Hostile input over real TCP against the in-process gateway (README,
+//! `[server]`): malformed tokens, cookies, headers, percent-encoding, JSON,
+//! oversized and ill-framed heads and bodies, and ways around the trust
+//! boundary (README, The trust boundary). Every one gets an answer below 500,
+//! the gateway never panics on any thread, and it still serves afterwards.
 //!
 //! A test binary of its own: the panic hook is process-wide, and counting
 //! the panics of every thread is only honest when no other test shares the
@@ -434,7 +434,7 @@ async fn hostile_input_never_gets_500_or_a_hang() {
             "garbage upgrade",
             b"GET /pub/x HTTP/1.1\r\nHost: gw\r\nConnection: upgrade\r\nUpgrade: \xff\r\nSec-WebSocket-Key: %%%\r\n\r\n".to_vec(),
         ),
-        // Ways around the trust boundary (§5a).
+        // Ways around the trust boundary (README, The trust boundary).
         (
             "userinfo target",
             b"GET http://a@gw/req/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".to_vec(),

@@ -1,7 +1,7 @@
-//! The trust boundary (SPEC §5a) over real TCP: hostile ways of writing a
-//! request, each checked against what a raw recording upstream received
-//! (exact bytes) and what the client got, next to the benign neighbours
-//! that must still pass unchanged.
+//! The trust boundary (README, The trust boundary) over real TCP: hostile ways
+//! of writing a request, each checked against what a raw recording upstream
+//! received (exact bytes) and what the client got, next to the benign
+//! neighbours that must still pass unchanged.
 
 mod common;
 

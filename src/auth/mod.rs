@@ -1,4 +1,5 @@
-//! Route auth modes (SPEC §5): `public`, `session`, `required`.
+//! Route auth modes (README, Pass-through routes and transparent
+//! refresh): `public`, `session`, `required`.
 //!
 //! On `session` and `required` routes a valid access token is checked with no
 //! store call (and remembered until it expires, so the hot path skips the
@@ -75,7 +76,8 @@ impl Auth {
     /// Runs the route's auth mode over the request headers, editing them for
     /// the upstream. `Err` is the response to send instead of forwarding.
     ///
-    /// A refresh cookie of the login service (SPEC §8) is migrated through
+    /// A refresh cookie of the login service (README, Putting sis-gateway in
+    /// front of an existing Sign-in Service) is migrated through
     /// `login` when migration is on.
     pub async fn authenticate(
         &self,

@@ -1,6 +1,6 @@
-//! Adoption (SPEC §8): an answer of the login service that carries an SiS
-//! token bundle is rewritten to carry a bundle of the gateway's own before
-//! the client sees it.
+//! Adoption (README, Putting sis-gateway in front of an existing Sign-in
+//! Service): an answer of the login service that carries an SiS token bundle is
+//! rewritten to carry a bundle of the gateway's own before the client sees it.
 //!
 //! - A JSON body with `data.access_token` and `data.refresh_token` (the
 //!   `token` endpoint, API clients): the same body with the gateway's

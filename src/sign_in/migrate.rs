@@ -1,8 +1,9 @@
-//! Migration (SPEC §8): users signed in at the login service before the
-//! gateway went in front of it hold refresh tokens of its own. Such a token
-//! (SiS shape, not sealed by any of the gateway's keys), met at the refresh
-//! endpoint or in an inline refresh, is refreshed once at the login
-//! service's `{prefix}/refresh`, and the bundle it answers is adopted as
+//! Migration (README, Putting sis-gateway in front of an existing Sign-in
+//! Service): users signed in at the login service before the gateway went in
+//! front of it hold refresh tokens of its own. Such a token (SiS shape, not
+//! sealed by any of the gateway's keys), met at the refresh endpoint or in an
+//! inline refresh, is refreshed once at the login service's `{prefix}/refresh`,
+//! and the bundle it answers is adopted as
 //! [`adopt`](super::adopt) adopts a sign-in. The client gets the gateway's
 //! bundle; the login service's new refresh token is dropped, so from then
 //! on the user refreshes at the gateway alone. Any other answer is passed

@@ -57,13 +57,13 @@ impl Sessions {
     }
 
     /// Opens a session for the user of `adopted`, a refresh token of another
-    /// Sign-in Service that it has just refreshed for us (SPEC §8). Every
-    /// adoption of one token within the replay window, on any instance,
-    /// gives the same session and the same first refresh token: the session
-    /// handle is derived from the token, and the store records the first
-    /// adoption (its token sealed under a key derived from `adopted`, so the
-    /// store holds nothing replayable) in the same atomic step as the
-    /// session.
+    /// Sign-in Service that it has just refreshed for us (README, Putting
+    /// sis-gateway in front of an existing Sign-in Service). Every adoption of
+    /// one token within the replay window, on any instance, gives the same
+    /// session and the same first refresh token: the session handle is derived
+    /// from the token, and the store records the first adoption (its token
+    /// sealed under a key derived from `adopted`, so the store holds nothing
+    /// replayable) in the same atomic step as the session.
     pub async fn adopt(
         &self,
         adopted: &str,

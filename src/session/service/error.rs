@@ -3,7 +3,8 @@
 use crate::metrics::Metrics;
 use crate::session::store::StoreError;
 
-/// Why a refresh (or revoke) failed; each maps to one row of SPEC §1.
+/// Why a refresh (or revoke) failed; each maps to one row of the error table in
+/// README, The sign-in endpoints.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RefreshError {
     #[error("Refresh token is not defined")]

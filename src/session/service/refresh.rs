@@ -93,8 +93,8 @@ impl Sessions {
         self.clients.get(&payload.client_id).cloned()
     }
 
-    /// SPEC §2: rotates `refresh_token` once; concurrent and replayed calls
-    /// converge on the same successor.
+    /// Rotates `refresh_token` once; concurrent and replayed calls converge
+    /// on the same successor (README, How rotation works).
     pub async fn refresh(
         &self,
         refresh_token: &str,
@@ -200,7 +200,8 @@ impl Sessions {
         let random = RotationRandom::draw();
         let handle = payload.session_handle.clone();
         // The successor names its parent, so a store that loses this
-        // rotation can still roll it forward (SPEC §2).
+        // rotation can still roll it forward (README, How rotation works, step
+        // 6).
         let next = RefreshPayload::with_random(
             payload.session_handle,
             payload.user_uuid,

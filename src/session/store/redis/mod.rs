@@ -79,9 +79,10 @@ impl RedisStore {
     }
 
     /// Runs `op` on a connection within `store.timeout`. When the connection
-    /// turns out dead (SPEC §7), `op` is sent once more on a fresh one, so the
-    /// first call after Redis comes back from a restart, a pause or a failover
-    /// succeeds instead of failing with the old connection's error.
+    /// turns out dead (README, How rotation works), `op` is sent once more on a
+    /// fresh one, so the first call after Redis comes back from a restart, a
+    /// pause or a failover succeeds instead of failing with the old
+    /// connection's error.
     ///
     /// A dead connection is one that was refused, closed or reset, whose last
     /// connection attempt failed or timed out (the connection manager hands
