@@ -1,5 +1,5 @@
-//! The SiS endpoints under `sign_in.path_prefix` (SPEC §1) and the session
-//! admin API (SPEC §6).
+//! The SiS endpoints under `sign_in.path_prefix` (README, The sign-in
+//! endpoints) and the session admin API (README, Admin listener).
 //!
 //! - `POST refresh`, `POST revoke`, `GET revoke_all_sessions`, `GET logout`,
 //!   `GET openid_connect/certs`, each with credentialed CORS for listed origins.
@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod adopt;
+mod bundle;
 pub mod cookies;
 pub mod cors;
 pub mod limit;
@@ -247,7 +248,8 @@ impl SignIn {
 
     /// True when the gateway answers `path` (one that
     /// [`matches`](Self::matches)) itself; other sign-in paths go to
-    /// `sign_in.upstream` when it is set (SPEC §8).
+    /// `sign_in.upstream` when it is set (README, Putting sis-gateway in front
+    /// of an existing Sign-in Service).
     pub fn intercepts(&self, path: &str) -> bool {
         self.endpoint(path).is_some()
     }
@@ -316,7 +318,8 @@ impl SignIn {
             Ok(p) => p,
             Err(res) => return res,
         };
-        // A token of the login service is migrated (SPEC §8).
+        // A token of the login service is migrated (README, Putting sis-gateway
+        // in front of an existing Sign-in Service).
         if self.migrates(&token) {
             return match self.migrate(&token, anti_csrf.as_deref(), login, ctx).await {
                 Some(migrate::Migration::Migrated(bundle)) => self.issued(&bundle, StatusCode::OK),
@@ -501,8 +504,8 @@ impl SignIn {
         )
     }
 
-    /// The error table of SPEC §1: the status of each error (its message
-    /// is the error's text).
+    /// The error table of README, The sign-in endpoints: the status of each
+    /// error (its message is the error's text).
     fn error(&self, e: RefreshError, client: Option<&ClientConfig>) -> Response<Body> {
         let status = match e {
             RefreshError::NotDefined => StatusCode::BAD_REQUEST,
