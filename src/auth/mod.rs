@@ -20,7 +20,7 @@ use crate::config::{AuthMode, CookiesConfig, RouteConfig};
 use crate::cookie;
 use crate::ctx::RequestCtx;
 use crate::http::body::{empty, json_error, Body};
-use crate::proxy::headers::{remove_cookies, replace_cookie};
+use crate::proxy::cookies::{remove_cookies, replace_cookie};
 use crate::session::service::RefreshError;
 use crate::sign_in::migrate::{LoginService, Migration};
 use crate::sign_in::{cookies, params, SignIn};
