@@ -44,14 +44,20 @@ impl Proxy {
         // exchange's state is not copied into it.
         let exchange = std::pin::pin!(self.exchange(out, ctx));
         match crate::time::timer::timeout(self.upstream_timeout, exchange).await {
-            Ok(Ok((res, target, upgrade))) => {
+            Ok(Ok(Exchanged {
+                reply,
+                target,
+                upgrade,
+            })) => {
                 let _ = ctx.upstream.set(target.name.clone());
-                match self.respond(route, res, upgrade, extra_response_headers) {
+                match self.respond(route, reply, upgrade, extra_response_headers) {
                     Ok(res) => res,
                     Err(e) => self.fail(route, Some(target), e, ctx).into(),
                 }
             }
-            Ok(Err((e, target))) => self.fail(route, target, e, ctx).into(),
+            Ok(Err(ExchangeFailed { error, target })) => {
+                self.fail(route, target, error, ctx).into()
+            }
             Err(_) => {
                 self.metrics
                     .upstream_error(&route.name, UpstreamErrorKind::timeout);
@@ -79,19 +85,11 @@ impl Proxy {
         e.to_response()
     }
 
-    #[allow(clippy::type_complexity)]
     async fn exchange<'r>(
         &self,
         out: Outgoing<'r>,
         ctx: &RequestCtx,
-    ) -> Result<
-        (
-            Reply,
-            &'r UpstreamTarget,
-            Option<(ClientUpgrade, HeaderValue)>,
-        ),
-        (ProxyError, Option<&'r UpstreamTarget>),
-    > {
+    ) -> Result<Exchanged<'r>, ExchangeFailed<'r>> {
         let Outgoing {
             route,
             parts,
@@ -125,7 +123,11 @@ impl Proxy {
             match sent {
                 Ok(res) => {
                     crate::http::h1::give_map(parts.headers);
-                    return Ok((res, target, upgrade));
+                    return Ok(Exchanged {
+                        reply: res,
+                        target,
+                        upgrade,
+                    });
                 }
                 Err(SendError::Connect(error)) => {
                     // Nothing was sent: skip this upstream for a while and
@@ -135,31 +137,37 @@ impl Proxy {
                     tracing::warn!(route = %route.name, upstream = %target.name, request_id = %ctx.request_id,
                         ?kind, error = %error, "upstream connect failed");
                     route.upstreams.mark_down(target);
-                    last = Some((
-                        ProxyError::Upstream {
+                    last = Some(ExchangeFailed {
+                        error: ProxyError::Upstream {
                             kind,
                             detail: error.to_string(),
                         },
-                        Some(target),
-                    ));
+                        target: Some(target),
+                    });
                 }
                 Err(SendError::Exchange(e)) => {
-                    if e.body_too_large {
-                        return Err((ProxyError::BodyTooLarge, Some(target)));
-                    }
-                    if e.client_body {
-                        return Err((ProxyError::BadRequestBody, Some(target)));
-                    }
-                    self.metrics.upstream_error(&route.name, e.kind);
-                    let err = ProxyError::Upstream {
-                        kind: e.kind,
-                        detail: e.detail,
+                    let error = if e.body_too_large {
+                        ProxyError::BodyTooLarge
+                    } else if e.client_body {
+                        ProxyError::BadRequestBody
+                    } else {
+                        self.metrics.upstream_error(&route.name, e.kind);
+                        ProxyError::Upstream {
+                            kind: e.kind,
+                            detail: e.detail,
+                        }
                     };
-                    return Err((err, Some(target)));
+                    return Err(ExchangeFailed {
+                        error,
+                        target: Some(target),
+                    });
                 }
             }
         }
-        Err(last.unwrap_or((ProxyError::NoHealthyUpstream, None)))
+        Err(last.unwrap_or(ExchangeFailed {
+            error: ProxyError::NoHealthyUpstream,
+            target: None,
+        }))
     }
 
     fn respond(
@@ -219,6 +227,21 @@ impl Proxy {
             request_id,
         })
     }
+}
+
+/// An upstream's response head, the upstream that gave it, and the client's
+/// side of an upgrade with the protocols it asked for.
+struct Exchanged<'r> {
+    reply: Reply,
+    target: &'r UpstreamTarget,
+    upgrade: Option<(ClientUpgrade, HeaderValue)>,
+}
+
+/// Why no upstream answered, and the last one tried (`None` when every
+/// upstream was cooling down).
+struct ExchangeFailed<'r> {
+    error: ProxyError,
+    target: Option<&'r UpstreamTarget>,
 }
 
 /// True when `chosen` is one of the comma-separated protocols in `asked`
