@@ -4,7 +4,7 @@
 //! Forwarding is two steps so that an auth step can sit between them:
 //!
 //! ```text
-//! let route = proxy.route_for(host, path)?;        // routes.rs (SPEC §5 routing)
+//! let route = proxy.route_for(host, path)?;        // routes.rs
 //! // (auth reads the original cookies here: they are still on `req`)
 //! let mut out = proxy.prepare(route, req, &ctx)?;  // outgoing.rs: hop-by-hop, cookies, identity, X-Forwarded-*
 //! out.headers_mut().insert(...);                   // (auth adds identity headers, a new access cookie)
@@ -96,15 +96,16 @@ impl Proxy {
         &self.tunnels
     }
 
-    /// The route for a request (SPEC §5): routes naming `host` (compared
-    /// case-insensitively, without port) before host-less ones, then the
-    /// longest `path_prefix` that covers `path`.
+    /// The route for a request (README, Pass-through routes and transparent
+    /// refresh): routes naming `host` (compared case-insensitively, without
+    /// port) before host-less ones, then the longest `path_prefix` that
+    /// covers `path`.
     pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         self.routes.find(host, path)
     }
 
     /// The `public` route to `sign_in.upstream`, for the sign-in paths the
-    /// gateway does not answer itself (SPEC §8).
+    /// gateway does not answer itself (README, The sign-in endpoints).
     pub fn sign_in_route(&self) -> Option<&Route> {
         self.routes.sign_in()
     }

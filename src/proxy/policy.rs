@@ -1,5 +1,5 @@
-//! Which request fields go upstream: the one place that decides (SPEC §5,
-//! §5a).
+//! Which request fields go upstream: the one place that decides (README,
+//! Pass-through routes and transparent refresh; README, The trust boundary).
 //!
 //! [`RequestPolicy::apply`] turns the client's fields into the ones
 //! forwarded: hop-by-hop fields go (RFC 9110 §7.6.1), and so do every
