@@ -138,9 +138,9 @@ impl Proxy {
                         ?kind, error = %error, "upstream connect failed");
                     route.upstreams.mark_down(target);
                     last = Some(ExchangeFailed {
-                        error: ProxyError::Upstream {
+                        error: ProxyError::Connect {
                             kind,
-                            detail: error.to_string(),
+                            source: error,
                         },
                         target: Some(target),
                     });
