@@ -21,7 +21,7 @@ use crate::config::{AuthMode, CookiesConfig, RouteConfig};
 use crate::cookie;
 use crate::ctx::RequestCtx;
 use crate::http::body::{empty, json_error, Body};
-use crate::proxy::headers::{remove_cookies, replace_cookie};
+use crate::proxy::cookies::{remove_cookies, replace_cookie};
 use crate::session::service::RefreshError;
 use crate::sign_in::adopt::NotAdopted;
 use crate::sign_in::migrate::{LoginService, Migration};
