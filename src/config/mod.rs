@@ -17,7 +17,7 @@ use http::header::HeaderName;
 use http::Uri;
 use ipnet::IpNet;
 
-pub use adopt::AdoptConfig;
+pub use adopt::{AdoptConfig, JwksSource};
 pub use secret::Secret;
 
 use raw::{RawClient, RawConfig, RawRoute};
@@ -345,9 +345,29 @@ pub struct RouteConfig {
     pub name: String,
 }
 
+/// Reads the key material a configuration names. It is read where the keys
+/// are built (`tokens`); checking it while validating makes a key file that
+/// does not parse a problem of the file, reported by `sis-gateway check`
+/// with the others and refused at start and at reload.
+pub trait KeyMaterial {
+    /// Reads the keys `sign_in.adopt.jwks` names, when they are read at
+    /// load (a file). The message of an error is for `sign_in.adopt.jwks`.
+    fn check_adopt_jwks(&self, adopt: &AdoptConfig) -> Result<(), String>;
+}
+
+/// Reads no key material: what [`Config::parse`] checks with. The keys are
+/// then read when the gateway is built from the configuration.
+pub struct Unread;
+
+impl KeyMaterial for Unread {
+    fn check_adopt_jwks(&self, _: &AdoptConfig) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 impl Config {
-    /// Reads and validates a file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads and validates a file, with the key material it names.
+    pub fn load(path: &Path, keys: &dyn KeyMaterial) -> Result<Config, ConfigError> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             source_name: name.clone(),
@@ -356,13 +376,23 @@ impl Config {
                 message: format!("cannot read: {e}"),
             }],
         })?;
-        let mut config = Config::parse(&text, &name)?;
+        let mut config = Config::parse_with(&text, &name, keys)?;
         config.path = Some(path.to_path_buf());
         Ok(config)
     }
 
-    /// Validates TOML text; `source_name` names it in errors.
+    /// Validates TOML text; `source_name` names it in errors. Key files are
+    /// not read (see [`Config::parse_with`]).
     pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+        Config::parse_with(text, source_name, &Unread)
+    }
+
+    /// Validates TOML text and the key material it names.
+    pub fn parse_with(
+        text: &str,
+        source_name: &str,
+        keys: &dyn KeyMaterial,
+    ) -> Result<Config, ConfigError> {
         let fail = |problems| ConfigError {
             source_name: source_name.to_owned(),
             problems,
@@ -376,7 +406,7 @@ impl Config {
             // serde_ignored writes `?` for the inside of an Option.
             v.problem(key.replace(".?", ""), "unknown key");
         }
-        let config = v.config(raw);
+        let config = v.config(raw, keys);
         if v.problems.is_empty() {
             Ok(config)
         } else {
@@ -509,7 +539,7 @@ impl Validator {
         }
     }
 
-    fn config(&mut self, raw: RawConfig) -> Config {
+    fn config(&mut self, raw: RawConfig, keys: &dyn KeyMaterial) -> Config {
         let s = raw.server;
         let listen = s.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let listen = self
@@ -762,7 +792,7 @@ impl Validator {
                 None
             }
         });
-        let adopt = self.adopt(si.adopt, upstream.is_some());
+        let adopt = self.adopt(si.adopt, upstream.is_some(), keys);
         let sign_in = SignInConfig {
             path_prefix,
             failures_per_minute,

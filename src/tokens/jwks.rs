@@ -7,13 +7,14 @@
 //! sign-in answers, not on every request, so `jsonwebtoken` verifies them.
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use rustls::pki_types::CertificateDer;
 
 use super::jwks_fetch::Remote;
 use crate::clock::SystemClock;
+use crate::config::{AdoptConfig, JwksSource, KeyMaterial};
 use crate::metrics::Metrics;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
@@ -93,33 +94,33 @@ impl fmt::Debug for UpstreamKeys {
     }
 }
 
+/// Reads the key files a configuration names while it is validated, so
+/// that one that does not parse is a problem of the configuration.
+pub struct KeyFiles;
+
+impl KeyMaterial for KeyFiles {
+    fn check_adopt_jwks(&self, adopt: &AdoptConfig) -> Result<(), String> {
+        UpstreamKeys::load(adopt).map(drop)
+    }
+}
+
 impl UpstreamKeys {
-    /// Reads a JWKS spec: `file:PATH` (read now), or an `https://` URL
-    /// (fetched once started), trusting `ca` instead of the system's roots
-    /// when given. The message of an error is for `sign_in.adopt.jwks`.
-    pub fn load(
-        spec: &str,
-        ca: Option<Vec<CertificateDer<'static>>>,
-    ) -> Result<UpstreamKeys, String> {
-        if spec.starts_with("http://") {
-            return Err(format!(
-                "{spec:?}: a JWKS fetched over plain http:// can be forged on the way; \
-                 use an https:// URL or file:PATH"
-            ));
-        }
-        if spec.starts_with("https://") {
-            let remote = Remote::new(spec, ca, Arc::new(SystemClock))?;
-            return Ok(UpstreamKeys {
+    /// The keys `[sign_in.adopt]` names: a file's (read now), or an
+    /// `https://` URL's (fetched once started), trusting `ca` instead of
+    /// the system's roots when set. The message of an error is for
+    /// `sign_in.adopt.jwks`.
+    pub fn load(adopt: &AdoptConfig) -> Result<UpstreamKeys, String> {
+        match &adopt.source {
+            JwksSource::Https(url) => Ok(UpstreamKeys {
                 set: Arc::new(ArcSwapOption::empty()),
-                remote: Some(remote),
-            });
+                remote: Some(Remote::new(
+                    url.clone(),
+                    adopt.ca.clone(),
+                    Arc::new(SystemClock),
+                )),
+            }),
+            JwksSource::File(path) => read_key_set(path).map(UpstreamKeys::fixed),
         }
-        let Some(path) = spec.strip_prefix("file:") else {
-            return Err(format!("{spec:?} must be file:PATH or an https:// URL"));
-        };
-        let text = std::fs::read(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
-        let set = KeySet::parse(&text).map_err(|e| format!("{path:?}: {e}"))?;
-        Ok(UpstreamKeys::fixed(set))
     }
 
     /// A set that never changes.
@@ -228,6 +229,14 @@ impl UpstreamKeys {
             && names_unknown_key(set.as_deref(), token);
         (result, unknown)
     }
+}
+
+/// The key set of a JWKS file.
+fn read_key_set(path: &Path) -> Result<KeySet, String> {
+    // The path came from the (UTF-8) configuration file.
+    let shown = path.to_string_lossy();
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {shown:?}: {e}"))?;
+    KeySet::parse(&text).map_err(|e| format!("{shown:?}: {e}"))
 }
 
 /// True when `token` has a JWT header whose `kid` is not in `set` (or there
@@ -361,7 +370,7 @@ impl KeySet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Algorithm as Alg;
+    use crate::config::{Algorithm as Alg, Config};
     use crate::tokens::{generate_pem, AccessTokens};
 
     struct Signer {
@@ -378,6 +387,20 @@ mod tests {
             jwks: t.jwks(),
             pem,
         }
+    }
+
+    /// `[sign_in.adopt]` with `jwks` and `extra` lines, checked with `keys`.
+    fn adopt_with(jwks: &str, extra: &str, keys: &dyn KeyMaterial) -> Result<AdoptConfig, String> {
+        let text = format!(
+            "[sign_in]\nupstream = \"http://127.0.0.1:3001\"\n[sign_in.adopt]\njwks = \"{jwks}\"\n{extra}"
+        );
+        Config::parse_with(&text, "t", keys)
+            .map(|c| c.sign_in.adopt.unwrap())
+            .map_err(|e| e.to_string())
+    }
+
+    fn adopt(jwks: &str, extra: &str) -> AdoptConfig {
+        adopt_with(jwks, extra, &KeyFiles).unwrap()
     }
 
     fn token(s: &Signer, kid: Option<&str>, claims: Value) -> String {
@@ -442,7 +465,7 @@ mod tests {
     #[test]
     fn a_url_source_verifies_nothing_before_its_first_fetch() {
         let s = signer();
-        let keys = UpstreamKeys::load("https://sis.example.gov/jwks", None).unwrap();
+        let keys = UpstreamKeys::load(&adopt("https://sis.example.gov/jwks", "")).unwrap();
         let good = token(&s, Some(&s.kid), claims("va.gov sign in", 1000));
         assert_eq!(
             keys.verify(&good, None, 999).unwrap_err(),
@@ -466,6 +489,79 @@ mod tests {
         assert!(!names_unknown_key(Some(&set), &no_kid));
         assert!(!names_unknown_key(None, "garbage"));
         assert!(!names_unknown_key(Some(&set), "a.b.c"));
+    }
+
+    fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("sis-jwks-{}", crate::tokens::random_hex(8)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_jwks_file_is_read_while_the_configuration_is_checked() {
+        let rsa = AccessTokens::ephemeral(Alg::Rs256).jwks();
+        let ec = AccessTokens::ephemeral(Alg::Es256).jwks();
+        let both = serde_json::json!({"keys": [rsa["keys"][0], ec["keys"][0],
+            {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"}]});
+        let path = temp_file("adopt-ok.json", &both.to_string());
+        let keys = UpstreamKeys::load(&adopt(&format!("file:{}", path.display()), "")).unwrap();
+        // The HMAC key is not one the gateway verifies upstream tokens with.
+        assert_eq!(keys.len(), 2);
+        assert!(keys.not_ready().is_none());
+
+        let bad_json = temp_file("adopt-bad.json", "{\"keys\": 3}");
+        let no_usable = temp_file(
+            "adopt-none.json",
+            r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"hmac"}]}"#,
+        );
+        let broken_rsa = temp_file(
+            "adopt-broken.json",
+            r#"{"keys":[{"kty":"RSA","kid":"k1","n":"@@","e":"AQAB","alg":"RS256"}]}"#,
+        );
+        let cases = [
+            ("file:/nonexistent/jwks.json", "cannot read"),
+            (
+                &format!("file:{}", bad_json.display()),
+                "not a JWKS document",
+            ),
+            (
+                &format!("file:{}", no_usable.display()),
+                "no RS256 or ES256",
+            ),
+            (&format!("file:{}", broken_rsa.display()), "key \"k1\""),
+        ];
+        for (spec, want) in cases {
+            let e = adopt_with(spec, "", &KeyFiles).unwrap_err();
+            assert!(
+                e.starts_with("t: 1 problem\n  sign_in.adopt.jwks: "),
+                "{spec}: {e}"
+            );
+            assert!(e.contains(want), "{spec}: {e}");
+            // Unread, the file is not looked at.
+            assert!(adopt_with(spec, "", &crate::config::Unread).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_url_source_is_kept_over_a_reload_to_the_same_url_and_ca() {
+        let url = "https://sis.example.gov/v0/sign_in/jwks";
+        let keys = UpstreamKeys::load(&adopt(url, "")).unwrap();
+        // Fetched once the gateway starts: nothing yet, and not ready.
+        assert!(keys.is_empty());
+        let why = keys.not_ready().unwrap();
+        assert!(why.contains(url), "{why}");
+
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let ca = temp_file("adopt-ca.pem", &cert.cert.pem());
+        let ca = format!("ca = \"file:{}\"\n", ca.display());
+        let a = UpstreamKeys::load(&adopt("https://localhost:8443/jwks", &ca)).unwrap();
+        let b = UpstreamKeys::load(&adopt("https://localhost:8443/jwks", &ca)).unwrap();
+        assert!(a.same_remote(&b), "same URL and CA");
+        assert!(!a.same_remote(&keys));
+        let no_ca = UpstreamKeys::load(&adopt("https://localhost:8443/jwks", "")).unwrap();
+        assert!(!a.same_remote(&no_ca));
     }
 
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -17,6 +17,7 @@ pub mod jwt;
 pub mod keys;
 pub mod seal;
 
+pub use jwks::KeyFiles;
 pub use jwt::{AccessClaims, AccessTokens, VerifyError};
 pub use keys::{generate_pem, generate_sealing_key, keygen, Keygen};
 pub use seal::{open_successor, seal_successor, OpenError, RefreshPayload, Sealer};
