@@ -29,7 +29,7 @@ use prometheus_client::metrics::family::Family;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::sync::{mpsc, watch};
 
-use super::jwks::KeySet;
+use super::keyset::KeySet;
 use crate::clock::SharedClock;
 use crate::metrics::{Metrics, OutcomeLabels};
 

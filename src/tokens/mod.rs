@@ -4,6 +4,7 @@
 //!   sealed successor kept for the replay window.
 //! - [`jwt`]: access tokens signed with parsed aws-lc-rs keys, verified by `kid`, and the JWKS.
 //! - [`keys`]: key generation for `sis-gateway keygen`.
+//! - [`keyset`]: one JWKS document's keys, and verification of a login service's tokens with them.
 //! - [`jwks`]: the keys of a fronted login service's access tokens (`sign_in.adopt.jwks`).
 //! - [`jwks_fetch`]: those keys fetched from an `https://` URL and kept fresh.
 
@@ -15,6 +16,7 @@ pub mod jwks;
 pub mod jwks_fetch;
 pub mod jwt;
 pub mod keys;
+pub mod keyset;
 pub mod seal;
 
 pub use jwks::KeyFiles;
