@@ -1,3 +1,6 @@
+//! Validation of `gateway.toml`: defaults, and the key and message of each problem.
+
+use super::store::parse_store_url;
 use super::*;
 
 fn problems(text: &str) -> Vec<Problem> {
