@@ -81,7 +81,7 @@ impl Validator {
             migrate: raw.migrate.unwrap_or(true),
         };
         if let Err(e) = keys.check_adopt_jwks(&adopt) {
-            self.problem("sign_in.adopt.jwks", e);
+            self.problem("sign_in.adopt.jwks", e.to_string());
             return None;
         }
         Some(adopt)

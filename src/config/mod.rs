@@ -104,15 +104,18 @@ pub struct Config {
 pub trait KeyMaterial {
     /// Reads the keys `sign_in.adopt.jwks` names, when they are read at
     /// load (a file). The message of an error is for `sign_in.adopt.jwks`.
-    fn check_adopt_jwks(&self, adopt: &AdoptConfig) -> Result<(), String>;
+    fn check_adopt_jwks(&self, adopt: &AdoptConfig) -> Result<(), KeyMaterialError>;
 }
+
+/// Why key material is unusable, as the module that reads it says.
+pub type KeyMaterialError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Reads no key material: what [`Config::parse`] checks with. The keys are
 /// then read when the gateway is built from the configuration.
 pub struct Unread;
 
 impl KeyMaterial for Unread {
-    fn check_adopt_jwks(&self, _: &AdoptConfig) -> Result<(), String> {
+    fn check_adopt_jwks(&self, _: &AdoptConfig) -> Result<(), KeyMaterialError> {
         Ok(())
     }
 }

@@ -4,16 +4,16 @@
 //! the set in use ([`super::keyset`]).
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
 use super::jwks_fetch::Remote;
 use super::keyset::MAX_JWT_LEN;
-pub use super::keyset::{KeySet, UpstreamClaims, UpstreamVerifyError};
+pub use super::keyset::{JwksError, KeySet, UpstreamClaims, UpstreamVerifyError};
 use crate::clock::SystemClock;
-use crate::config::{AdoptConfig, JwksSource, KeyMaterial};
+use crate::config::{AdoptConfig, JwksSource, KeyMaterial, KeyMaterialError};
 use crate::metrics::Metrics;
 
 /// The login service's keys as the gateway holds them: read from a file
@@ -40,9 +40,22 @@ impl fmt::Debug for UpstreamKeys {
 pub struct KeyFiles;
 
 impl KeyMaterial for KeyFiles {
-    fn check_adopt_jwks(&self, adopt: &AdoptConfig) -> Result<(), String> {
-        UpstreamKeys::load(adopt).map(drop)
+    fn check_adopt_jwks(&self, adopt: &AdoptConfig) -> Result<(), KeyMaterialError> {
+        UpstreamKeys::load(adopt).map(drop).map_err(Into::into)
     }
+}
+
+/// Why the keys of a `sign_in.adopt.jwks` file could not be read. (The
+/// path came from the UTF-8 configuration file, so it is shown as text.)
+#[derive(thiserror::Error, Debug)]
+pub enum JwksFileError {
+    #[error("cannot read {:?}: {source}", .path.to_string_lossy())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{:?}: {source}", .path.to_string_lossy())]
+    Invalid { path: PathBuf, source: JwksError },
 }
 
 impl UpstreamKeys {
@@ -50,7 +63,7 @@ impl UpstreamKeys {
     /// `https://` URL's (fetched once started), trusting `ca` instead of
     /// the system's roots when set. The message of an error is for
     /// `sign_in.adopt.jwks`.
-    pub fn load(adopt: &AdoptConfig) -> Result<UpstreamKeys, String> {
+    pub fn load(adopt: &AdoptConfig) -> Result<UpstreamKeys, JwksFileError> {
         match &adopt.source {
             JwksSource::Https(url) => Ok(UpstreamKeys {
                 set: Arc::new(ArcSwapOption::empty()),
@@ -173,11 +186,15 @@ impl UpstreamKeys {
 }
 
 /// The key set of a JWKS file.
-fn read_key_set(path: &Path) -> Result<KeySet, String> {
-    // The path came from the (UTF-8) configuration file.
-    let shown = path.to_string_lossy();
-    let text = std::fs::read(path).map_err(|e| format!("cannot read {shown:?}: {e}"))?;
-    KeySet::parse(&text).map_err(|e| format!("{shown:?}: {e}"))
+fn read_key_set(path: &Path) -> Result<KeySet, JwksFileError> {
+    let text = std::fs::read(path).map_err(|source| JwksFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    KeySet::parse(&text).map_err(|source| JwksFileError::Invalid {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// True when `token` has a JWT header whose `kid` is not in `set` (or there

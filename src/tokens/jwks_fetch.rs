@@ -29,7 +29,7 @@ use prometheus_client::metrics::family::Family;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::sync::{mpsc, watch};
 
-use super::keyset::KeySet;
+use super::keyset::{JwksError, KeySet};
 use crate::clock::SharedClock;
 use crate::metrics::{Metrics, OutcomeLabels};
 
@@ -336,7 +336,9 @@ enum FetchError {
     #[error("the answer is larger than {MAX_JWKS_BYTES} bytes or broken")]
     Body,
     #[error("the answer is not a usable JWKS: {0}")]
-    Invalid(String),
+    Invalid(#[from] JwksError),
+    #[error("cannot build the request: {0}")]
+    Request(http::Error),
     #[error("no answer within {FETCH_TIMEOUT:?}")]
     Timeout,
 }
@@ -350,7 +352,7 @@ impl FetchError {
             | FetchError::Http(_)
             | FetchError::Timeout => "unreachable",
             FetchError::Status(_) => "status",
-            FetchError::Body | FetchError::Invalid(_) => "invalid",
+            FetchError::Body | FetchError::Invalid(_) | FetchError::Request(_) => "invalid",
         }
     }
 }
@@ -438,7 +440,7 @@ impl Fetcher {
             .header(header::ACCEPT, "application/json")
             .header(header::USER_AGENT, "sis-gateway")
             .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| FetchError::Invalid(e.to_string()))?;
+            .map_err(FetchError::Request)?;
         let res = sender.send_request(req).await.map_err(FetchError::Http)?;
         if res.status() != StatusCode::OK {
             conn.abort();
@@ -452,7 +454,7 @@ impl Fetcher {
             .to_bytes();
         drop(sender);
         conn.abort();
-        let keys = KeySet::parse(&body).map_err(FetchError::Invalid)?;
+        let keys = KeySet::parse(&body)?;
         Ok((keys, cache_control))
     }
 }

@@ -37,6 +37,26 @@ impl fmt::Debug for KeySet {
     }
 }
 
+/// Why a JWKS document gave no key set. `key` names the key at fault:
+/// `key "kid"`, or `key #i` without a `kid`.
+#[derive(thiserror::Error, Debug)]
+pub enum JwksError {
+    #[error("not a JWKS document: {0}")]
+    NotJwks(serde_json::Error),
+    #[error("{key}: {source}")]
+    BadJwk {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("{key}: {source}")]
+    BadKey {
+        key: String,
+        source: jsonwebtoken::errors::Error,
+    },
+    #[error("no RS256 or ES256 signing key in the set")]
+    NoUsableKey,
+}
+
 /// What the gateway takes from a verified upstream access token.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct UpstreamClaims {
@@ -67,13 +87,12 @@ pub enum UpstreamVerifyError {
 
 impl KeySet {
     /// Parses a JWKS document (`{"keys":[…]}`).
-    pub fn parse(json: &[u8]) -> Result<KeySet, String> {
+    pub fn parse(json: &[u8]) -> Result<KeySet, JwksError> {
         #[derive(Deserialize)]
         struct Set {
             keys: Vec<Value>,
         }
-        let set: Set =
-            serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let set: Set = serde_json::from_slice(json).map_err(JwksError::NotJwks)?;
         let mut keys = Vec::new();
         for (i, raw) in set.keys.into_iter().enumerate() {
             let name = match raw.get("kid").and_then(Value::as_str) {
@@ -83,7 +102,10 @@ impl KeySet {
             if !matches!(raw.get("kty").and_then(Value::as_str), Some("RSA" | "EC")) {
                 continue;
             }
-            let jwk: Jwk = serde_json::from_value(raw).map_err(|e| format!("{name}: {e}"))?;
+            let jwk: Jwk = serde_json::from_value(raw).map_err(|source| JwksError::BadJwk {
+                key: name.clone(),
+                source,
+            })?;
             if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
                 continue;
             }
@@ -96,7 +118,8 @@ impl KeySet {
                 }
                 _ => continue,
             };
-            let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("{name}: {e}"))?;
+            let key = DecodingKey::from_jwk(&jwk)
+                .map_err(|source| JwksError::BadKey { key: name, source })?;
             keys.push(UpstreamKey {
                 kid: jwk.common.key_id,
                 alg,
@@ -104,7 +127,7 @@ impl KeySet {
             });
         }
         if keys.is_empty() {
-            return Err("no RS256 or ES256 signing key in the set".into());
+            return Err(JwksError::NoUsableKey);
         }
         Ok(KeySet { keys })
     }
