@@ -1,5 +1,5 @@
 //! `[sign_in.adopt]`: fronting a login service that issues SiS tokens of its
-//! own (SPEC §8).
+//! own (README, "Putting sis-gateway in front of an existing Sign-in Service").
 
 use std::path::PathBuf;
 

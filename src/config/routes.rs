@@ -58,7 +58,8 @@ pub struct RouteConfig {
     pub max_body: Option<u64>,
     pub identity_headers: IdentityHeaders,
     /// Protocols an `Upgrade` may ask for and be tunnelled (lower case,
-    /// `name` or `name/version`); others are removed (SPEC §5a).
+    /// `name` or `name/version`); others are removed (README, "The trust
+    /// boundary").
     pub upgrades: Vec<String>,
     /// A stable name for logs and metrics: `host` + `path_prefix`.
     pub name: String,

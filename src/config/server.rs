@@ -39,11 +39,14 @@ pub struct ServerConfig {
     /// How long an upstream that refused a connection is skipped.
     pub upstream_cooldown: Duration,
     pub watch_config: bool,
-    /// Runs of `/` in a path are merged into one (SPEC §5a).
+    /// Runs of `/` in a path are merged into one (README, "The trust
+    /// boundary").
     pub merge_slashes: bool,
-    /// What becomes of `%2F`, `%5C` and a raw `\` in a path (SPEC §5a).
+    /// What becomes of `%2F`, `%5C` and a raw `\` in a path (README, "The
+    /// trust boundary").
     pub escaped_slashes: EscapedSlashes,
-    /// Request fields whose name holds `_` are forwarded (SPEC §5a).
+    /// Request fields whose name holds `_` are forwarded (README, "The trust
+    /// boundary").
     pub underscores_in_headers: bool,
     pub tls: Option<TlsConfig>,
 }

@@ -19,7 +19,8 @@ pub struct SignInConfig {
     /// Exact origins (`scheme://host[:port]`) allowed credentialed CORS.
     pub cors_origins: Vec<String>,
     /// The login service: every path under `path_prefix` that the gateway
-    /// does not answer itself goes here (SPEC §8); `None` answers them 404.
+    /// does not answer itself goes here (README, `[sign_in]`); `None` answers
+    /// them 404.
     pub upstream: Option<Upstream>,
     /// `[sign_in.adopt]`: the login service's own tokens are adopted.
     pub adopt: Option<AdoptConfig>,

@@ -1,5 +1,6 @@
-//! The access-token keys of a login service the gateway fronts (SPEC §8):
-//! a JWKS read from a file or fetched from an `https://` URL (kept fresh by
+//! The access-token keys of a login service the gateway fronts (README,
+//! "Putting sis-gateway in front of an existing Sign-in Service"): a JWKS
+//! read from a file or fetched from an `https://` URL (kept fresh by
 //! [`super::jwks_fetch`]), and verification of that service's tokens with
 //! the set in use ([`super::keyset`]).
 

@@ -1,5 +1,5 @@
 //! Fetching `sign_in.adopt.jwks` from an `https://` URL and keeping it
-//! fresh (SPEC §8).
+//! fresh (README, "Fetching the JWKS").
 //!
 //! - One background task per URL source: it fetches at start, then every
 //!   [`REFRESH_INTERVAL`], or as the answer's `Cache-Control: max-age` asks

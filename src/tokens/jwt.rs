@@ -75,7 +75,9 @@ impl fmt::Debug for AccessClaims {
 #[derive(thiserror::Error, Debug, Clone, PartialEq)]
 pub enum VerifyError {
     /// Signed by one of our keys, but `exp` has passed. Carries the claims, for
-    /// logout (which accepts an expired token) and for the 403 of SPEC §5.
+    /// logout (which accepts an expired token) and for the 403 a route answers
+    /// an expired Bearer token with (README, "Pass-through routes and
+    /// transparent refresh").
     #[error("access token has expired")]
     Expired(Box<AccessClaims>),
     /// Anything else: garbage, unknown `kid`, algorithm mismatch, bad signature.
