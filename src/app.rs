@@ -18,6 +18,7 @@ use crate::metrics::{Metrics, RouteStats};
 use crate::proxy::{self, Proxy, ProxyError, Tunnels};
 use crate::sign_in::migrate::LoginService;
 use crate::sign_in::SignIn;
+use crate::tokens::jwks::UpstreamKeys;
 
 pub struct App {
     pub config: Arc<Config>,
@@ -27,31 +28,35 @@ pub struct App {
     pub auth: Auth,
     labels: Labels,
     path_rules: crate::target::PathRules,
+    /// With `[sign_in.adopt]`: the login service's keys.
+    adopt_keys: Option<Arc<UpstreamKeys>>,
 }
 
-/// Starts fetching an `https://` `sign_in.adopt.jwks`, or, on a reload
-/// that keeps its URL, takes the keys already fetched from `old`. A reload
+/// The keys of `sign_in.adopt.jwks`: read from its file, or fetched from
+/// its `https://` URL. A reload that keeps the URL (and `ca`) keeps the keys
+/// already fetched (`old`), instead of starting again with none; a reload
 /// to a URL that gives nothing usable is refused while the running one has
 /// keys.
 async fn start_adopt_keys(
-    config: &mut Config,
-    old: Option<&Config>,
+    config: &Config,
+    old: Option<&Arc<UpstreamKeys>>,
     metrics: &Metrics,
-) -> anyhow::Result<()> {
-    let Some(adopt) = config.sign_in.adopt.as_mut() else {
-        return Ok(());
+) -> anyhow::Result<Option<Arc<UpstreamKeys>>> {
+    let Some(adopt) = config.sign_in.adopt.as_ref() else {
+        return Ok(None);
     };
-    let old = old.and_then(|c| c.sign_in.adopt.as_ref());
-    if let Some(old) = old {
-        adopt.keep_fetched(old);
-    }
-    adopt.keys.start(metrics).await?;
-    if let (Some(why), Some(old)) = (adopt.keys.not_ready(), old) {
-        if old.keys.not_ready().is_none() {
+    let keys = UpstreamKeys::load(adopt).map_err(|e| anyhow::anyhow!("sign_in.adopt.jwks: {e}"))?;
+    let keys = match old {
+        Some(old) if keys.same_remote(old) => old.clone(),
+        _ => Arc::new(keys),
+    };
+    keys.start(metrics).await?;
+    if let (Some(why), Some(old)) = (keys.not_ready(), old) {
+        if old.not_ready().is_none() {
             anyhow::bail!("sign_in.adopt.jwks: {why}");
         }
     }
-    Ok(())
+    Ok(Some(keys))
 }
 
 /// Metrics of requests that are not routed.
@@ -73,28 +78,34 @@ impl App {
 
     /// A new `App` for a reloaded `config`, sharing this one's metrics and
     /// tunnels (so shutdown still sees tunnels opened before the reload).
-    pub async fn rebuild(&self, mut config: Config) -> anyhow::Result<App> {
-        start_adopt_keys(&mut config, Some(&self.config), &self.metrics).await?;
+    pub async fn rebuild(&self, config: Config) -> anyhow::Result<App> {
+        let adopt_keys = start_adopt_keys(&config, self.adopt_keys.as_ref(), &self.metrics).await?;
         let sign_in = self
             .sign_in
-            .reloaded(&self.config, &config, self.metrics.clone())
+            .reloaded(
+                &self.config,
+                &config,
+                adopt_keys.clone(),
+                self.metrics.clone(),
+            )
             .await?;
         Self::assemble(
             config,
             self.metrics.clone(),
             self.proxy.tunnels().clone(),
             sign_in,
+            adopt_keys,
         )
     }
 
     async fn build_with(
-        mut config: Config,
+        config: Config,
         metrics: Arc<Metrics>,
         tunnels: Tunnels,
     ) -> anyhow::Result<App> {
-        start_adopt_keys(&mut config, None, &metrics).await?;
-        let sign_in = SignIn::new(&config, metrics.clone()).await?;
-        Self::assemble(config, metrics, tunnels, sign_in)
+        let adopt_keys = start_adopt_keys(&config, None, &metrics).await?;
+        let sign_in = SignIn::new(&config, adopt_keys.clone(), metrics.clone()).await?;
+        Self::assemble(config, metrics, tunnels, sign_in, adopt_keys)
     }
 
     fn assemble(
@@ -102,6 +113,7 @@ impl App {
         metrics: Arc<Metrics>,
         tunnels: Tunnels,
         sign_in: SignIn,
+        adopt_keys: Option<Arc<UpstreamKeys>>,
     ) -> anyhow::Result<App> {
         let proxy = Proxy::new(&config, metrics.clone(), tunnels)?;
         let labels = Labels {
@@ -116,14 +128,14 @@ impl App {
             sign_in,
             metrics,
             labels,
+            adopt_keys,
         })
     }
 
     /// Why the gateway is not ready beyond its store: the login service's
     /// JWKS (an `https://` `sign_in.adopt.jwks`) never fetched yet.
     pub fn not_ready(&self) -> Option<String> {
-        let adopt = self.config.sign_in.adopt.as_ref()?;
-        adopt.keys.not_ready()
+        self.adopt_keys.as_ref()?.not_ready()
     }
 
     /// Answers one request on the public listener: a sign-in endpoint, or a

@@ -850,7 +850,7 @@ async fn reload(shared: Arc<Shared>, source: ReloadSource) {
             .get_or_create(&crate::metrics::ResultLabels { result })
             .inc();
     };
-    let config = match Config::load(&path) {
+    let config = match Config::load(&path, &crate::tokens::KeyFiles) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(

@@ -54,6 +54,7 @@ pub(crate) struct Adopter {
 impl Adopter {
     pub(crate) fn new(
         cfg: &AdoptConfig,
+        keys: Arc<UpstreamKeys>,
         config: &crate::config::Config,
         metrics: &Metrics,
     ) -> Adopter {
@@ -62,7 +63,7 @@ impl Adopter {
             migrator: cfg
                 .migrate
                 .then(|| super::migrate::Migrator::new(config, metrics)),
-            keys: cfg.keys.clone(),
+            keys,
             issuer: cfg.issuer.clone(),
             names: [
                 cookies.access_name(),

@@ -37,6 +37,7 @@ use crate::metrics::Metrics;
 use crate::session::service::{Bundle, RefreshError, Sessions};
 use crate::session::store::Store;
 use crate::time::{SharedClock, SystemClock};
+use crate::tokens::jwks::UpstreamKeys;
 use crate::tokens::jwt::{AccessClaims, AccessTokens, VerifyError};
 use crate::tokens::seal::Sealer;
 
@@ -85,12 +86,18 @@ pub struct SignIn {
 
 impl SignIn {
     /// Connects the store and loads keys as configured, on the system clock.
-    pub async fn new(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<SignIn> {
-        Self::with_clock(config, metrics, Arc::new(SystemClock)).await
+    /// `adopt_keys`: the login service's keys, with `[sign_in.adopt]`.
+    pub async fn new(
+        config: &Config,
+        adopt_keys: Option<Arc<UpstreamKeys>>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<SignIn> {
+        Self::with_clock(config, adopt_keys, metrics, Arc::new(SystemClock)).await
     }
 
     pub async fn with_clock(
         config: &Config,
+        adopt_keys: Option<Arc<UpstreamKeys>>,
         metrics: Arc<Metrics>,
         clock: SharedClock,
     ) -> anyhow::Result<SignIn> {
@@ -100,6 +107,7 @@ impl SignIn {
         let limiter = limit::FailureLimiter::new(config.sign_in.failures_per_minute, clock.clone());
         Ok(Self::assemble(
             config,
+            adopt_keys,
             metrics,
             clock,
             store,
@@ -117,6 +125,7 @@ impl SignIn {
         &self,
         old: &Config,
         config: &Config,
+        adopt_keys: Option<Arc<UpstreamKeys>>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<SignIn> {
         let s = &self.sessions;
@@ -146,12 +155,14 @@ impl SignIn {
         };
         let clock = self.clock.clone();
         Ok(Self::assemble(
-            config, metrics, clock, store, sealer, access, limiter,
+            config, adopt_keys, metrics, clock, store, sealer, access, limiter,
         ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         config: &Config,
+        adopt_keys: Option<Arc<UpstreamKeys>>,
         metrics: Arc<Metrics>,
         clock: SharedClock,
         store: Store,
@@ -163,7 +174,8 @@ impl SignIn {
             .sign_in
             .adopt
             .as_ref()
-            .map(|a| adopt::Adopter::new(a, config, &metrics));
+            .zip(adopt_keys)
+            .map(|(a, keys)| adopt::Adopter::new(a, keys, config, &metrics));
         let sessions = Sessions::new(config, store, sealer, access, clock.clone(), metrics);
         SignIn {
             adopter,
