@@ -130,7 +130,7 @@ impl App {
     /// routed pass-through.
     pub async fn handle(&self, mut req: Request<RequestBody>, ctx: &RequestCtx) -> Handled<'_> {
         // One path and one authority, settled before anything reads them
-        // (SPEC §5a).
+        // (README, The trust boundary).
         if let Err(e) = crate::target::admit(&mut req, self.path_rules) {
             return Handled {
                 response: crate::http::body::json_error(
