@@ -294,7 +294,7 @@ impl Conn {
         // Boxed, so the connection's own future stays small while idle.
         // No wait on the stop signal here: when the drain deadline passes,
         // the worker's runtime is dropped, and every connection with it.
-        let res = std::pin::pin!(super::public_request(
+        let res = std::pin::pin!(super::request::public_request(
             &self.shared,
             req,
             self.peer,
