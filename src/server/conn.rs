@@ -26,6 +26,7 @@ use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 
+use super::shutdown::{Phase, Shutdown};
 use crate::http::body::{Body, BoxError};
 use crate::metrics::Metrics;
 
@@ -146,19 +147,18 @@ impl ConnState {
     }
 }
 
-/// Watches one connection in a task of its own: drains it when `drain`
-/// turns true, closes it when a timeout passes or `hard_stop` turns true;
+/// Watches one connection in a task of its own: drains it when the server
+/// drains, closes it when a timeout passes or the server stops;
 /// ends when the connection reports [`ConnState::finished`].
 pub(crate) fn spawn_watchdog(
     state: Arc<ConnState>,
     header: Duration,
     idle: Duration,
-    mut drain: watch::Receiver<bool>,
-    mut hard_stop: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
     peer: std::net::SocketAddr,
 ) {
     tokio::spawn(async move {
-        let mut draining = false;
+        let mut seen = Phase::Serving;
         loop {
             tokio::select! {
                 reason = state.expired(header, idle) => {
@@ -166,13 +166,13 @@ pub(crate) fn spawn_watchdog(
                     state.close();
                     return;
                 }
-                _ = drain.wait_for(|d| *d), if !draining => {
-                    draining = true;
+                phase = shutdown.after(seen) => {
+                    seen = phase;
+                    if phase == Phase::Stopped {
+                        state.close();
+                        return;
+                    }
                     state.drain();
-                }
-                _ = hard_stop.wait_for(|stop| *stop) => {
-                    state.close();
-                    return;
                 }
                 _ = state.done.notified() => return,
             }

@@ -186,8 +186,7 @@ pub(super) async fn serve_http<I>(
         state.clone(),
         shared.header_read_timeout,
         shared.idle_timeout,
-        shared.signals().drain,
-        shared.signals().hard_stop,
+        shared.shutdown(),
         peer,
     );
     let conn = shared.builder.serve_connection_with_upgrades(io, service);

@@ -13,10 +13,10 @@ use super::Shared;
 /// timeout, or the server is shutting down.
 pub(super) async fn starts_with_h2_preface(stream: &TcpStream, shared: &Shared) -> Option<bool> {
     const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let mut drain = shared.signals().drain;
+    let mut shutdown = shared.shutdown();
     let ready = tokio::select! {
         biased;
-        _ = drain.wait_for(|d| *d) => return None,
+        () = shutdown.draining() => return None,
         ready = tokio::time::timeout(shared.idle_timeout, stream.readable()) => ready,
     };
     if !matches!(ready, Ok(Ok(()))) {

@@ -48,7 +48,7 @@ use crate::metrics::Metrics;
 use self::accept::{accept, accept_connection};
 use self::dispatch::connection_builder;
 use self::reload::{reload, reload_triggers};
-use self::shutdown::{Signals, WORKER_SIGNALS};
+use self::shutdown::{Shutdown, ShutdownControl};
 use self::workers::{worker_count, Workers, WORKER_APP};
 
 pub use self::reload::CONFIG_WATCH_INTERVAL;
@@ -97,10 +97,8 @@ struct Shared {
     tls: Option<TlsAcceptor>,
     public_slots: Arc<Semaphore>,
     admin_slots: Arc<Semaphore>,
-    /// Set on shutdown: every connection finishes what it is doing and closes.
-    drain: watch::Sender<bool>,
-    /// Set when the drain deadline passes: connections still open close now.
-    hard_stop: watch::Sender<bool>,
+    /// Draining, then stopped, on shutdown.
+    shutdown: ShutdownControl,
     /// Client connections open (public and admin, tunnels included).
     open: Arc<watch::Sender<usize>>,
     /// Bumped when a reload swaps `app`: workers let go of the old one.
@@ -120,7 +118,7 @@ impl std::ops::Deref for LiveApp {
 impl Shared {
     /// The live `App`, for one request.
     fn app(&self) -> Arc<LiveApp> {
-        let on_worker = WORKER_SIGNALS.with(|s| s.borrow().is_some());
+        let on_worker = shutdown::is_worker();
         if !on_worker {
             return Arc::new(LiveApp(self.app.load_full()));
         }
@@ -138,14 +136,9 @@ impl Shared {
         })
     }
 
-    fn signals(&self) -> Signals {
-        WORKER_SIGNALS
-            .with(|s| s.borrow().clone())
-            .unwrap_or_else(|| Signals {
-                drain: self.drain.subscribe(),
-                hard_stop: self.hard_stop.subscribe(),
-                worker: false,
-            })
+    /// The shutdown phase as this thread's tasks watch it.
+    fn shutdown(&self) -> Shutdown {
+        shutdown::on_worker().unwrap_or_else(|| self.shutdown.subscribe())
     }
 }
 
@@ -182,8 +175,7 @@ pub async fn serve(
         tls,
         public_slots: Arc::new(Semaphore::new(server.max_connections)),
         admin_slots: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
-        drain: watch::channel(false).0,
-        hard_stop: watch::channel(false).0,
+        shutdown: ShutdownControl::new(),
         reloaded: watch::channel(0).0,
         open: Arc::new(watch::channel(0).0),
     });

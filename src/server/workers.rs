@@ -10,11 +10,9 @@ use tokio::sync::mpsc;
 
 use super::conn::ConnTicket;
 use super::dispatch::{serve_connection, serve_plain};
-use super::h1;
-use super::shutdown::{Signals, WORKER_SIGNALS};
+use super::shutdown;
 use super::{Kind, LiveApp, Shared};
 use crate::proxy;
-use tokio::sync::watch;
 
 thread_local! {
     /// A worker thread's handle on the live [`App`]: its own reference
@@ -78,7 +76,8 @@ impl Workers {
                     proxy::pool::set_worker_slot(id);
                     crate::time::timer::start_worker();
                     runtime.block_on(async move {
-                        relay_signals_to_worker(&shared);
+                        shutdown::for_worker(&shared.shutdown);
+                        release_replaced_apps(&shared);
                         while let Some(h) = rx.recv().await {
                             match TcpStream::from_std(h.stream) {
                                 Ok(stream) if shared.tls.is_none() => {
@@ -108,6 +107,7 @@ impl Workers {
                     // runtime it belongs to is still there.
                     crate::time::timer::end_worker();
                     WORKER_APP.with(|app| app.borrow_mut().take());
+                    shutdown::leave_worker();
                     // Dropping the runtime ends what is left: pooled upstream
                     // connections, connections past the drain deadline.
                     drop(runtime);
@@ -143,32 +143,10 @@ impl Workers {
     }
 }
 
-/// Relays the server's shutdown signals to channels of the current worker
-/// thread (see [`WORKER_SIGNALS`]).
-pub(super) fn relay_signals_to_worker(shared: &Shared) {
-    let relay = |global: &watch::Sender<bool>, idle_too: bool| {
-        let (tx, rx) = watch::channel(false);
-        let mut global = global.subscribe();
-        tokio::spawn(async move {
-            if global.wait_for(|on| *on).await.is_ok() {
-                tx.send_replace(true);
-                if idle_too {
-                    h1::idle::start_draining();
-                }
-            }
-            // Kept until the worker stops, so receivers never see it closed.
-            std::future::pending::<()>().await;
-        });
-        rx
-    };
-    let signals = Signals {
-        drain: relay(&shared.drain, true),
-        hard_stop: relay(&shared.hard_stop, false),
-        worker: true,
-    };
-    WORKER_SIGNALS.with(|s| *s.borrow_mut() = Some(signals));
-    // A replaced App is released by an idle worker too, not only when its
-    // next request sees the new one.
+/// Lets go of this worker's [`LiveApp`] when a reload replaces it, so an
+/// idle worker releases the old `App` too, not only when its next request
+/// sees the new one.
+fn release_replaced_apps(shared: &Shared) {
     let mut reloaded = shared.reloaded.subscribe();
     tokio::spawn(async move {
         while reloaded.changed().await.is_ok() {

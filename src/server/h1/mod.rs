@@ -16,8 +16,6 @@
 //! handler did not read to its end is drained when it is small and quick,
 //! otherwise the connection closes after the response.
 
-pub(crate) mod idle;
-
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -29,9 +27,10 @@ use futures_util::FutureExt as _;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt as _;
 use tokio::io::AsyncWriteExt as _;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::conn::ConnTicket;
+use super::shutdown::Shutdown;
 use super::Shared;
 use crate::ctx::RequestId;
 use crate::http::body::{json_error, RequestBody};
@@ -73,15 +72,13 @@ pub(super) async fn serve(
     tls: bool,
     ticket: Option<ConnTicket>,
 ) {
-    let signals = shared.signals();
     let mut conn = Conn {
-        on_worker: signals.worker,
+        shutdown: shared.shutdown(),
         limits: Limits {
             header_read_timeout: shared.header_read_timeout,
             idle_timeout: shared.idle_timeout,
             max_header_size: shared.max_header_size,
         },
-        drain: signals.drain,
         shared,
         peer,
         tls,
@@ -126,9 +123,7 @@ async fn linger(read: &mut ReadSide) {
 struct Conn {
     shared: Arc<Shared>,
     limits: Limits,
-    drain: watch::Receiver<bool>,
-    /// On a worker thread, whose drain wakes [`idle::DrainWait`]s.
-    on_worker: bool,
+    shutdown: Shutdown,
     peer: SocketAddr,
     tls: bool,
     /// `None` while a request body holds it.
@@ -154,7 +149,7 @@ impl Conn {
             if read.buf.is_empty() {
                 // Idle: give the buffer back and wait for the next request.
                 crate::http::h1::give_read_buf(std::mem::take(&mut read.buf));
-                if *self.drain.borrow() {
+                if self.shutdown.is_draining() {
                     return "shutting down";
                 }
                 // Under load the next request is often there already: a
@@ -174,20 +169,11 @@ impl Conn {
                             .idle_timer
                             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
                         loop {
-                            let woke = if self.on_worker {
-                                tokio::select! {
-                                    biased;
-                                    _ = idle::DrainWait::default() => return "shutting down",
-                                    got = read.fill() => Ok(got),
-                                    () = timer.as_mut() => Err(()),
-                                }
-                            } else {
-                                tokio::select! {
-                                    biased;
-                                    _ = self.drain.wait_for(|d| *d) => return "shutting down",
-                                    got = read.fill() => Ok(got),
-                                    () = timer.as_mut() => Err(()),
-                                }
+                            let woke = tokio::select! {
+                                biased;
+                                () = self.shutdown.idle() => return "shutting down",
+                                got = read.fill() => Ok(got),
+                                () = timer.as_mut() => Err(()),
                             };
                             match woke {
                                 Err(()) if timer.deadline() < due => timer.as_mut().reset(due),
@@ -304,7 +290,7 @@ impl Conn {
         let upgrading =
             upgrade.is_some() && res.response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let keep_alive = head.keep_alive
-            && !*self.drain.borrow()
+            && !self.shutdown.is_draining()
             && !shared_body
                 .as_ref()
                 .is_some_and(|b| b.beyond_drain(DRAIN_LIMIT));
