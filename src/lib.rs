@@ -53,6 +53,7 @@ pub mod sign_in;
 pub mod target;
 pub mod time;
 pub mod tokens;
+pub mod worker;
 
 /// A future pinned in a box of its own. The box is allocated first and the
 /// future made in it, so a large future's state is not built on the stack

@@ -49,7 +49,7 @@ use self::accept::{accept, accept_connection};
 use self::dispatch::connection_builder;
 use self::reload::{reload, reload_triggers};
 use self::shutdown::{Shutdown, ShutdownControl};
-use self::workers::{worker_count, Workers, WORKER_APP};
+use self::workers::{WorkerApp, Workers};
 
 pub use self::reload::CONFIG_WATCH_INTERVAL;
 
@@ -118,22 +118,19 @@ impl std::ops::Deref for LiveApp {
 impl Shared {
     /// The live `App`, for one request.
     fn app(&self) -> Arc<LiveApp> {
-        let on_worker = shutdown::is_worker();
-        if !on_worker {
+        let Some(slot) = crate::worker::get::<WorkerApp>() else {
             return Arc::new(LiveApp(self.app.load_full()));
-        }
+        };
         let live = self.app.load();
-        WORKER_APP.with(|cached| {
-            let mut cached = cached.borrow_mut();
-            match &*cached {
-                Some(app) if Arc::ptr_eq(&app.0, &*live) => app.clone(),
-                _ => {
-                    let app = Arc::new(LiveApp(arc_swap::Guard::into_inner(live)));
-                    *cached = Some(app.clone());
-                    app
-                }
+        let mut cached = slot.0.borrow_mut();
+        match &*cached {
+            Some(app) if Arc::ptr_eq(&app.0, &*live) => app.clone(),
+            _ => {
+                let app = Arc::new(LiveApp(arc_swap::Guard::into_inner(live)));
+                *cached = Some(app.clone());
+                app
             }
-        })
+        }
     }
 
     /// The shutdown phase as this thread's tasks watch it.
@@ -180,7 +177,7 @@ pub async fn serve(
         open: Arc::new(watch::channel(0).0),
     });
     let Listeners { public, admin } = listeners;
-    let workers = Workers::start(worker_count(), &shared)?;
+    let workers = Workers::start(crate::worker::count(), &shared)?;
     let mut reloads = reload_triggers(&shared);
     tracing::info!(
         addr = %public.local_addr()?,

@@ -16,6 +16,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use tokio::sync::watch;
@@ -118,17 +119,19 @@ impl Future for IdleWait<'_> {
     }
 }
 
-thread_local! {
-    /// A worker thread's own [`Shutdown`] (see [`for_worker`]).
-    static WORKER: RefCell<Option<Shutdown>> = const { RefCell::new(None) };
-    /// The idle HTTP/1 connections of a worker thread.
-    static IDLE: RefCell<IdleSet> = RefCell::new(IdleSet::default());
+/// What a worker thread keeps of the shutdown in its context
+/// ([`crate::worker`]).
+struct OnWorker {
+    /// Its own copy of the phase (see [`for_worker`]).
+    shutdown: Shutdown,
+    /// Its idle HTTP/1 connections.
+    idle: RefCell<IdleSet>,
 }
 
 /// Gives the current worker thread its own copy of `control`'s phase,
 /// relayed by a task on the worker's runtime, which also wakes the thread's
 /// idle connections when the server drains. Call once, inside the worker's
-/// runtime.
+/// runtime, after [`crate::worker::enter`].
 pub(super) fn for_worker(control: &ShutdownControl) {
     let (tx, rx) = watch::channel(*control.phase.borrow());
     let mut global = control.phase.subscribe();
@@ -146,27 +149,20 @@ pub(super) fn for_worker(control: &ShutdownControl) {
         // Kept until the worker stops, so receivers never see it closed.
         std::future::pending::<()>().await;
     });
-    WORKER.with(|w| {
-        *w.borrow_mut() = Some(Shutdown {
-            phase: rx,
-            worker: true,
-        })
-    });
-}
-
-/// Whether this is a worker thread.
-pub(super) fn is_worker() -> bool {
-    WORKER.with(|w| w.borrow().is_some())
+    if let Some(worker) = crate::worker::current() {
+        worker.insert(Rc::new(OnWorker {
+            shutdown: Shutdown {
+                phase: rx,
+                worker: true,
+            },
+            idle: RefCell::default(),
+        }));
+    }
 }
 
 /// The current worker thread's [`Shutdown`], if this is a worker thread.
 pub(super) fn on_worker() -> Option<Shutdown> {
-    WORKER.with(|w| w.borrow().clone())
-}
-
-/// Forgets the current worker thread's [`Shutdown`].
-pub(super) fn leave_worker() {
-    WORKER.with(|w| w.borrow_mut().take());
+    crate::worker::get::<OnWorker>().map(|w| w.shutdown.clone())
 }
 
 #[derive(Default)]
@@ -179,11 +175,14 @@ struct IdleSet {
 /// Wakes every idle connection of this thread, and any that goes idle
 /// later, to close.
 fn wake_idle() {
-    let wakers: Vec<Waker> = IDLE.with(|set| {
-        let mut set = set.borrow_mut();
+    let Some(worker) = crate::worker::get::<OnWorker>() else {
+        return;
+    };
+    let wakers: Vec<Waker> = {
+        let mut set = worker.idle.borrow_mut();
         set.draining = true;
         set.wakers.iter_mut().filter_map(Option::take).collect()
-    });
+    };
     for w in wakers {
         w.wake();
     }
@@ -199,8 +198,12 @@ impl Future for DrainWait {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        IDLE.with(|set| {
-            let mut set = set.borrow_mut();
+        // Not a worker (any more): its connections are going anyway.
+        let Some(worker) = crate::worker::get::<OnWorker>() else {
+            return Poll::Ready(());
+        };
+        {
+            let mut set = worker.idle.borrow_mut();
             if set.draining {
                 return Poll::Ready(());
             }
@@ -225,18 +228,18 @@ impl Future for DrainWait {
                 }
             }
             Poll::Pending
-        })
+        }
     }
 }
 
 impl Drop for DrainWait {
     fn drop(&mut self) {
         if let Some(i) = self.slot {
-            let _ = IDLE.try_with(|set| {
-                let mut set = set.borrow_mut();
+            if let Some(worker) = crate::worker::get::<OnWorker>() {
+                let mut set = worker.idle.borrow_mut();
                 set.wakers[i] = None;
                 set.free.push(i);
-            });
+            }
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The worker threads that serve public connections: their count, their
 //! runtimes, and the round-robin handoff of accepted connections.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -12,26 +14,15 @@ use super::conn::ConnTicket;
 use super::dispatch::{serve_connection, serve_plain};
 use super::shutdown;
 use super::{Kind, LiveApp, Shared};
-use crate::proxy;
+use crate::worker;
 
-thread_local! {
-    /// A worker thread's handle on the live [`App`]: its own reference
-    /// count, so requests on different workers do not contend for the
-    /// `App`'s. Replaced when a reload swaps the `App`; the one it holds
-    /// stays alive until then, so its address cannot be reused by another.
-    pub(super) static WORKER_APP: std::cell::RefCell<Option<Arc<LiveApp>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Worker threads serving the public listener's connections: `TOKIO_WORKER_THREADS`,
-/// else one per CPU.
-pub(super) fn worker_count() -> usize {
-    std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
+/// A worker's handle on the live [`App`](crate::app::App), kept in its
+/// context ([`crate::worker`]): its own reference count, so requests on
+/// different workers do not contend for the `App`'s. Replaced when a reload
+/// swaps the `App`; the one it holds stays alive until then, so its address
+/// cannot be reused by another.
+#[derive(Default)]
+pub(super) struct WorkerApp(pub(super) RefCell<Option<Arc<LiveApp>>>);
 
 /// A connection accepted by the listener loop, on its way to a worker.
 pub(super) struct Handoff {
@@ -73,8 +64,7 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("sis-worker-{id}"))
                 .spawn(move || {
-                    proxy::pool::set_worker_slot(id);
-                    crate::time::timer::start_worker();
+                    let entered = worker::enter(id);
                     runtime.block_on(async move {
                         shutdown::for_worker(&shared.shutdown);
                         release_replaced_apps(&shared);
@@ -105,9 +95,7 @@ impl Workers {
                     });
                     // What this thread kept for its requests goes while the
                     // runtime it belongs to is still there.
-                    crate::time::timer::end_worker();
-                    WORKER_APP.with(|app| app.borrow_mut().take());
-                    shutdown::leave_worker();
+                    drop(entered);
                     // Dropping the runtime ends what is left: pooled upstream
                     // connections, connections past the drain deadline.
                     drop(runtime);
@@ -147,10 +135,16 @@ impl Workers {
 /// idle worker releases the old `App` too, not only when its next request
 /// sees the new one.
 fn release_replaced_apps(shared: &Shared) {
+    let slot = Rc::new(WorkerApp::default());
+    if let Some(worker) = worker::current() {
+        worker.insert(slot);
+    }
     let mut reloaded = shared.reloaded.subscribe();
     tokio::spawn(async move {
         while reloaded.changed().await.is_ok() {
-            WORKER_APP.with(|app| app.borrow_mut().take());
+            if let Some(app) = worker::get::<WorkerApp>() {
+                app.0.borrow_mut().take();
+            }
         }
     });
 }
