@@ -26,6 +26,7 @@ use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 
+use super::close::Close;
 use super::shutdown::{Phase, Shutdown};
 use crate::http::body::{Body, BoxError};
 use crate::metrics::Metrics;
@@ -113,7 +114,7 @@ impl ConnState {
     /// Resolves when the connection has been idle longer than `idle`, has
     /// taken longer than `header` to send a request head, or has not taken
     /// any of its response for longer than `idle`.
-    async fn expired(&self, header: Duration, idle: Duration) -> &'static str {
+    async fn expired(&self, header: Duration, idle: Duration) -> Close {
         let header_ms = header.as_millis() as u64;
         let idle_ms = idle.as_millis() as u64;
         loop {
@@ -121,7 +122,7 @@ impl ConnState {
             let wait_ms = if self.active.load(Ordering::Relaxed) > 0 {
                 let blocked = self.write_blocked_since.load(Ordering::Relaxed);
                 if blocked != 0 && now >= blocked + idle_ms {
-                    return "client stopped reading";
+                    return Close::ClientStoppedReading;
                 }
                 header_ms.min(idle_ms)
             } else {
@@ -129,13 +130,13 @@ impl ConnState {
                 if started != 0 && !self.h2.load(Ordering::Relaxed) {
                     let deadline = started + header_ms;
                     if now >= deadline {
-                        return "request head not received in time";
+                        return Close::HeadTimeout;
                     }
                     deadline - now
                 } else {
                     let deadline = self.idle_since.load(Ordering::Relaxed) + idle_ms;
                     if now >= deadline {
-                        return "idle";
+                        return Close::Idle;
                     }
                     // Wake at least once per header timeout: a request head
                     // may start arriving meanwhile, and its clock is shorter.
@@ -162,7 +163,7 @@ pub(crate) fn spawn_watchdog(
         loop {
             tokio::select! {
                 reason = state.expired(header, idle) => {
-                    tracing::debug!(%peer, reason, "closing connection");
+                    tracing::debug!(%peer, %reason, "closing connection");
                     state.close();
                     return;
                 }

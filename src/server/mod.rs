@@ -18,6 +18,7 @@
 //! connections its requests use, so a request never crosses threads.
 
 mod accept;
+mod close;
 mod conn;
 mod dispatch;
 pub mod h1;

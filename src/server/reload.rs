@@ -1,13 +1,15 @@
 //! Configuration reload: its triggers (SIGHUP, a changed file) and the swap
 //! of the live [`App`](crate::app::App) for one built from the new file.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
 use super::Shared;
-use crate::config::Config;
+use crate::app::App;
+use crate::config::{Config, ConfigError};
 
 /// How often `watch_config = true` looks at the file's modification time.
 pub const CONFIG_WATCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -66,32 +68,58 @@ pub(super) fn reload_triggers(shared: &Arc<Shared>) -> mpsc::Receiver<ReloadSour
     rx
 }
 
-/// Re-reads the config file and swaps in a new [`App`]. An invalid file is
-/// logged and the running configuration kept. Listener addresses, TLS and
-/// connection settings only change on restart.
+/// Why a reload kept the running configuration.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ReloadError {
+    /// The file does not load or validate.
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+    /// The configuration is valid, but building what it describes failed.
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
+}
+
+impl ReloadError {
+    /// The `result` label of `sis_config_reloads_total`.
+    fn label(&self) -> &'static str {
+        match self {
+            ReloadError::Invalid(_) => "invalid",
+            ReloadError::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Re-reads the config file and swaps in a new [`App`](crate::app::App). An
+/// invalid file is logged and the running configuration kept. Listener
+/// addresses, TLS and connection settings only change on restart.
 pub(super) async fn reload(shared: Arc<Shared>, source: ReloadSource) {
     let current = shared.app.load_full();
     let Some(path) = current.config.path.clone() else {
         return;
     };
-    let count = |result: &'static str| {
-        shared
-            .metrics
-            .reloads
-            .get_or_create(&crate::metrics::ResultLabels { result })
-            .inc();
-    };
-    let config = match Config::load(&path) {
-        Ok(c) => c,
+    let result = match try_reload(&shared, &current, &path).await {
+        Ok(()) => {
+            tracing::info!(?source, path = %path.display(), "configuration reloaded");
+            "ok"
+        }
         Err(e) => {
             tracing::error!(
                 ?source,
                 "config reload failed; keeping the running configuration: {e}"
             );
-            count("invalid");
-            return;
+            e.label()
         }
     };
+    shared
+        .metrics
+        .reloads
+        .get_or_create(&crate::metrics::ResultLabels { result })
+        .inc();
+}
+
+/// Loads `path` and swaps in the `App` it describes.
+async fn try_reload(shared: &Shared, current: &App, path: &Path) -> Result<(), ReloadError> {
+    let config = Config::load(path)?;
     let (old, new) = (&current.config.server, &config.server);
     if old.listen != new.listen
         || old.admin_listen != new.admin_listen
@@ -105,19 +133,8 @@ pub(super) async fn reload(shared: Arc<Shared>, source: ReloadSource) {
             "server listener and connection settings changed; they take effect on restart"
         );
     }
-    match current.rebuild(config).await {
-        Ok(app) => {
-            shared.app.store(Arc::new(app));
-            shared.reloaded.send_modify(|n| *n += 1);
-            count("ok");
-            tracing::info!(?source, path = %path.display(), "configuration reloaded");
-        }
-        Err(e) => {
-            count("failed");
-            tracing::error!(
-                ?source,
-                "config reload failed; keeping the running configuration: {e:#}"
-            );
-        }
-    }
+    let app = current.rebuild(config).await.map_err(ReloadError::Failed)?;
+    shared.app.store(Arc::new(app));
+    shared.reloaded.send_modify(|n| *n += 1);
+    Ok(())
 }

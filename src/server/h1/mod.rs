@@ -29,6 +29,7 @@ use http_body_util::BodyExt as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::oneshot;
 
+use super::close::Close;
 use super::conn::ConnTicket;
 use super::shutdown::Shutdown;
 use super::Shared;
@@ -89,7 +90,7 @@ pub(super) async fn serve(
         idle_timer: None,
     };
     let reason = conn.run().await;
-    tracing::debug!(%peer, reason, "closing connection");
+    tracing::debug!(%peer, %reason, "closing connection");
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.write.shutdown()).await;
     if conn.linger {
         if let Some(read) = conn.read.as_mut() {
@@ -141,22 +142,22 @@ struct Conn {
 
 impl Conn {
     /// Serves requests until the connection should close; says why.
-    async fn run(&mut self) -> &'static str {
+    async fn run(&mut self) -> Close {
         loop {
             let Some(mut read) = self.read.take() else {
-                return "request body not recovered";
+                return Close::BodyNotRecovered;
             };
             if read.buf.is_empty() {
                 // Idle: give the buffer back and wait for the next request.
                 crate::http::h1::give_read_buf(std::mem::take(&mut read.buf));
                 if self.shutdown.is_draining() {
-                    return "shutting down";
+                    return Close::ShuttingDown;
                 }
                 // Under load the next request is often there already: a
                 // read that does not wait needs no timer.
                 let ready = std::future::poll_fn(|cx| read.poll_fill(cx)).now_or_never();
                 let got = match ready {
-                    Some(got) => Ok(got),
+                    Some(got) => Wait::Read(got),
                     None => {
                         // Seconds-scale: the coarse clock saves a clock read.
                         let due = crate::time::coarse::deadline(self.limits.idle_timeout);
@@ -171,28 +172,30 @@ impl Conn {
                         loop {
                             let woke = tokio::select! {
                                 biased;
-                                () = self.shutdown.idle() => return "shutting down",
-                                got = read.fill() => Ok(got),
-                                () = timer.as_mut() => Err(()),
+                                () = self.shutdown.idle() => return Close::ShuttingDown,
+                                got = read.fill() => Wait::Read(got),
+                                () = timer.as_mut() => Wait::TimerFired,
                             };
                             match woke {
-                                Err(()) if timer.deadline() < due => timer.as_mut().reset(due),
+                                Wait::TimerFired if timer.deadline() < due => {
+                                    timer.as_mut().reset(due)
+                                }
                                 woke => break woke,
                             }
                         }
                     }
                 };
                 match got {
-                    Ok(Ok(0)) => return "closed by client",
-                    Ok(Err(_)) => return "read error",
-                    Err(_) => return "idle",
-                    Ok(Ok(_)) => {}
+                    Wait::Read(Ok(0)) => return Close::ClosedByClient,
+                    Wait::Read(Err(_)) => return Close::ReadError,
+                    Wait::TimerFired => return Close::Idle,
+                    Wait::Read(Ok(_)) => {}
                 }
             }
             // A head that arrived whole (the usual case) needs no timer.
             let head = match parse::parse(&mut read.buf, self.limits.max_header_size) {
-                Ok(Some(head)) => Ok(Ok(head)),
-                Err(e) => Ok(Err(Some(e))),
+                Ok(Some(head)) => HeadRead::Head(head),
+                Err(e) => HeadRead::Malformed(e),
                 Ok(None) => {
                     // Boxed, as the answer below: a head that comes in
                     // pieces waits on the network anyway, and its timer and
@@ -202,12 +205,13 @@ impl Conn {
                         read_head(&mut read, self.limits.max_header_size),
                     ))
                     .await
+                    .unwrap_or(HeadRead::TimedOut)
                 }
             };
             let head = match head {
-                Err(_) => return "request head not received in time",
-                Ok(Err(None)) => return "closed during a request head",
-                Ok(Err(Some(e))) => {
+                HeadRead::TimedOut => return Close::HeadTimeout,
+                HeadRead::Closed => return Close::ClosedDuringHead,
+                HeadRead::Malformed(e) => {
                     self.linger_on(read);
                     let mut res = json_error(e.status(), &e.to_string());
                     res.headers_mut()
@@ -219,9 +223,9 @@ impl Conn {
                     // Boxed: this rare answer's state would otherwise be part
                     // of every connection's, idle ones included.
                     let _ = crate::boxed!(self.respond(res.into(), exchange, false)).await;
-                    return "malformed request head";
+                    return Close::MalformedHead;
                 }
-                Ok(Ok(head)) => head,
+                HeadRead::Head(head) => head,
             };
             // Boxed: an exchange's state (request head, response writing) is
             // large, and only needed while it runs, not while the connection
@@ -250,7 +254,7 @@ impl Conn {
             .await
             .is_err()
         {
-            return Next::Close("client stopped reading");
+            return Next::Close(Close::ClientStoppedReading);
         }
         let (body, shared_body) = match head.framing {
             parse::Framing::Empty => {
@@ -301,18 +305,18 @@ impl Conn {
 
         if let Some(shared) = shared_body {
             let Some((mut read, mut decoder, failed)) = shared.reclaim() else {
-                return Next::Close("request body not recovered");
+                return Next::Close(Close::BodyNotRecovered);
             };
             if failed {
                 self.linger_on(read);
-                return Next::Close("malformed request body");
+                return Next::Close(Close::MalformedBody);
             }
             let finished = decoder.is_done()
                 || (keep_alive
                     && drain_body(&mut read, &mut decoder, self.limits.header_read_timeout).await);
             if !finished {
                 self.linger_on(read);
-                return Next::Close("request body not read");
+                return Next::Close(Close::BodyNotRead);
             }
             self.read = Some(read);
         }
@@ -327,12 +331,12 @@ impl Conn {
                     ticket.map(|t| Box::new(t) as halves::Held),
                 ));
             }
-            return Next::Close("upgraded");
+            return Next::Close(Close::Upgraded);
         }
         if keep_alive {
             Next::Continue
         } else {
-            Next::Close("not keep-alive")
+            Next::Close(Close::NotKeepAlive)
         }
     }
 
@@ -348,7 +352,7 @@ impl Conn {
         res: Reply,
         exchange: Exchange,
         keep_alive: bool,
-    ) -> Result<bool, &'static str> {
+    ) -> Result<bool, Close> {
         let mut out = h1::take_buf(512);
         let result = self
             .write_response(res, exchange, keep_alive, &mut out)
@@ -364,7 +368,7 @@ impl Conn {
         exchange: Exchange,
         mut keep_alive: bool,
         out: &mut Vec<u8>,
-    ) -> Result<bool, &'static str> {
+    ) -> Result<bool, Close> {
         let (parts, mut body) = res.response.into_parts();
         let fields = encode::Fields {
             received: res.received.as_deref(),
@@ -406,7 +410,7 @@ impl Conn {
                     tracing::debug!(peer = %self.peer, error = %e, "response body failed");
                     // Whatever was sent, the client must not take it as whole.
                     let _ = self.flush(out, None, idle).await;
-                    return Err("response body failed");
+                    return Err(Close::ResponseBodyFailed);
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if !data.is_empty() => data,
@@ -417,7 +421,7 @@ impl Conn {
             if let Framing::Length(n) = framing {
                 if sent + len > n {
                     tracing::debug!(peer = %self.peer, "response body longer than its length");
-                    return Err("response body longer than declared");
+                    return Err(Close::ResponseTooLong);
                 }
             }
             sent += len;
@@ -441,7 +445,7 @@ impl Conn {
         if let Framing::Length(n) = framing {
             if sent != n {
                 let _ = self.flush(out, None, idle).await;
-                return Err("response body shorter than declared");
+                return Err(Close::ResponseTooShort);
             }
         }
         if framing == Framing::Chunked {
@@ -458,7 +462,7 @@ impl Conn {
         pending: &mut Vec<u8>,
         extra: Option<(&[u8], &[u8])>,
         idle: Duration,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), Close> {
         if pending.is_empty() && extra.is_none() {
             return Ok(());
         }
@@ -475,26 +479,48 @@ impl Conn {
         pending.clear();
         match result {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err("write error"),
-            Err(_) => Err("client stopped reading"),
+            Ok(Err(_)) => Err(Close::WriteError),
+            Err(_) => Err(Close::ClientStoppedReading),
         }
     }
 }
 
 enum Next {
     Continue,
-    Close(&'static str),
+    Close(Close),
 }
 
-/// Reads until a whole request head is in `read.buf`. `Err(None)`: the
-/// connection ended first.
-async fn read_head(read: &mut ReadSide, max: usize) -> Result<parse::Head, Option<HeadError>> {
+/// What waiting for the next request ended with.
+enum Wait {
+    /// A read finished: bytes, the client's end (0), or an error.
+    Read(std::io::Result<usize>),
+    /// The idle timer fired (perhaps for an earlier wait).
+    TimerFired,
+}
+
+/// What reading a request head ended with.
+// Unboxed: a head is read for every request, and boxing it would cost an
+// allocation each time, as the `Result` this replaces did not.
+#[allow(clippy::large_enum_variant)]
+enum HeadRead {
+    Head(parse::Head),
+    Malformed(HeadError),
+    /// The connection ended first.
+    Closed,
+    /// `server.header_read_timeout` passed first.
+    TimedOut,
+}
+
+/// Reads until a whole request head is in `read.buf`.
+async fn read_head(read: &mut ReadSide, max: usize) -> HeadRead {
     loop {
-        if let Some(head) = parse::parse(&mut read.buf, max).map_err(Some)? {
-            return Ok(head);
+        match parse::parse(&mut read.buf, max) {
+            Ok(Some(head)) => return HeadRead::Head(head),
+            Err(e) => return HeadRead::Malformed(e),
+            Ok(None) => {}
         }
         match read.fill().await {
-            Ok(0) | Err(_) => return Err(None),
+            Ok(0) | Err(_) => return HeadRead::Closed,
             Ok(_) => {}
         }
     }
