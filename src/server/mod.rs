@@ -117,6 +117,29 @@ impl std::ops::Deref for LiveApp {
 }
 
 impl Shared {
+    /// What connections share, for `app`.
+    fn new(app: App) -> anyhow::Result<Shared> {
+        let server = app.config.server.clone();
+        let tls = match &server.tls {
+            Some(t) => Some(tls::acceptor(t)?),
+            None => None,
+        };
+        Ok(Shared {
+            metrics: app.metrics.clone(),
+            app: ArcSwap::from_pointee(app),
+            builder: connection_builder(&server),
+            header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
+            max_header_size: server.max_header_size,
+            tls,
+            public_slots: Arc::new(Semaphore::new(server.max_connections)),
+            admin_slots: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
+            shutdown: ShutdownControl::new(),
+            reloaded: watch::channel(0).0,
+            open: Arc::new(watch::channel(0).0),
+        })
+    }
+
     /// The live `App`, for one request.
     fn app(&self) -> Arc<LiveApp> {
         let Some(slot) = crate::worker::get::<WorkerApp>() else {
@@ -158,25 +181,7 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let server = app.config.server.clone();
-    let tls = match &server.tls {
-        Some(t) => Some(tls::acceptor(t)?),
-        None => None,
-    };
-    let shared = Arc::new(Shared {
-        metrics: app.metrics.clone(),
-        app: ArcSwap::from_pointee(app),
-        builder: connection_builder(&server),
-        header_read_timeout: server.header_read_timeout,
-        idle_timeout: server.idle_timeout,
-        max_header_size: server.max_header_size,
-        tls,
-        public_slots: Arc::new(Semaphore::new(server.max_connections)),
-        admin_slots: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
-        shutdown: ShutdownControl::new(),
-        reloaded: watch::channel(0).0,
-        open: Arc::new(watch::channel(0).0),
-    });
+    let shared = Arc::new(Shared::new(app)?);
     let Listeners { public, admin } = listeners;
     let workers = Workers::start(crate::worker::count(), &shared)?;
     let mut reloads = reload_triggers(&shared);

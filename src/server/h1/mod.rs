@@ -29,6 +29,9 @@ use http_body_util::BodyExt as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::oneshot;
 
+#[cfg(test)]
+mod tests;
+
 use super::close::Close;
 use super::conn::ConnTicket;
 use super::shutdown::Shutdown;
