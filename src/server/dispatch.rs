@@ -16,7 +16,7 @@ use super::conn::{
     self, ActiveGuard, ConnState, ConnTicket, TrackedBody, TrackedStream, UntilClosed,
 };
 use super::h1;
-use super::h2c::starts_with_h2_preface;
+use super::h2c::{self, Opening};
 use super::request::public_request;
 use super::{Kind, Shared};
 use crate::config::ServerConfig;
@@ -104,9 +104,9 @@ pub(super) async fn serve_plain(
     peer: SocketAddr,
     ticket: ConnTicket,
 ) {
-    match starts_with_h2_preface(&stream, &shared).await {
-        Some(true) => serve_plain_with_hyper(&shared, stream, peer, Kind::Public, ticket).await,
-        Some(false) => {
+    match h2c::opening(&stream, &shared).await {
+        Opening::H2 => serve_plain_with_hyper(&shared, stream, peer, Kind::Public, ticket).await,
+        Opening::Http1 => {
             let (read, write) = stream.into_split();
             h1::serve(
                 shared,
@@ -118,7 +118,7 @@ pub(super) async fn serve_plain(
             )
             .await
         }
-        None => tracing::debug!(%peer, "closed before a request"),
+        Opening::Gone => tracing::debug!(%peer, "closed before a request"),
     }
 }
 
