@@ -31,8 +31,10 @@
 //!   per-worker state), entered and left in one place; below everything, it imports nothing of the
 //!   crate. Its docs list every per-thread item and where it lives.
 //!
-//! Imports are meant to go one way, with no cycle: [`server`] → [`app`] → [`sign_in`] | [`proxy`] →
-//! [`auth`] → [`session`] → store, with [`http`], [`time`] and [`worker`] below them all.
+//! Imports go one way; no module imports one that imports it back: [`server`] → [`admin`] →
+//! [`app`] → [`auth`] → [`sign_in`] → [`proxy`], and [`sign_in`] → [`session`] → [`tokens`] →
+//! [`config`]; [`cookie`], [`target`], [`metrics`], [`ctx`], [`http`], [`time`] and [`worker`] lie
+//! below the modules that use them.
 //!
 //! A request enters [`server`], its target is settled ([`target`]), it goes to
 //! [`app`], and is either a sign-in endpoint ([`sign_in`] → [`session`] → store),
