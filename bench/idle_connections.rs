@@ -1,4 +1,4 @@
-//! Driver for `bench/idle_connections.sh` (SPEC §7: 10,000 idle keep-alive
+//! Driver for `bench/idle_connections.sh` (target in the README's Benchmarks section: 10,000 idle keep-alive
 //! client connections in under 100 MB RSS).
 //!
 //! Starts a small upstream, runs the gateway binary on a temporary config,
@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// SPEC §7 limit for the whole process, in bytes (100 MB).
+/// The README's Benchmarks limit for the whole process, in bytes (100 MB).
 const LIMIT_BYTES: u64 = 100 * 1000 * 1000;
 
 struct Args {
@@ -273,7 +273,7 @@ async fn main() {
     );
     println!("sample of idle connections OK: {ok}/{sampled}");
     println!(
-        "SPEC §7 (< 100 MB RSS with {} idle connections): {}",
+        "target (< 100 MB RSS with {} idle connections): {}",
         a.connections,
         if pass { "PASS" } else { "FAIL" }
     );

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SPEC §7: 10,000 idle keep-alive client connections in under 100 MB RSS.
+# Target (README, Benchmarks): 10,000 idle keep-alive client connections in under 100 MB RSS.
 #
 # Builds the release gateway and the driver (bench/idle_connections.rs),
 # raises the open-file limit, then lets the driver start the gateway on

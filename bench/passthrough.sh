@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pass-through throughput: sis-gateway vs nginx proxying the same upstream on
-# the same machine, measured side by side (SPEC §7: ratio >= 1.0, p99 no worse).
+# the same machine, measured side by side (target in the README's Benchmarks section: ratio >= 1.0, p99 no worse).
 #
 # Two nginx peers: "nginx" does what the gateway does to every request on a
 # public route (a request id made, sent upstream and returned to the client;

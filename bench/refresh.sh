@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Refresh benchmark (SPEC §7): "≥ 10,000 rotations/s with ES256 against a
+# Refresh benchmark (target in the README's Benchmarks section): "≥ 10,000 rotations/s with ES256 against a
 # local Redis on a 2-core machine; RS256 within 80% of what RSA signing alone
 # allows there."
 #

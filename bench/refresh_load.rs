@@ -1,4 +1,4 @@
-//! Refresh load driver for `bench/refresh.sh` (SPEC §7).
+//! Refresh load driver for `bench/refresh.sh` (target in the README's Benchmarks section).
 //!
 //! Opens `--sessions` sessions through the admin API, then runs `--workers`
 //! workers, each on its own keep-alive HTTP/1.1 connection, each owning a

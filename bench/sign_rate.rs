@@ -1,6 +1,6 @@
 //! Raw access-token signing rate: `AccessTokens::sign` in a loop on every
 //! core (or `--threads`), with claims shaped like the ones a rotation signs.
-//! This is the ceiling a refresh benchmark is compared against (SPEC §7:
+//! This is the ceiling a refresh benchmark is compared against (the README's Benchmarks target:
 //! RS256 rotations within 80% of what RSA signing alone allows).
 //!
 //! `cargo run --release --example sign_rate -- --key signing-rs256-….pem`

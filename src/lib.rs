@@ -14,8 +14,10 @@
 //! - [`target`]: the request target settled before dispatch: normalized path, one authority.
 //! - [`proxy`]: route table, the pooled HTTP/1.1 upstream client, header operations and the one
 //!   request header policy (`proxy::policy`), upgrades.
-//! - [`server`]: listeners, TLS, connection limits, the HTTP/1.1 connection loop ([`server::h1`];
-//!   HTTP/2 and the admin listener are hyper's), request dispatch, access log, graceful shutdown.
+//! - [`server`]: the listeners served until shutdown: accepting and connection limits, worker
+//!   threads, TLS and h2c detection, the HTTP/1.1 connection loop ([`server::h1`]; HTTP/2 and the
+//!   admin listener are hyper's), request ids and the access log, configuration reload, graceful
+//!   shutdown (one control moving the server through serving, draining, stopped).
 //! - [`admin`]: the admin listener: health, readiness, metrics; `/admin/*` goes to [`sign_in`].
 //! - [`demo`]: the built-in demo upstream behind `sis-gateway demo`.
 //! - [`metrics`]: the Prometheus registry and the gateway's metric families.
@@ -25,6 +27,14 @@
 //!   codec ([`http::h1`]) both directions use.
 //! - [`time`]: the injectable wall clock for expiry and grace windows, a coarse monotonic clock for
 //!   connection timeouts, and request-path timeouts.
+//! - [`worker`]: a worker thread's context (its id and upstream pool slot, kept timers, the server's
+//!   per-worker state), entered and left in one place; below everything, it imports nothing of the
+//!   crate. Its docs list every per-thread item and where it lives.
+//!
+//! Imports go one way; no module imports one that imports it back: [`server`] → [`admin`] →
+//! [`app`] → [`auth`] → [`sign_in`] → [`proxy`], and [`sign_in`] → [`session`] → [`tokens`] →
+//! [`config`]; [`cookie`], [`target`], [`metrics`], [`ctx`], [`http`], [`time`] and [`worker`] lie
+//! below the modules that use them.
 //!
 //! A request enters [`server`], its target is settled ([`target`]), it goes to
 //! [`app`], and is either a sign-in endpoint ([`sign_in`] → [`session`] → store),
@@ -53,6 +63,7 @@ pub mod sign_in;
 pub mod target;
 pub mod time;
 pub mod tokens;
+pub mod worker;
 
 /// A future pinned in a box of its own. The box is allocated first and the
 /// future made in it, so a large future's state is not built on the stack

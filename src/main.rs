@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use sis_gateway::config::{Algorithm, Config, Secret, Upstream};
+use sis_gateway::tokens::KeyFiles;
 use sis_gateway::Listeners;
 use tokio::net::TcpListener;
 
@@ -100,7 +101,7 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match Config::load(path) {
+    match Config::load(path, &KeyFiles) {
         Ok(_) => {
             println!("ok");
             ExitCode::SUCCESS
@@ -153,7 +154,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(path: &Path, log_format: LogFormat) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
+    let config = Config::load(path, &KeyFiles)?;
     let _guard = init_logging(log_format);
     runtime()?.block_on(async {
         let listeners = Listeners::bind(&config).await?;
@@ -166,7 +167,9 @@ fn run(path: &Path, log_format: LogFormat) -> anyhow::Result<()> {
 /// route pointed at the demo upstream), the admin listener on an ephemeral
 /// port.
 fn demo(config: Option<&Path>, listen: SocketAddr, log_format: LogFormat) -> anyhow::Result<()> {
-    let file_config = config.map(Config::load).transpose()?;
+    let file_config = config
+        .map(|path| Config::load(path, &KeyFiles))
+        .transpose()?;
     let _guard = init_logging(log_format);
     runtime()?.block_on(async {
         let upstream_listener = TcpListener::bind("127.0.0.1:0").await?;

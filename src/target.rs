@@ -1,5 +1,6 @@
-//! The request target as the gateway reads it (SPEC §5a): one path and one
-//! authority per request, settled once, before dispatch.
+//! The request target as the gateway reads it (README, The trust
+//! boundary): one path and one authority per request, settled once, before
+//! dispatch.
 //!
 //! What a route is chosen on must be what the upstream acts on, so the path
 //! is normalized here and the normalized path is what every later step sees:

@@ -1,6 +1,7 @@
-//! The gateway in front of an existing Sign-in Service (SPEC §8): answers
-//! of a Rails-style login service that carry its own tokens come back to the
-//! client with the gateway's, which then refresh at the gateway alone.
+//! The gateway in front of an existing Sign-in Service (README, Putting
+//! sis-gateway in front of an existing Sign-in Service): answers of a
+//! Rails-style login service that carry its own tokens come back to the client
+//! with the gateway's, which then refresh at the gateway alone.
 
 mod common;
 

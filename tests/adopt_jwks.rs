@@ -1,6 +1,6 @@
-//! The adopt JWKS fetched from an `https://` URL (SPEC §8): a real TLS
-//! server publishes the login service's keys, and the test changes what it
-//! serves and counts its fetches.
+//! The adopt JWKS fetched from an `https://` URL (README, "Fetching the
+//! JWKS"): a real TLS server publishes the login service's keys, and the
+//! test changes what it serves and counts its fetches.
 
 mod common;
 

@@ -1,7 +1,7 @@
-//! Faults and hostile clients against the real gateway (SPEC §7): Redis
-//! restarted or frozen under load, upstreams dying mid-response, slow
-//! clients, malformed input of every kind over real TCP, and the memory an
-//! idle keep-alive connection costs.
+//! Faults and hostile clients against the real gateway (README, What the
+//! gateway needs of Redis): Redis restarted or frozen under load, upstreams
+//! dying mid-response, slow clients, malformed input of every kind over real
+//! TCP, and the memory an idle keep-alive connection costs.
 
 mod common;
 
@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use common::fixture::{config, create, ADMIN, REFRESH, STORE_TIMEOUT_MS};
 use common::gateway::{GatewayProcess, TestGateway};
+use common::raw::{keep_alive_get, read_until_closed, RawConn};
 use common::redis::{wait_replicated, RedisSentinel, RedisServer};
+use common::refresh_api;
 use common::upstream::TestUpstream;
-use common::{keep_alive_get, refresh_api};
 use reqwest::StatusCode;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -491,20 +492,6 @@ async fn dying_upstream(sent: usize) -> (String, tokio::task::JoinHandle<()>) {
     (url, task)
 }
 
-/// Reads a raw response until EOF (or `limit`); whether the peer closed.
-async fn read_all(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (buf, true),
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-            Err(_) => return (buf, false),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_dying_mid_body_ends_the_client_body_in_an_error() {
     let redis = RedisServer::start();
@@ -545,7 +532,7 @@ auth = "public"
         raw.write_all(b"GET /dying/chunked HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        let (bytes, closed) = read_all(&mut raw, Duration::from_secs(10)).await;
+        let (bytes, closed) = read_until_closed(&mut raw, Duration::from_secs(10)).await;
         assert!(closed, "the gateway closes the client connection");
         let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
         let head = String::from_utf8_lossy(&bytes[..head_end]).to_ascii_lowercase();
@@ -564,7 +551,7 @@ auth = "public"
         raw.write_all(b"GET /dying/length HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        let (bytes, closed) = read_all(&mut raw, Duration::from_secs(10)).await;
+        let (bytes, closed) = read_until_closed(&mut raw, Duration::from_secs(10)).await;
         assert!(closed);
         let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
         let head = String::from_utf8_lossy(&bytes[..head_end]).to_ascii_lowercase();
@@ -597,7 +584,7 @@ async fn slow_clients_are_cut_off_and_do_not_block_others() {
             let partial = format!("GET /pub/{i} HTTP/1.1\r\nHost: x\r\nX-Slow: ");
             s.write_all(partial.as_bytes()).await.unwrap();
             let started = Instant::now();
-            let (bytes, closed) = read_all(&mut s, Duration::from_secs(5)).await;
+            let (bytes, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
             (started.elapsed(), closed, bytes)
         }));
     }
@@ -611,7 +598,7 @@ async fn slow_clients_are_cut_off_and_do_not_block_others() {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let (bytes, closed) = read_all(&mut s, Duration::from_secs(3)).await;
+        let (bytes, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
         (started.elapsed(), closed, bytes)
     });
 
@@ -673,18 +660,6 @@ async fn slow_clients_are_cut_off_and_do_not_block_others() {
     assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
 }
 
-/// Whether `buf` holds a whole HTTP/1.1 response framed by Content-Length.
-fn complete_response(buf: &[u8]) -> bool {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return false;
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-    head.lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .is_some_and(|len| buf.len() >= end + 4 + len)
-}
-
 /// Opens `n` connections that each complete one keep-alive request, `batch`
 /// at a time.
 async fn idle_connections(addr: SocketAddr, n: usize, batch: usize) -> Vec<TcpStream> {
@@ -744,7 +719,7 @@ auth = "public"
 async fn idle_keep_alive_connections_meet_the_spec_budget() {
     const N: usize = 1000;
     let (before, after) = idle_connection_rss(N).await;
-    // SPEC §7: 10,000 idle connections in under 100 MB for the whole
+    // README, Benchmarks: 10,000 idle connections in under 100 MB for the whole
     // process: what is left after the baseline, per connection.
     let budget_kib = (100_000_000 / 1024 - before) / 10_000;
     assert!(
@@ -773,22 +748,21 @@ async fn early_413_tells_the_client_the_connection_closes() {
         );
         s.write_all(head.as_bytes()).await.unwrap();
         s.write_all(&[b' '; 1000]).await.unwrap();
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !complete_response(&got) {
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-                .await
-                .expect("an answer")
-                .unwrap();
-            assert!(n > 0, "closed without an answer");
-            got.extend_from_slice(&chunk[..n]);
-        }
-        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
-        assert!(text.starts_with("http/1.1 413"), "{text}");
+        let res = RawConn::new(&mut s).read_message(false).await;
+        assert_eq!(
+            (res.version.as_str(), res.status),
+            ("HTTP/1.1", 413),
+            "{res:?}"
+        );
         // The rest of the body is never read, so the connection cannot be
         // reused: the response must say so (RFC 9112 §9.6), or a pooling
         // client sends its next request into a closing connection.
-        assert!(text.contains("\r\nconnection: close\r\n"), "{path}: {text}");
+        assert!(
+            res.headers
+                .iter()
+                .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close")),
+            "{path}: {res:?}"
+        );
     }
 }
 

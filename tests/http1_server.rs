@@ -6,113 +6,25 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::gateway::{one_route, parse_raw, raw, RawResponse, TestGateway};
+use common::gateway::{one_route, raw, RawResponse, TestGateway};
+use common::raw::RawConn;
 use common::upstream::TestUpstream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// A kept-alive raw connection that reads one response at a time.
-struct Client {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    async fn connect(addr: std::net::SocketAddr) -> Client {
-        Client {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16384];
-        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
-            .await
-            .expect("an answer in time")
-            .unwrap_or(0);
-        self.buf.extend_from_slice(&chunk[..n]);
-        n > 0
-    }
-
-    /// Reads one response (Content-Length, chunked, or no body for HEAD
-    /// and 1xx/204/304) and leaves what follows it.
-    async fn response(&mut self, head_request: bool) -> RawResponse {
-        let end = loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break end + 4;
-            }
-            assert!(self.fill().await, "closed before a response head");
-        };
-        let mut res = parse_raw(&self.buf[..end]);
-        let no_body = head_request || matches!(res.status, 100..=199 | 204 | 304);
-        let chunked = res.header("transfer-encoding") == Some("chunked");
-        let length = res
-            .header("content-length")
-            .map(|v| v.parse::<usize>().unwrap());
-        self.buf.drain(..end);
-        if no_body {
-            return res;
-        }
-        if let Some(len) = length {
-            while self.buf.len() < len {
-                assert!(self.fill().await, "closed inside a body");
-            }
-            res.body = self.buf.drain(..len).collect();
-        } else if chunked {
-            let mut body = Vec::new();
-            loop {
-                let line_end = loop {
-                    if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                        break i;
-                    }
-                    assert!(self.fill().await, "closed inside a chunk size");
-                };
-                let size =
-                    usize::from_str_radix(std::str::from_utf8(&self.buf[..line_end]).unwrap(), 16)
-                        .unwrap();
-                while self.buf.len() < line_end + 2 + size + 2 {
-                    assert!(self.fill().await, "closed inside a chunk");
-                }
-                body.extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
-                self.buf.drain(..line_end + 2 + size + 2);
-                if size == 0 {
-                    break;
-                }
-            }
-            res.body = body;
-        }
-        res
-    }
-
-    /// True when the server closed the connection (after what was read).
-    async fn closed(&mut self) -> bool {
-        self.buf.clear();
-        !self.fill().await
-    }
-}
 
 #[tokio::test]
 async fn pipelined_requests_answer_in_order() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(one_route(&upstream.url));
-    let mut c = Client::connect(gw.addr).await;
+    let mut c = RawConn::connect(gw.addr).await;
     c.send(
         b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /status?code=404 HTTP/1.1\r\nHost: x\r\n\r\n\
           GET /third HTTP/1.1\r\nHost: x\r\n\r\n",
     )
     .await;
-    let first = c.response(false).await;
+    let first = c.read_message(false).await;
     assert_eq!(first.status, 200);
     assert_eq!(first.json()["uri"], "/first");
-    assert_eq!(c.response(false).await.status, 404);
-    let third = c.response(false).await;
+    assert_eq!(c.read_message(false).await.status, 404);
+    let third = c.read_message(false).await;
     assert_eq!(third.json()["uri"], "/third");
     assert_eq!(upstream.count(), 3);
 }
@@ -121,7 +33,7 @@ async fn pipelined_requests_answer_in_order() {
 async fn chunked_request_body_reaches_the_upstream_whole() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(one_route(&upstream.url));
-    let mut c = Client::connect(gw.addr).await;
+    let mut c = RawConn::connect(gw.addr).await;
     let mut req =
         b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     req.extend_from_slice(b"5;ext=1\r\nhello\r\n");
@@ -131,7 +43,7 @@ async fn chunked_request_body_reaches_the_upstream_whole() {
     for b in req {
         c.send(&[b]).await;
     }
-    let res = c.response(false).await;
+    let res = c.read_message(false).await;
     assert_eq!(res.status, 200);
     assert_eq!(res.json()["len"], 11);
     assert_eq!(
@@ -140,20 +52,20 @@ async fn chunked_request_body_reaches_the_upstream_whole() {
     );
     // The connection goes on.
     c.send(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert_eq!(c.response(false).await.json()["uri"], "/after");
+    assert_eq!(c.read_message(false).await.json()["uri"], "/after");
 }
 
 #[tokio::test]
 async fn a_small_unread_body_is_drained_and_the_connection_kept() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(one_route(&upstream.url));
-    let mut c = Client::connect(gw.addr).await;
+    let mut c = RawConn::connect(gw.addr).await;
     // No Host: answered 400 by the gateway without reading the body.
     c.send(b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789")
         .await;
-    assert_eq!(c.response(false).await.status, 400);
+    assert_eq!(c.read_message(false).await.status, 400);
     c.send(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    let res = c.response(false).await;
+    let res = c.read_message(false).await;
     assert_eq!(res.status, 200);
     assert_eq!(res.json()["uri"], "/next");
     assert_eq!(upstream.count(), 1);
@@ -163,10 +75,10 @@ async fn a_small_unread_body_is_drained_and_the_connection_kept() {
 async fn a_large_unread_body_closes_the_connection() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(one_route(&upstream.url));
-    let mut c = Client::connect(gw.addr).await;
+    let mut c = RawConn::connect(gw.addr).await;
     c.send(b"POST /x HTTP/1.1\r\nContent-Length: 10000000\r\n\r\nstart")
         .await;
-    let res = c.response(false).await;
+    let res = c.read_message(false).await;
     assert_eq!(res.status, 400);
     assert_eq!(res.header("connection"), Some("close"));
     assert!(c.closed().await);
@@ -178,9 +90,9 @@ async fn head_http10_and_expect_continue() {
     let gw = TestGateway::start(one_route(&upstream.url));
 
     // HEAD: the length of the GET, no body, and the connection goes on.
-    let mut c = Client::connect(gw.addr).await;
+    let mut c = RawConn::connect(gw.addr).await;
     c.send(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    let head = c.response(true).await;
+    let head = c.read_message(true).await;
     assert_eq!(head.status, 200);
     assert!(
         head.header("content-length")
@@ -190,30 +102,30 @@ async fn head_http10_and_expect_continue() {
             > 0
     );
     c.send(b"GET /g HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert_eq!(c.response(false).await.json()["uri"], "/g");
+    assert_eq!(c.read_message(false).await.json()["uri"], "/g");
 
     // HTTP/1.0 with keep-alive: answered in 1.0, kept open.
-    let mut c = Client::connect(gw.addr).await;
+    let mut c = RawConn::connect(gw.addr).await;
     c.send(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
         .await;
-    let res = c.response(false).await;
+    let res = c.read_message(false).await;
     assert_eq!(res.status, 200);
     assert_eq!(res.header("connection"), Some("keep-alive"));
     c.send(b"GET /b HTTP/1.0\r\n\r\n").await;
-    let res = c.response(false).await;
+    let res = c.read_message(false).await;
     assert_eq!(res.json()["uri"], "/b");
     assert_eq!(res.header("connection"), Some("close"));
     assert!(c.closed().await);
 
     // Expect: 100-continue: the interim answer, then the real one.
-    let mut c = Client::connect(gw.addr).await;
+    let mut c = RawConn::connect(gw.addr).await;
     c.send(
         b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
     )
     .await;
-    assert_eq!(c.response(false).await.status, 100);
+    assert_eq!(c.read_message(false).await.status, 100);
     c.send(b"hello").await;
-    let res = c.response(false).await;
+    let res = c.read_message(false).await;
     assert_eq!(res.status, 200);
     assert_eq!(res.json()["len"], 5);
 }
@@ -237,10 +149,10 @@ async fn ambiguous_framing_is_refused_before_the_upstream() {
     }
     // A broken chunk: the upstream sees a failed body, the client no 5xx
     // from the framing, and the connection closes.
-    let mut c = Client::connect(gw.addr).await;
+    let mut c = RawConn::connect(gw.addr).await;
     c.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
         .await;
-    let res = c.response(false).await;
+    let res = c.read_message(false).await;
     eprintln!(
         "broken chunk: {} {:?}",
         res.status,
@@ -254,7 +166,7 @@ async fn ambiguous_framing_is_refused_before_the_upstream() {
 async fn websocket_bytes_sent_with_the_upgrade_request_are_relayed() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(one_route(&upstream.url));
-    let mut c = Client::connect(gw.addr).await;
+    let mut c = RawConn::connect(gw.addr).await;
     let mut req = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         .to_vec();
@@ -264,16 +176,13 @@ async fn websocket_bytes_sent_with_the_upgrade_request_are_relayed() {
     req.extend_from_slice(&mask);
     req.extend(b"hi".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
     c.send(&req).await;
-    let res = c.response(false).await;
+    let res = c.read_message(false).await;
     assert_eq!(res.status, 101);
     assert_eq!(
         res.header("sec-websocket-accept"),
         Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
     );
-    while c.buf.len() < 4 {
-        assert!(c.fill().await, "tunnel closed");
-    }
-    assert_eq!(&c.buf[..4], &[0x81, 0x02, b'h', b'i']);
+    assert_eq!(c.read_exact(4).await, [0x81, 0x02, b'h', b'i']);
 }
 
 /// Header maps and write buffers are reused from one message to the next on
@@ -282,7 +191,7 @@ async fn websocket_bytes_sent_with_the_upgrade_request_are_relayed() {
 async fn nothing_carries_over_between_exchanges_on_a_connection() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(one_route(&upstream.url));
-    let mut c = Client::connect(gw.addr).await;
+    let mut c = RawConn::connect(gw.addr).await;
     let count =
         |res: &RawResponse, name: &str| res.headers.iter().filter(|(k, _)| k == name).count();
     let sent_to_upstream = |res: &RawResponse, name: &str| {
@@ -298,13 +207,13 @@ async fn nothing_carries_over_between_exchanges_on_a_connection() {
     for round in 0..3 {
         c.send(b"GET /one?set_cookie=1 HTTP/1.1\r\nHost: x\r\nX-One: 1\r\nX-Extra: a\r\n\r\n")
             .await;
-        let first = c.response(false).await;
+        let first = c.read_message(false).await;
         assert_eq!(first.status, 200);
         assert_eq!(sent_to_upstream(&first, "x-one"), 1, "round {round}");
         assert_eq!(count(&first, "set-cookie"), 1);
 
         c.send(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        let second = c.response(false).await;
+        let second = c.read_message(false).await;
         assert_eq!(second.status, 200);
         assert_eq!(second.json()["uri"], "/two");
         assert_eq!(sent_to_upstream(&second, "x-one"), 0, "round {round}");

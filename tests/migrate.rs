@@ -1,8 +1,8 @@
-//! Migration (SPEC §8): users signed in at a Rails-style Sign-in Service
-//! before the gateway went in front of it hold its refresh tokens. The
-//! gateway refreshes such a token once at the login service, adopts the
-//! result and answers with its own bundle; from then on the user refreshes
-//! at the gateway alone.
+//! Migration (README, Putting sis-gateway in front of an existing Sign-in
+//! Service): users signed in at a Rails-style Sign-in Service before the
+//! gateway went in front of it hold its refresh tokens. The gateway refreshes
+//! such a token once at the login service, adopts the result and answers with
+//! its own bundle; from then on the user refreshes at the gateway alone.
 
 mod common;
 

@@ -7,9 +7,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::gateway::{binary, get, temp_path, GatewayProcess, TestGateway};
-use common::keep_alive_get;
+use common::raw::{keep_alive_get, read_until_closed};
 use common::upstream::TestUpstream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 fn config(upstream: &str, server: &str) -> String {
@@ -24,15 +24,6 @@ path_prefix = "/"
 upstream = "{upstream}"
 "#
     )
-}
-
-/// Reads until EOF or `limit`; returns what was read and whether the peer closed.
-async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
-    let mut buf = Vec::new();
-    match tokio::time::timeout(limit, stream.read_to_end(&mut buf)).await {
-        Ok(_) => (buf, true),
-        Err(_) => (buf, false),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::{Request, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -158,9 +158,8 @@ async fn https_with_alpn_h2_and_http11() {
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    let mut buf = Vec::new();
-    let _ =
-        tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+    let (buf, _) =
+        common::raw::read_until_closed(&mut tcp, std::time::Duration::from_secs(5)).await;
     assert!(
         !buf.starts_with(b"HTTP/"),
         "{:?}",

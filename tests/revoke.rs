@@ -1,5 +1,6 @@
 //! `POST /v0/sign_in/revoke` through the real gateway and a real Redis: which
-//! token revokes a session, and what a rotated-away token answers (SPEC §1).
+//! token revokes a session, and what a rotated-away token answers (README, The
+//! sign-in endpoints).
 
 mod common;
 

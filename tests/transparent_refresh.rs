@@ -1,4 +1,5 @@
-//! Transparent refresh on pass-through routes (SPEC §5): a real upstream, a
+//! Transparent refresh on pass-through routes (README, Pass-through routes and
+//! transparent refresh): a real upstream, a
 //! real `redis-server`, real HTTP clients.
 
 mod common;

@@ -1,7 +1,7 @@
-//! The trust boundary (SPEC §5a) over real TCP: hostile ways of writing a
-//! request, each checked against what a raw recording upstream received
-//! (exact bytes) and what the client got, next to the benign neighbours
-//! that must still pass unchanged.
+//! The trust boundary (README, The trust boundary) over real TCP: hostile ways
+//! of writing a request, each checked against what a raw recording upstream
+//! received (exact bytes) and what the client got, next to the benign
+//! neighbours that must still pass unchanged.
 
 mod common;
 
@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::gateway::{raw, RawResponse, TestGateway};
+use common::raw::RawConn;
 use common::upstream::RecordingUpstream;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// `/pub` and `/` public (the catch-all preserves the client's `Host`),
 /// `/secure` required, `/app` session, `/strip` stripped, and the host
@@ -179,34 +178,19 @@ async fn only_allowed_upgrades_are_offered() {
 
     // The benign neighbour: a WebSocket upgrade is offered and tunnelled.
     s.upstream.clear();
-    let mut c = TcpStream::connect(s.gw.addr).await.unwrap();
-    c.write_all(
+    let mut c = RawConn::connect(s.gw.addr).await;
+    c.send(
         b"GET /pub/ws HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
-            .await
-            .expect("101 in time")
-            .unwrap();
-        assert!(n > 0, "closed before 101");
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert!(
-        got.starts_with(b"HTTP/1.1 101"),
-        "{:?}",
-        String::from_utf8_lossy(&got)
+    .await;
+    let res = c.read_message(false).await;
+    assert_eq!(
+        (res.version.as_str(), res.status),
+        ("HTTP/1.1", 101),
+        "{res:?}"
     );
-    c.write_all(b"tunnelled bytes").await.unwrap();
-    let mut echo = vec![0u8; 15];
-    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut echo))
-        .await
-        .expect("echo in time")
-        .unwrap();
-    assert_eq!(echo, b"tunnelled bytes");
+    c.send(b"tunnelled bytes").await;
+    assert_eq!(c.read_exact(15).await, b"tunnelled bytes");
     let received = s.upstream.received();
     assert!(
         received.contains("\r\nupgrade: websocket\r\n"),

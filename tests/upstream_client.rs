@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::gateway::{one_route, raw, TestGateway};
+use common::raw::{parse_raw, read_until_closed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -312,8 +313,8 @@ async fn upstream_response_fields_reach_the_client_as_sent() {
 
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     stream.write_all(&get("/plain")).await.unwrap();
-    let mut bytes = Vec::new();
-    stream.read_to_end(&mut bytes).await.unwrap();
+    let (bytes, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(closed, "the gateway closes the connection");
     let text = String::from_utf8_lossy(&bytes);
     // Names keep the case they were sent in, values their bytes, and fields
     // their order.
@@ -331,7 +332,7 @@ async fn upstream_response_fields_reach_the_client_as_sent() {
     })
     .collect();
     assert!(order.is_sorted(), "{text}");
-    let res = common::gateway::parse_raw(&bytes);
+    let res = parse_raw(&bytes);
     assert_eq!(res.status, 200);
     assert_eq!(res.body, b"hello");
     let all = |name: &str| -> Vec<&str> {

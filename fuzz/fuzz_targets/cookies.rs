@@ -5,7 +5,7 @@
 use http::{header::COOKIE, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use sis_gateway::cookie::{get, pairs};
-use sis_gateway::proxy::headers::{remove_cookies, replace_cookie};
+use sis_gateway::proxy::cookies::{remove_cookies, replace_cookie};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(value) = HeaderValue::from_bytes(data) else {

@@ -1,4 +1,5 @@
-//! Route auth modes (SPEC §5): `public`, `session`, `required`.
+//! Route auth modes (README, Pass-through routes and transparent
+//! refresh): `public`, `session`, `required`.
 //!
 //! On `session` and `required` routes a valid access token is checked with no
 //! store call (and remembered until it expires, so the hot path skips the
@@ -20,8 +21,9 @@ use crate::config::{AuthMode, CookiesConfig, RouteConfig};
 use crate::cookie;
 use crate::ctx::RequestCtx;
 use crate::http::body::{empty, json_error, Body};
-use crate::proxy::headers::{remove_cookies, replace_cookie};
+use crate::proxy::cookies::{remove_cookies, replace_cookie};
 use crate::session::service::RefreshError;
+use crate::sign_in::adopt::NotAdopted;
 use crate::sign_in::migrate::{LoginService, Migration};
 use crate::sign_in::{cookies, params, SignIn};
 use crate::tokens::jwt::VerifyError;
@@ -74,7 +76,8 @@ impl Auth {
     /// Runs the route's auth mode over the request headers, editing them for
     /// the upstream. `Err` is the response to send instead of forwarding.
     ///
-    /// A refresh cookie of the login service (SPEC §8) is migrated through
+    /// A refresh cookie of the login service (README, Putting sis-gateway in
+    /// front of an existing Sign-in Service) is migrated through
     /// `login` when migration is on.
     pub async fn authenticate(
         &self,
@@ -215,12 +218,10 @@ async fn migrated(
         Some(Migration::Refused(r)) if r.status == StatusCode::UNAUTHORIZED => {
             Err(RefreshError::NoSession)
         }
-        Some(Migration::Failed(e)) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
+        Some(Migration::Failed(NotAdopted::StoreUnavailable)) => {
             Err(RefreshError::StoreUnavailable)
         }
-        Some(Migration::Failed(e)) if e.status == StatusCode::UNAUTHORIZED => {
-            Err(RefreshError::NoSession)
-        }
+        Some(Migration::Failed(NotAdopted::Gone)) => Err(RefreshError::NoSession),
         _ => Err(RefreshError::Undecryptable),
     }
 }

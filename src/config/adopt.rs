@@ -1,22 +1,26 @@
 //! `[sign_in.adopt]`: fronting a login service that issues SiS tokens of its
-//! own (SPEC §8).
+//! own (README, "Putting sis-gateway in front of an existing Sign-in Service").
 
-use std::sync::Arc;
+use std::path::PathBuf;
 
+use http::Uri;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::raw::RawAdopt;
-use super::Validator;
-use crate::tokens::jwks::UpstreamKeys;
+use super::{KeyMaterial, Validator};
 
 #[derive(Debug, Clone)]
 pub struct AdoptConfig {
     /// `jwks` as written (`file:PATH` or an `https://` URL).
     pub jwks: String,
-    /// The keys: read from the file at load and at every reload, or fetched
-    /// from the URL once started (kept over a reload that keeps the URL).
-    pub keys: Arc<UpstreamKeys>,
+    /// Where the keys are: read from the file at load and at every reload,
+    /// or fetched from the URL once started (kept over a reload that keeps
+    /// the URL and `ca`).
+    pub source: JwksSource,
+    /// `sign_in.adopt.ca`: trusted instead of the system's roots for an
+    /// `https://` source.
+    pub ca: Option<Vec<CertificateDer<'static>>>,
     /// The `iss` the login service's tokens must carry, when set.
     pub issuer: Option<String>,
     /// Refresh tokens the gateway did not seal are refreshed upstream once,
@@ -29,6 +33,7 @@ impl Validator {
         &mut self,
         raw: Option<RawAdopt>,
         has_upstream: bool,
+        keys: &dyn KeyMaterial,
     ) -> Option<AdoptConfig> {
         let raw = raw?;
         if !has_upstream {
@@ -61,29 +66,84 @@ impl Validator {
                 "is for an https:// jwks; set it only with one",
             );
         }
-        match UpstreamKeys::load(&jwks, ca) {
-            Ok(keys) => Some(AdoptConfig {
-                jwks,
-                keys: Arc::new(keys),
-                issuer: raw.issuer.filter(|i| !i.is_empty()),
-                migrate: raw.migrate.unwrap_or(true),
-            }),
+        let source = match JwksSource::parse(&jwks) {
+            Ok(source) => source,
             Err(e) => {
                 self.problem("sign_in.adopt.jwks", e);
-                None
+                return None;
             }
+        };
+        let adopt = AdoptConfig {
+            jwks,
+            source,
+            ca,
+            issuer: raw.issuer.filter(|i| !i.is_empty()),
+            migrate: raw.migrate.unwrap_or(true),
+        };
+        if let Err(e) = keys.check_adopt_jwks(&adopt) {
+            self.problem("sign_in.adopt.jwks", e.to_string());
+            return None;
+        }
+        Some(adopt)
+    }
+}
+
+/// `sign_in.adopt.jwks`, checked: a file, or a URL the keys are fetched from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// `file:PATH`.
+    File(PathBuf),
+    /// An `https://` URL with a host and no credentials.
+    Https(Uri),
+}
+
+impl JwksSource {
+    /// The message of an error is for `sign_in.adopt.jwks`.
+    pub fn parse(spec: &str) -> Result<JwksSource, String> {
+        if spec.starts_with("http://") {
+            return Err(format!(
+                "{spec:?}: a JWKS fetched over plain http:// can be forged on the way; \
+                 use an https:// URL or file:PATH"
+            ));
+        }
+        if spec.starts_with("https://") {
+            return https_url(spec).map(JwksSource::Https);
+        }
+        match spec.strip_prefix("file:") {
+            Some(path) => Ok(JwksSource::File(PathBuf::from(path))),
+            None => Err(format!("{spec:?} must be file:PATH or an https:// URL")),
         }
     }
 }
 
-impl AdoptConfig {
-    /// A reload that keeps the `https://` JWKS URL (and `ca`) keeps the keys
-    /// fetched from it, instead of starting again with none.
-    pub fn keep_fetched(&mut self, old: &AdoptConfig) {
-        if self.keys.same_remote(&old.keys) {
-            self.keys = old.keys.clone();
-        }
+/// An `https://` URL the keys can be fetched from: a host that names a TLS
+/// server, no credentials.
+fn https_url(spec: &str) -> Result<Uri, String> {
+    let url: Uri = spec
+        .parse()
+        .map_err(|e| format!("{spec:?} is not a URL: {e}"))?;
+    let Some(authority) = url.authority() else {
+        return Err(format!("{spec:?} names no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "{spec:?}: credentials in the URL are not supported"
+        ));
     }
+    if authority.host().is_empty() {
+        return Err(format!("{spec:?} names no host"));
+    }
+    if url.scheme_str() != Some("https") {
+        return Err(format!("{spec:?} must be an https:// URL"));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if ServerName::try_from(host).is_err() {
+        return Err(format!("{spec:?}: {host:?} is not a host name or address"));
+    }
+    Ok(url)
 }
 
 /// The certificates of `sign_in.adopt.ca` (`file:PATH` to a PEM bundle).

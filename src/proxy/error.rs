@@ -26,6 +26,12 @@ pub enum ProxyError {
     /// Every upstream of the route is cooling down after refusing connections.
     #[error("no healthy upstream")]
     NoHealthyUpstream,
+    /// No connection to the upstream could be made: nothing was sent.
+    #[error("upstream failed ({kind:?}): {source}")]
+    Connect {
+        kind: UpstreamErrorKind,
+        source: io::Error,
+    },
     /// The upstream exchange failed.
     #[error("upstream failed ({kind:?}): {detail}")]
     Upstream {
@@ -50,6 +56,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoHealthyUpstream
+            | ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::BadUpgrade => StatusCode::BAD_GATEWAY,
         }
@@ -69,6 +76,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => "Method not allowed",
             ProxyError::Timeout => "Upstream timed out",
             ProxyError::NoHealthyUpstream
+            | ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::BadUpgrade => "Upstream unavailable",
         };
@@ -101,4 +109,23 @@ pub(super) fn describe(err: &(dyn StdError + 'static)) -> String {
         out.push_str(&e.to_string());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_failure_reads_as_other_upstream_failures() {
+        let e = ProxyError::Connect {
+            kind: UpstreamErrorKind::refused,
+            source: io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused"),
+        };
+        assert_eq!(
+            e.to_string(),
+            "upstream failed (refused): connection refused"
+        );
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        assert!(e.source().is_some());
+    }
 }

@@ -1,5 +1,5 @@
-//! Which request fields go upstream: the one place that decides (SPEC §5,
-//! §5a).
+//! Which request fields go upstream: the one place that decides (README,
+//! Pass-through routes and transparent refresh; README, The trust boundary).
 //!
 //! [`RequestPolicy::apply`] turns the client's fields into the ones
 //! forwarded: hop-by-hop fields go (RFC 9110 §7.6.1), and so do every
@@ -17,6 +17,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
+use super::cookies;
 use super::headers::{self, Forwarded, ForwardedFor};
 use crate::config::{Config, RouteConfig};
 use crate::ctx::X_REQUEST_ID;
@@ -133,7 +134,7 @@ impl RequestPolicy {
             headers::set_upgrade(h, protocols.clone());
         }
         let [refresh, anti_csrf] = &self.secret_cookies;
-        headers::remove_cookies(h, &[refresh.as_str(), anti_csrf.as_str()]);
+        cookies::remove_cookies(h, &[refresh.as_str(), anti_csrf.as_str()]);
         headers::forwarded(h, hop)
     }
 

@@ -14,30 +14,23 @@ use crate::time::coarse::monotonic_ms;
 /// Idle connections kept per upstream and worker at most.
 pub const MAX_IDLE_PER_UPSTREAM: usize = 1024;
 
-/// Pools per upstream: one per worker thread, so a connection is only ever
-/// used by the thread whose runtime drives it.
-pub const WORKER_SLOTS: usize = 64;
-
-thread_local! {
-    static WORKER_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Marks the current thread as worker `id` (1-based; 0 is every other thread).
-pub fn set_worker_slot(id: usize) {
-    WORKER_SLOT.with(|s| s.set(id % WORKER_SLOTS));
-}
-
-/// The idle connections to one upstream, one [`Pool`] per worker thread.
+/// The idle connections to one upstream, one [`Pool`] per worker thread (and
+/// one for every other thread), so a connection is only ever used by the
+/// thread whose runtime drives it.
 pub struct Pools(Box<[Arc<Pool>]>);
 
 impl Pools {
     pub fn new(idle_timeout: Duration) -> Pools {
-        Pools((0..WORKER_SLOTS).map(|_| Pool::new(idle_timeout)).collect())
+        Pools(
+            (0..crate::worker::slots())
+                .map(|_| Pool::new(idle_timeout))
+                .collect(),
+        )
     }
 
     /// The pool of the current worker thread.
     pub fn current(&self) -> &Arc<Pool> {
-        &self.0[WORKER_SLOT.with(|s| s.get())]
+        &self.0[crate::worker::slot()]
     }
 
     pub fn reap(&self) {

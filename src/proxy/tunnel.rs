@@ -28,18 +28,27 @@ impl ClientUpgrade {
         }
     }
 
-    async fn connection(self) -> Result<Box<dyn Io>, String> {
+    async fn connection(self) -> Result<Box<dyn Io>, UpgradeFailed> {
         match self {
             ClientUpgrade::H1(pending) => match pending.connection().await {
                 Some(io) => Ok(Box::new(io)),
-                None => Err("the client connection was not upgraded".to_owned()),
+                None => Err(UpgradeFailed::NotUpgraded),
             },
-            ClientUpgrade::Hyper(on) => match on.await {
-                Ok(io) => Ok(Box::new(TokioIo::new(io))),
-                Err(e) => Err(e.to_string()),
-            },
+            ClientUpgrade::Hyper(on) => Ok(Box::new(TokioIo::new(on.await?))),
         }
     }
+}
+
+/// Why the client's side of an upgrade never became a connection.
+#[derive(Debug, thiserror::Error)]
+enum UpgradeFailed {
+    /// The gateway's HTTP/1 server ended the connection instead of handing
+    /// it over.
+    #[error("the client connection was not upgraded")]
+    NotUpgraded,
+    /// hyper could not hand the connection over.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
 }
 
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}

@@ -26,6 +26,8 @@ use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 
+use super::close::Close;
+use super::shutdown::{Phase, Shutdown};
 use crate::http::body::{Body, BoxError};
 use crate::metrics::Metrics;
 
@@ -112,7 +114,7 @@ impl ConnState {
     /// Resolves when the connection has been idle longer than `idle`, has
     /// taken longer than `header` to send a request head, or has not taken
     /// any of its response for longer than `idle`.
-    async fn expired(&self, header: Duration, idle: Duration) -> &'static str {
+    async fn expired(&self, header: Duration, idle: Duration) -> Close {
         let header_ms = header.as_millis() as u64;
         let idle_ms = idle.as_millis() as u64;
         loop {
@@ -120,7 +122,7 @@ impl ConnState {
             let wait_ms = if self.active.load(Ordering::Relaxed) > 0 {
                 let blocked = self.write_blocked_since.load(Ordering::Relaxed);
                 if blocked != 0 && now >= blocked + idle_ms {
-                    return "client stopped reading";
+                    return Close::ClientStoppedReading;
                 }
                 header_ms.min(idle_ms)
             } else {
@@ -128,13 +130,13 @@ impl ConnState {
                 if started != 0 && !self.h2.load(Ordering::Relaxed) {
                     let deadline = started + header_ms;
                     if now >= deadline {
-                        return "request head not received in time";
+                        return Close::HeadTimeout;
                     }
                     deadline - now
                 } else {
                     let deadline = self.idle_since.load(Ordering::Relaxed) + idle_ms;
                     if now >= deadline {
-                        return "idle";
+                        return Close::Idle;
                     }
                     // Wake at least once per header timeout: a request head
                     // may start arriving meanwhile, and its clock is shorter.
@@ -146,33 +148,32 @@ impl ConnState {
     }
 }
 
-/// Watches one connection in a task of its own: drains it when `drain`
-/// turns true, closes it when a timeout passes or `hard_stop` turns true;
+/// Watches one connection in a task of its own: drains it when the server
+/// drains, closes it when a timeout passes or the server stops;
 /// ends when the connection reports [`ConnState::finished`].
 pub(crate) fn spawn_watchdog(
     state: Arc<ConnState>,
     header: Duration,
     idle: Duration,
-    mut drain: watch::Receiver<bool>,
-    mut hard_stop: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
     peer: std::net::SocketAddr,
 ) {
     tokio::spawn(async move {
-        let mut draining = false;
+        let mut seen = Phase::Serving;
         loop {
             tokio::select! {
                 reason = state.expired(header, idle) => {
-                    tracing::debug!(%peer, reason, "closing connection");
+                    tracing::debug!(%peer, %reason, "closing connection");
                     state.close();
                     return;
                 }
-                _ = drain.wait_for(|d| *d), if !draining => {
-                    draining = true;
+                phase = shutdown.after(seen) => {
+                    seen = phase;
+                    if phase == Phase::Stopped {
+                        state.close();
+                        return;
+                    }
                     state.drain();
-                }
-                _ = hard_stop.wait_for(|stop| *stop) => {
-                    state.close();
-                    return;
                 }
                 _ = state.done.notified() => return,
             }

@@ -1,4 +1,5 @@
-//! The four `vagov_` cookies (SPEC §4) and the info token's format.
+//! The four `vagov_` cookies (README, The sign-in endpoints) and the info
+//! token's format.
 
 use cookie::{Cookie, Expiration, SameSite as CookieSameSite};
 use http::HeaderValue;

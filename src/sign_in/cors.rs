@@ -1,4 +1,5 @@
-//! Credentialed CORS for the sign-in endpoints (SPEC §1): listed origins only.
+//! Credentialed CORS for the sign-in endpoints (README, The sign-in endpoints):
+//! listed origins only.
 
 use http::header::{
     HeaderMap, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,

@@ -1,8 +1,9 @@
-//! Migration (SPEC §8): users signed in at the login service before the
-//! gateway went in front of it hold refresh tokens of its own. Such a token
-//! (SiS shape, not sealed by any of the gateway's keys), met at the refresh
-//! endpoint or in an inline refresh, is refreshed once at the login
-//! service's `{prefix}/refresh`, and the bundle it answers is adopted as
+//! Migration (README, Putting sis-gateway in front of an existing Sign-in
+//! Service): users signed in at the login service before the gateway went in
+//! front of it hold refresh tokens of its own. Such a token (SiS shape, not
+//! sealed by any of the gateway's keys), met at the refresh endpoint or in an
+//! inline refresh, is refreshed once at the login service's `{prefix}/refresh`,
+//! and the bundle it answers is adopted as
 //! [`adopt`](super::adopt) adopts a sign-in. The client gets the gateway's
 //! bundle; the login service's new refresh token is dropped, so from then
 //! on the user refreshes at the gateway alone. Any other answer is passed
@@ -28,8 +29,8 @@ use prometheus_client::metrics::family::Family;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use super::adopt::{
-    cookie_bundle, is_json, json_bundle, read_limited, Adopter, NotAdopted, BODY_TIMEOUT,
+use super::bundle::{
+    cookie_bundle, is_json, json_bundle, read_limited, NotAdopted, BODY_TIMEOUT, MAX_JSON,
 };
 use super::SignIn;
 use crate::config::Config;
@@ -220,7 +221,7 @@ impl SignIn {
                             return Migration::Migrated(b);
                         }
                         let m = self
-                            .migrate_once(adopter, migrator, token, anti_csrf, login, ctx)
+                            .migrate_once(&adopter.names, migrator, token, anti_csrf, login, ctx)
                             .await;
                         if let Migration::Migrated(b) = &m {
                             migrator.remember(&key, b, self.sessions.now_ms());
@@ -243,7 +244,7 @@ impl SignIn {
     /// One call to the login service, and the adoption of its answer.
     async fn migrate_once(
         &self,
-        adopter: &Adopter,
+        names: &[String; 4],
         migrator: &Migrator,
         token: &str,
         anti_csrf: Option<&str>,
@@ -251,7 +252,7 @@ impl SignIn {
         ctx: &RequestCtx,
     ) -> Migration {
         let result = self
-            .call_login_service(adopter, migrator, token, anti_csrf, login, ctx)
+            .call_login_service(names, migrator, token, anti_csrf, login, ctx)
             .await;
         match &result {
             Migration::Migrated(b) => {
@@ -266,14 +267,15 @@ impl SignIn {
                 migrator.count("refused");
                 tracing::info!(status = %r.status, "the login service refused to refresh a token to migrate");
             }
-            Migration::Failed(e) => migrator.count(e.outcome),
+            Migration::Failed(e) => migrator.count(e.outcome()),
         }
         result
     }
 
+    /// `names` are the login service's bundle cookies.
     async fn call_login_service(
         &self,
-        adopter: &Adopter,
+        names: &[String; 4],
         migrator: &Migrator,
         token: &str,
         anti_csrf: Option<&str>,
@@ -309,7 +311,7 @@ impl SignIn {
             .headers
             .get(header::CONTENT_ENCODING)
             .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-        let bytes = if encoded || declared > super::adopt::MAX_JSON as u64 {
+        let bytes = if encoded || declared > MAX_JSON as u64 {
             None
         } else {
             tokio::time::timeout(BODY_TIMEOUT, read_limited(body))
@@ -319,14 +321,14 @@ impl SignIn {
         };
         let Some(bytes) = bytes else {
             tracing::warn!("an answer of the login service to a migration could not be read");
-            return Migration::Failed(NotAdopted::bad_gateway("unreadable"));
+            return Migration::Failed(NotAdopted::Unreadable);
         };
-        let cookies = cookie_bundle(&adopter.names, &parts.headers);
+        let cookies = cookie_bundle(names, &parts.headers);
         let json: Option<Value> = is_json(&parts.headers)
             .then(|| serde_json::from_slice(&bytes).ok())
             .flatten();
         let json_token = json.as_ref().map(json_bundle);
-        let in_json = matches!(json_token, Some(Ok(Some(_))) | Some(Err(())));
+        let in_json = matches!(json_token, Some(Ok(Some(_))) | Some(Err(_)));
         let carries = in_json || cookies.present();
         if !carries {
             let mut headers = parts.headers;
@@ -347,7 +349,11 @@ impl SignIn {
         };
         let (StatusCode::OK, Some(access)) = (parts.status, access) else {
             tracing::warn!(status = %parts.status, "an answer of the login service to a migration carries no usable bundle");
-            return Migration::Failed(NotAdopted::bad_gateway("invalid"));
+            return Migration::Failed(NotAdopted::Invalid);
+        };
+        // Migration is on only with `[sign_in.adopt]`.
+        let Some(adopter) = &self.adopter else {
+            return Migration::Failed(NotAdopted::Invalid);
         };
         match self.open_adopted(adopter, &access, Some(token)).await {
             Ok(bundle) => Migration::Migrated(bundle),

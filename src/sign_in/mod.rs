@@ -1,5 +1,5 @@
-//! The SiS endpoints under `sign_in.path_prefix` (SPEC §1) and the session
-//! admin API (SPEC §6).
+//! The SiS endpoints under `sign_in.path_prefix` (README, The sign-in
+//! endpoints) and the session admin API (README, Admin listener).
 //!
 //! - `POST refresh`, `POST revoke`, `GET revoke_all_sessions`, `GET logout`,
 //!   `GET openid_connect/certs`, each with credentialed CORS for listed origins.
@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod adopt;
+mod bundle;
 pub mod cookies;
 pub mod cors;
 pub mod limit;
@@ -36,6 +37,7 @@ use crate::metrics::Metrics;
 use crate::session::service::{Bundle, RefreshError, Sessions};
 use crate::session::store::Store;
 use crate::time::{SharedClock, SystemClock};
+use crate::tokens::jwks::UpstreamKeys;
 use crate::tokens::jwt::{AccessClaims, AccessTokens, VerifyError};
 use crate::tokens::seal::Sealer;
 
@@ -84,12 +86,18 @@ pub struct SignIn {
 
 impl SignIn {
     /// Connects the store and loads keys as configured, on the system clock.
-    pub async fn new(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<SignIn> {
-        Self::with_clock(config, metrics, Arc::new(SystemClock)).await
+    /// `adopt_keys`: the login service's keys, with `[sign_in.adopt]`.
+    pub async fn new(
+        config: &Config,
+        adopt_keys: Option<Arc<UpstreamKeys>>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<SignIn> {
+        Self::with_clock(config, adopt_keys, metrics, Arc::new(SystemClock)).await
     }
 
     pub async fn with_clock(
         config: &Config,
+        adopt_keys: Option<Arc<UpstreamKeys>>,
         metrics: Arc<Metrics>,
         clock: SharedClock,
     ) -> anyhow::Result<SignIn> {
@@ -99,6 +107,7 @@ impl SignIn {
         let limiter = limit::FailureLimiter::new(config.sign_in.failures_per_minute, clock.clone());
         Ok(Self::assemble(
             config,
+            adopt_keys,
             metrics,
             clock,
             store,
@@ -116,6 +125,7 @@ impl SignIn {
         &self,
         old: &Config,
         config: &Config,
+        adopt_keys: Option<Arc<UpstreamKeys>>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<SignIn> {
         let s = &self.sessions;
@@ -145,12 +155,14 @@ impl SignIn {
         };
         let clock = self.clock.clone();
         Ok(Self::assemble(
-            config, metrics, clock, store, sealer, access, limiter,
+            config, adopt_keys, metrics, clock, store, sealer, access, limiter,
         ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         config: &Config,
+        adopt_keys: Option<Arc<UpstreamKeys>>,
         metrics: Arc<Metrics>,
         clock: SharedClock,
         store: Store,
@@ -162,7 +174,8 @@ impl SignIn {
             .sign_in
             .adopt
             .as_ref()
-            .map(|a| adopt::Adopter::new(a, config, &metrics));
+            .zip(adopt_keys)
+            .map(|(a, keys)| adopt::Adopter::new(a, keys, config, &metrics));
         let sessions = Sessions::new(config, store, sealer, access, clock.clone(), metrics);
         SignIn {
             adopter,
@@ -247,7 +260,8 @@ impl SignIn {
 
     /// True when the gateway answers `path` (one that
     /// [`matches`](Self::matches)) itself; other sign-in paths go to
-    /// `sign_in.upstream` when it is set (SPEC §8).
+    /// `sign_in.upstream` when it is set (README, Putting sis-gateway in front
+    /// of an existing Sign-in Service).
     pub fn intercepts(&self, path: &str) -> bool {
         self.endpoint(path).is_some()
     }
@@ -316,7 +330,8 @@ impl SignIn {
             Ok(p) => p,
             Err(res) => return res,
         };
-        // A token of the login service is migrated (SPEC §8).
+        // A token of the login service is migrated (README, Putting sis-gateway
+        // in front of an existing Sign-in Service).
         if self.migrates(&token) {
             return match self.migrate(&token, anti_csrf.as_deref(), login, ctx).await {
                 Some(migrate::Migration::Migrated(bundle)) => self.issued(&bundle, StatusCode::OK),
@@ -501,8 +516,8 @@ impl SignIn {
         )
     }
 
-    /// The error table of SPEC §1: the status of each error (its message
-    /// is the error's text).
+    /// The error table of README, The sign-in endpoints: the status of each
+    /// error (its message is the error's text).
     fn error(&self, e: RefreshError, client: Option<&ClientConfig>) -> Response<Body> {
         let status = match e {
             RefreshError::NotDefined => StatusCode::BAD_REQUEST,

@@ -1,5 +1,6 @@
-//! Where the refresh endpoint's inputs come from (SPEC §1): a query or
-//! form/JSON body parameter first, then the cookie of the same name (read by
+//! Where the refresh endpoint's inputs come from (README, The sign-in
+//! endpoints): a query or form/JSON body parameter first, then the cookie of
+//! the same name (read by
 //! [`crate::cookie`], as every cookie is). An empty value counts as missing.
 
 use std::borrow::Cow;

@@ -1,7 +1,7 @@
 //! Time, in three kinds: the injectable wall clock that expiry and grace
 //! windows read ([`Clock`]), a coarse monotonic clock for connection
 //! timeouts ([`coarse`]), and request-path timeouts whose timers are reused
-//! on worker threads ([`timer`]).
+//! on worker threads (`timer`).
 
 mod clock;
 pub mod coarse;

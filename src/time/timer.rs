@@ -2,11 +2,11 @@
 //!
 //! A fresh `tokio::time::timeout` allocates its timer entry on first wait and
 //! frees it after. Worker threads run one runtime each for their whole life,
-//! so they keep finished sleeps and re-arm them for the next timeout instead.
+//! so they keep finished sleeps in their context ([`crate::worker`]) and
+//! re-arm them for the next timeout instead.
 //! Elsewhere (tests, the caller's runtime) each timeout takes a fresh sleep,
 //! as `tokio::time::timeout` does.
 
-use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -19,26 +19,9 @@ use tokio::time::{Instant, Sleep};
 /// reuses a sleep for each (a sleep is about a hundred bytes).
 const KEPT: usize = 256;
 
-thread_local! {
-    static WORKER: Cell<bool> = const { Cell::new(false) };
-    static SLEEPS: RefCell<Vec<Pin<Box<Sleep>>>> = const { RefCell::new(Vec::new()) };
-}
-
 /// The deadline passed before the future finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Elapsed;
-
-/// Marks this thread as a worker whose one runtime outlives every timeout
-/// started on it. Call [`end_worker`] before that runtime is dropped.
-pub(crate) fn start_worker() {
-    WORKER.with(|w| w.set(true));
-}
-
-/// Drops the kept sleeps while their runtime is still there.
-pub(crate) fn end_worker() {
-    WORKER.with(|w| w.set(false));
-    SLEEPS.with(|s| s.borrow_mut().clear());
-}
 
 /// Runs `fut` until it finishes or `after` passes.
 pub(crate) fn timeout<F: Future>(after: Duration, fut: F) -> Timeout<F> {
@@ -98,23 +81,17 @@ impl<F: Future> Future for Timeout<F> {
 
 /// A kept sleep, on a worker thread that has one.
 fn kept() -> Option<Pin<Box<Sleep>>> {
-    if !WORKER.with(Cell::get) {
-        return None;
-    }
-    SLEEPS.try_with(|s| s.borrow_mut().pop()).ok().flatten()
+    crate::worker::current()?.sleeps().borrow_mut().pop()
 }
 
 /// Keeps `sleep` for a later timeout on this worker thread (or drops it).
 fn keep(sleep: Pin<Box<Sleep>>) {
-    if !WORKER.try_with(Cell::get).unwrap_or(false) {
-        return;
-    }
-    let _ = SLEEPS.try_with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < KEPT {
-            s.push(sleep);
+    if let Some(worker) = crate::worker::current() {
+        let mut sleeps = worker.sleeps().borrow_mut();
+        if sleeps.len() < KEPT {
+            sleeps.push(sleep);
         }
-    });
+    }
 }
 
 #[cfg(test)]
@@ -128,7 +105,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            start_worker();
+            let entered = crate::worker::enter(1);
             for _ in 0..3 {
                 let slow = timeout(
                     Duration::from_millis(20),
@@ -143,10 +120,12 @@ mod tests {
                 assert_eq!(timeout(Duration::from_secs(10), async { 8 }).await, Ok(8));
             }
             // One sleep served every wait.
-            assert_eq!(SLEEPS.with(|s| s.borrow().len()), 1);
+            let worker = crate::worker::current().unwrap();
+            assert_eq!(worker.sleeps().borrow().len(), 1);
             // A duration too long to add to now does not panic.
             assert_eq!(timeout(Duration::MAX, async { 9 }).await, Ok(9));
-            end_worker();
+            drop(entered);
+            assert!(worker.sleeps().borrow().is_empty());
         });
     }
 }

@@ -1,5 +1,5 @@
 //! Fetching `sign_in.adopt.jwks` from an `https://` URL and keeping it
-//! fresh (SPEC §8).
+//! fresh (README, "Fetching the JWKS").
 //!
 //! - One background task per URL source: it fetches at start, then every
 //!   [`REFRESH_INTERVAL`], or as the answer's `Cache-Control: max-age` asks
@@ -29,7 +29,7 @@ use prometheus_client::metrics::family::Family;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::sync::{mpsc, watch};
 
-use super::jwks::KeySet;
+use super::keyset::{JwksError, KeySet};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::time::SharedClock;
 
@@ -83,38 +83,14 @@ impl fmt::Debug for Remote {
 }
 
 impl Remote {
-    /// Checks `spec` (an `https://` URL); the message of an error is for
-    /// `sign_in.adopt.jwks`.
+    /// `url` is an `https://` URL checked by the configuration
+    /// ([`crate::config::JwksSource`]).
     pub(crate) fn new(
-        spec: &str,
+        url: Uri,
         ca: Option<Vec<CertificateDer<'static>>>,
         clock: SharedClock,
-    ) -> Result<Remote, String> {
-        let url: Uri = spec
-            .parse()
-            .map_err(|e| format!("{spec:?} is not a URL: {e}"))?;
-        let Some(authority) = url.authority() else {
-            return Err(format!("{spec:?} names no host"));
-        };
-        if authority.as_str().contains('@') {
-            return Err(format!(
-                "{spec:?}: credentials in the URL are not supported"
-            ));
-        }
-        if authority.host().is_empty() {
-            return Err(format!("{spec:?} names no host"));
-        }
-        if url.scheme_str() != Some("https") {
-            return Err(format!("{spec:?} must be an https:// URL"));
-        }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        if ServerName::try_from(host).is_err() {
-            return Err(format!("{spec:?}: {host:?} is not a host name or address"));
-        }
-        Ok(Remote {
+    ) -> Remote {
+        Remote {
             url,
             ca,
             early: EarlyRefetch::new(clock),
@@ -124,7 +100,7 @@ impl Remote {
                 last_error: Mutex::new(None),
             }),
             kick: OnceLock::new(),
-        })
+        }
     }
 
     pub(crate) fn same_source(&self, other: &Remote) -> bool {
@@ -360,7 +336,9 @@ enum FetchError {
     #[error("the answer is larger than {MAX_JWKS_BYTES} bytes or broken")]
     Body,
     #[error("the answer is not a usable JWKS: {0}")]
-    Invalid(String),
+    Invalid(#[from] JwksError),
+    #[error("cannot build the request: {0}")]
+    Request(http::Error),
     #[error("no answer within {FETCH_TIMEOUT:?}")]
     Timeout,
 }
@@ -374,7 +352,7 @@ impl FetchError {
             | FetchError::Http(_)
             | FetchError::Timeout => "unreachable",
             FetchError::Status(_) => "status",
-            FetchError::Body | FetchError::Invalid(_) => "invalid",
+            FetchError::Body | FetchError::Invalid(_) | FetchError::Request(_) => "invalid",
         }
     }
 }
@@ -462,7 +440,7 @@ impl Fetcher {
             .header(header::ACCEPT, "application/json")
             .header(header::USER_AGENT, "sis-gateway")
             .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| FetchError::Invalid(e.to_string()))?;
+            .map_err(FetchError::Request)?;
         let res = sender.send_request(req).await.map_err(FetchError::Http)?;
         if res.status() != StatusCode::OK {
             conn.abort();
@@ -476,7 +454,7 @@ impl Fetcher {
             .to_bytes();
         drop(sender);
         conn.abort();
-        let keys = KeySet::parse(&body).map_err(FetchError::Invalid)?;
+        let keys = KeySet::parse(&body)?;
         Ok((keys, cache_control))
     }
 }
@@ -554,26 +532,5 @@ mod tests {
         clock.advance(Duration::from_millis(1));
         assert!(early.allow());
         assert!(!early.allow());
-    }
-
-    #[test]
-    fn urls_are_checked() {
-        let clock: SharedClock = Arc::new(crate::time::SystemClock);
-        let ok = Remote::new(
-            "https://sis.example.gov:8443/v0/sign_in/openid_connect/certs",
-            None,
-            clock.clone(),
-        )
-        .unwrap();
-        assert_eq!(ok.url.port_u16(), Some(8443));
-        assert!(Remote::new("https://[::1]/jwks", None, clock.clone()).is_ok());
-        for (bad, want) in [
-            ("https://", "not a URL"),
-            ("https://user:pw@sis.example.gov/jwks", "credentials"),
-            ("https://sis example/jwks", "not a URL"),
-        ] {
-            let e = Remote::new(bad, None, clock.clone()).unwrap_err();
-            assert!(e.contains(want), "{bad}: {e}");
-        }
     }
 }

@@ -24,7 +24,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::TokenError;
+use super::{KeyProblem, TokenError};
 use crate::config::{Algorithm, TokensConfig};
 
 /// Longer bearer tokens are rejected before any decoding.
@@ -75,7 +75,9 @@ impl fmt::Debug for AccessClaims {
 #[derive(thiserror::Error, Debug, Clone, PartialEq)]
 pub enum VerifyError {
     /// Signed by one of our keys, but `exp` has passed. Carries the claims, for
-    /// logout (which accepts an expired token) and for the 403 of SPEC §5.
+    /// logout (which accepts an expired token) and for the 403 a route answers
+    /// an expired Bearer token with (README, "Pass-through routes and
+    /// transparent refresh").
     #[error("access token has expired")]
     Expired(Box<AccessClaims>),
     /// Anything else: garbage, unknown `kid`, algorithm mismatch, bad signature.
@@ -137,31 +139,28 @@ impl AccessTokens {
             );
             return Ok(AccessTokens::ephemeral(cfg.algorithm));
         }
-        let config_key = |i: usize| format!("tokens.signing_keys[{i}]");
         let mut pems = Vec::with_capacity(cfg.signing_keys.len());
         for (i, path) in cfg.signing_keys.iter().enumerate() {
-            let pem = std::fs::read(path).map_err(|e| TokenError::Config {
-                key: config_key(i),
-                message: format!("cannot read {}: {e}", path.display()),
+            let pem = std::fs::read(path).map_err(|source| TokenError::SigningKeyUnreadable {
+                index: i,
+                path: path.clone(),
+                source,
             })?;
             pems.push(pem);
         }
         let tokens = AccessTokens::from_pem(&pems).map_err(|e| match e {
-            TokenError::InvalidKey { index, message } => TokenError::Config {
-                key: config_key(index),
-                message: format!("{}: {message}", cfg.signing_keys[index].display()),
+            TokenError::InvalidKey { index, problem } => TokenError::SigningKeyUnusable {
+                index,
+                path: cfg.signing_keys[index].clone(),
+                problem,
             },
             other => other,
         })?;
         if tokens.algorithm() != cfg.algorithm {
-            return Err(TokenError::Config {
-                key: config_key(0),
-                message: format!(
-                    "{} holds a {} key, but tokens.algorithm is {}",
-                    cfg.signing_keys[0].display(),
-                    tokens.algorithm().name(),
-                    cfg.algorithm.name()
-                ),
+            return Err(TokenError::AlgorithmMismatch {
+                path: cfg.signing_keys[0].clone(),
+                found: tokens.algorithm(),
+                configured: cfg.algorithm,
             });
         }
         Ok(tokens)
@@ -182,10 +181,8 @@ impl AccessTokens {
         let mut signer = None;
         let mut keys: Vec<VerifyKey> = Vec::with_capacity(pems.len());
         for (index, pem) in pems.iter().enumerate() {
-            let (s, key) = parse_pem(pem).map_err(|message| TokenError::InvalidKey {
-                index,
-                message: message.to_owned(),
-            })?;
+            let (s, key) =
+                parse_pem(pem).map_err(|problem| TokenError::InvalidKey { index, problem })?;
             if signer.is_none() {
                 signer = Some(s);
             }
@@ -318,23 +315,22 @@ fn push_sig(out: &mut String, sig: &[u8]) {
     URL_SAFE_NO_PAD.encode_string(sig, out);
 }
 
-fn parse_pem(text: &[u8]) -> Result<(Signer, VerifyKey), &'static str> {
-    let blocks = pem::parse_many(text).map_err(|_| "not a valid PEM file")?;
+fn parse_pem(text: &[u8]) -> Result<(Signer, VerifyKey), KeyProblem> {
+    let blocks = pem::parse_many(text).map_err(|_| KeyProblem::NotPem)?;
     for block in &blocks {
         match block.tag() {
             tag @ ("PRIVATE KEY" | "EC PRIVATE KEY" | "RSA PRIVATE KEY") => {
                 return parse_private_key(tag, block.contents());
             }
-            "ENCRYPTED PRIVATE KEY" => return Err("encrypted private keys are not supported"),
+            "ENCRYPTED PRIVATE KEY" => return Err(KeyProblem::Encrypted),
             _ => {}
         }
     }
-    Err("no PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY block found")
+    Err(KeyProblem::NoPrivateKey)
 }
 
-fn parse_private_key(tag: &str, der: &[u8]) -> Result<(Signer, VerifyKey), &'static str> {
-    const UNSUPPORTED: &str =
-        "unsupported or malformed key (expected a P-256 EC, RSA (2048-8192 bit) or Ed25519 private key)";
+fn parse_private_key(tag: &str, der: &[u8]) -> Result<(Signer, VerifyKey), KeyProblem> {
+    const UNSUPPORTED: KeyProblem = KeyProblem::Unsupported;
     let signer = match tag {
         "PRIVATE KEY" => {
             if let Ok(kp) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der) {
@@ -349,10 +345,10 @@ fn parse_private_key(tag: &str, der: &[u8]) -> Result<(Signer, VerifyKey), &'sta
         }
         "EC PRIVATE KEY" => Signer::Ec(
             EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
-                .map_err(|_| "not a P-256 EC private key")?,
+                .map_err(|_| KeyProblem::NotP256)?,
         ),
         "RSA PRIVATE KEY" => {
-            Signer::Rsa(RsaKeyPair::from_der(der).map_err(|_| "not a usable RSA private key")?)
+            Signer::Rsa(RsaKeyPair::from_der(der).map_err(|_| KeyProblem::NotRsa)?)
         }
         _ => return Err(UNSUPPORTED),
     };

@@ -4,6 +4,7 @@
 //!   sealed successor kept for the replay window.
 //! - [`jwt`]: access tokens signed with parsed aws-lc-rs keys, verified by `kid`, and the JWKS.
 //! - [`keys`]: key generation for `sis-gateway keygen`.
+//! - [`keyset`]: one JWKS document's keys, and verification of a login service's tokens with them.
 //! - [`jwks`]: the keys of a fronted login service's access tokens (`sign_in.adopt.jwks`).
 //! - [`jwks_fetch`]: those keys fetched from an `https://` URL and kept fresh.
 
@@ -11,12 +12,16 @@ use std::path::PathBuf;
 
 use aws_lc_rs::{digest, rand};
 
+use crate::config::Algorithm;
+
 pub mod jwks;
 pub mod jwks_fetch;
 pub mod jwt;
 pub mod keys;
+pub mod keyset;
 pub mod seal;
 
+pub use jwks::KeyFiles;
 pub use jwt::{AccessClaims, AccessTokens, VerifyError};
 pub use keys::{generate_pem, generate_sealing_key, keygen, Keygen};
 pub use seal::{open_successor, seal_successor, OpenError, RefreshPayload, Sealer};
@@ -24,12 +29,33 @@ pub use seal::{open_successor, seal_successor, OpenError, RefreshPayload, Sealer
 /// Errors of key loading, key generation and signing. Messages never carry key material.
 #[derive(thiserror::Error, Debug)]
 pub enum TokenError {
-    /// A configured key is unusable; `key` names the configuration key.
-    #[error("{key}: {message}")]
-    Config { key: String, message: String },
+    /// `tokens.signing_keys[index]` cannot be read.
+    #[error("tokens.signing_keys[{index}]: cannot read {}: {source}", .path.display())]
+    SigningKeyUnreadable {
+        index: usize,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `tokens.signing_keys[index]` holds no usable key.
+    #[error("tokens.signing_keys[{index}]: {}: {problem}", .path.display())]
+    SigningKeyUnusable {
+        index: usize,
+        path: PathBuf,
+        problem: KeyProblem,
+    },
+    /// The first signing key is not of `tokens.algorithm`.
+    #[error(
+        "tokens.signing_keys[0]: {} holds a {} key, but tokens.algorithm is {}",
+        .path.display(), .found.name(), .configured.name()
+    )]
+    AlgorithmMismatch {
+        path: PathBuf,
+        found: Algorithm,
+        configured: Algorithm,
+    },
     /// A PEM handed to [`AccessTokens::from_pem`] is unusable; `index` is its position.
-    #[error("signing key #{index}: {message}")]
-    InvalidKey { index: usize, message: String },
+    #[error("signing key #{index}: {problem}")]
+    InvalidKey { index: usize, problem: KeyProblem },
     #[error("no signing key given")]
     NoKeys,
     #[error("refusing to overwrite existing file {}", .0.display())]
@@ -46,6 +72,25 @@ pub enum TokenError {
     Signing,
     #[error("cannot encode access token claims: {0}")]
     Encode(#[from] serde_json::Error),
+}
+
+/// Why a PEM holds no usable signing key.
+#[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyProblem {
+    #[error("not a valid PEM file")]
+    NotPem,
+    #[error("encrypted private keys are not supported")]
+    Encrypted,
+    #[error("no PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY block found")]
+    NoPrivateKey,
+    #[error("not a P-256 EC private key")]
+    NotP256,
+    #[error("not a usable RSA private key")]
+    NotRsa,
+    #[error(
+        "unsupported or malformed key (expected a P-256 EC, RSA (2048-8192 bit) or Ed25519 private key)"
+    )]
+    Unsupported,
 }
 
 /// Lowercase hex SHA-256 of `token`: what the store keeps, and the

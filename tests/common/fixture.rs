@@ -11,7 +11,8 @@ use super::gateway::TestGateway;
 pub const SEALING_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 pub const ADMIN: &str = "test-admin-token";
 pub const REFRESH: &str = "/v0/sign_in/refresh";
-/// `store.timeout` of these tests; SPEC §7 allows 50 ms on top, CI some more.
+/// `store.timeout` of these tests; a store call answers 503 within it
+/// (README, `[store]`); allow 50 ms on top, CI some more.
 pub const STORE_TIMEOUT_MS: u64 = 250;
 
 /// The config: `server` goes in `[server]`, `routes` after the three routes.

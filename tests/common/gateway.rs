@@ -17,8 +17,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sis_gateway::config::Config;
 use sis_gateway::Listeners;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+pub use super::raw::{parse_raw, read_until_closed, RawResponse};
 
 /// A config as TOML text or already validated.
 pub trait IntoConfig {
@@ -292,72 +294,13 @@ pub async fn get(url: &str) -> Response<Bytes> {
     send(Request::get(url).body(Full::default()).unwrap()).await
 }
 
-/// A response read off a raw socket.
-#[derive(Debug)]
-pub struct RawResponse {
-    pub status: u16,
-    /// Lower-cased names, in order.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl RawResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-/// Writes `request` as is and reads one response until the server closes
-/// the connection (send `Connection: close`). The body is taken as is
-/// (responses here carry Content-Length).
+/// Writes `request` as is and reads until the server closes the connection
+/// (send `Connection: close`): the response as [`parse_raw`] takes it.
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+    let (buf, _) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
     parse_raw(&buf)
-}
-
-pub fn parse_raw(buf: &[u8]) -> RawResponse {
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(buf)));
-    let head = String::from_utf8_lossy(&buf[..end]);
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let mut body = buf[end + 4..].to_vec();
-    let res = RawResponse {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    if let Some(len) = res
-        .header("content-length")
-        .and_then(|l| l.parse::<usize>().ok())
-    {
-        body.truncate(len);
-    }
-    RawResponse { body, ..res }
 }
 
 /// Headers an echoing test upstream received, lower-cased names.

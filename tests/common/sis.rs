@@ -1,7 +1,8 @@
 //! A stand-in for a Rails-style Sign-in Service, for tests of the gateway
-//! in front of one (SPEC §8). It signs RS256 access tokens with a key of its
-//! own (published as a JWKS file), hands out refresh tokens in the Rails
-//! shape (`v1:<base64>.<32 hex>.V0`) and answers as the Rails service does:
+//! in front of one (README, Putting sis-gateway in front of an existing Sign-in
+//! Service). It signs RS256 access tokens with a key of its own (published as a
+//! JWKS file), hands out refresh tokens in the Rails shape (`v1:<base64>.<32
+//! hex>.V0`) and answers as the Rails service does:
 //!
 //! - `token`: a JSON bundle (`data.access_token`, `refresh_token`,
 //!   `anti_csrf_token`) for the client the query's `client_id` names

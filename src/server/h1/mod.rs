@@ -16,8 +16,6 @@
 //! handler did not read to its end is drained when it is small and quick,
 //! otherwise the connection closes after the response.
 
-pub(crate) mod idle;
-
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -29,9 +27,14 @@ use futures_util::FutureExt as _;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt as _;
 use tokio::io::AsyncWriteExt as _;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
+#[cfg(test)]
+mod tests;
+
+use super::close::Close;
 use super::conn::ConnTicket;
+use super::shutdown::Shutdown;
 use super::Shared;
 use crate::ctx::RequestId;
 use crate::http::body::{json_error, RequestBody};
@@ -70,15 +73,13 @@ pub(super) async fn serve(
     tls: bool,
     ticket: Option<ConnTicket>,
 ) {
-    let signals = shared.signals();
     let mut conn = Conn {
-        on_worker: signals.worker,
+        shutdown: shared.shutdown(),
         limits: Limits {
             header_read_timeout: shared.header_read_timeout,
             idle_timeout: shared.idle_timeout,
             max_header_size: shared.max_header_size,
         },
-        drain: signals.drain,
         shared,
         peer,
         tls,
@@ -89,7 +90,7 @@ pub(super) async fn serve(
         idle_timer: None,
     };
     let reason = conn.run().await;
-    tracing::debug!(%peer, reason, "closing connection");
+    tracing::debug!(%peer, %reason, "closing connection");
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.write.shutdown()).await;
     if conn.linger {
         if let Some(read) = conn.read.as_mut() {
@@ -123,9 +124,7 @@ async fn linger(read: &mut ReadSide) {
 struct Conn {
     shared: Arc<Shared>,
     limits: Limits,
-    drain: watch::Receiver<bool>,
-    /// On a worker thread, whose drain wakes [`idle::DrainWait`]s.
-    on_worker: bool,
+    shutdown: Shutdown,
     peer: SocketAddr,
     tls: bool,
     /// `None` while a request body holds it.
@@ -143,22 +142,22 @@ struct Conn {
 
 impl Conn {
     /// Serves requests until the connection should close; says why.
-    async fn run(&mut self) -> &'static str {
+    async fn run(&mut self) -> Close {
         loop {
             let Some(mut read) = self.read.take() else {
-                return "request body not recovered";
+                return Close::BodyNotRecovered;
             };
             if read.buf.is_empty() {
                 // Idle: give the buffer back and wait for the next request.
                 crate::http::h1::give_read_buf(std::mem::take(&mut read.buf));
-                if *self.drain.borrow() {
-                    return "shutting down";
+                if self.shutdown.is_draining() {
+                    return Close::ShuttingDown;
                 }
                 // Under load the next request is often there already: a
                 // read that does not wait needs no timer.
                 let ready = std::future::poll_fn(|cx| read.poll_fill(cx)).now_or_never();
                 let got = match ready {
-                    Some(got) => Ok(got),
+                    Some(got) => Wait::Read(got),
                     None => {
                         // Seconds-scale: the coarse clock saves a clock read.
                         let due = crate::time::coarse::deadline(self.limits.idle_timeout);
@@ -171,39 +170,32 @@ impl Conn {
                             .idle_timer
                             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
                         loop {
-                            let woke = if self.on_worker {
-                                tokio::select! {
-                                    biased;
-                                    _ = idle::DrainWait::default() => return "shutting down",
-                                    got = read.fill() => Ok(got),
-                                    () = timer.as_mut() => Err(()),
-                                }
-                            } else {
-                                tokio::select! {
-                                    biased;
-                                    _ = self.drain.wait_for(|d| *d) => return "shutting down",
-                                    got = read.fill() => Ok(got),
-                                    () = timer.as_mut() => Err(()),
-                                }
+                            let woke = tokio::select! {
+                                biased;
+                                () = self.shutdown.idle() => return Close::ShuttingDown,
+                                got = read.fill() => Wait::Read(got),
+                                () = timer.as_mut() => Wait::TimerFired,
                             };
                             match woke {
-                                Err(()) if timer.deadline() < due => timer.as_mut().reset(due),
+                                Wait::TimerFired if timer.deadline() < due => {
+                                    timer.as_mut().reset(due)
+                                }
                                 woke => break woke,
                             }
                         }
                     }
                 };
                 match got {
-                    Ok(Ok(0)) => return "closed by client",
-                    Ok(Err(_)) => return "read error",
-                    Err(_) => return "idle",
-                    Ok(Ok(_)) => {}
+                    Wait::Read(Ok(0)) => return Close::ClosedByClient,
+                    Wait::Read(Err(_)) => return Close::ReadError,
+                    Wait::TimerFired => return Close::Idle,
+                    Wait::Read(Ok(_)) => {}
                 }
             }
             // A head that arrived whole (the usual case) needs no timer.
             let head = match parse::parse(&mut read.buf, self.limits.max_header_size) {
-                Ok(Some(head)) => Ok(Ok(head)),
-                Err(e) => Ok(Err(Some(e))),
+                Ok(Some(head)) => HeadRead::Head(head),
+                Err(e) => HeadRead::Malformed(e),
                 Ok(None) => {
                     // Boxed, as the answer below: a head that comes in
                     // pieces waits on the network anyway, and its timer and
@@ -213,12 +205,13 @@ impl Conn {
                         read_head(&mut read, self.limits.max_header_size),
                     ))
                     .await
+                    .unwrap_or(HeadRead::TimedOut)
                 }
             };
             let head = match head {
-                Err(_) => return "request head not received in time",
-                Ok(Err(None)) => return "closed during a request head",
-                Ok(Err(Some(e))) => {
+                HeadRead::TimedOut => return Close::HeadTimeout,
+                HeadRead::Closed => return Close::ClosedDuringHead,
+                HeadRead::Malformed(e) => {
                     self.linger_on(read);
                     let mut res = json_error(e.status(), &e.to_string());
                     res.headers_mut()
@@ -230,9 +223,9 @@ impl Conn {
                     // Boxed: this rare answer's state would otherwise be part
                     // of every connection's, idle ones included.
                     let _ = crate::boxed!(self.respond(res.into(), exchange, false)).await;
-                    return "malformed request head";
+                    return Close::MalformedHead;
                 }
-                Ok(Ok(head)) => head,
+                HeadRead::Head(head) => head,
             };
             // Boxed: an exchange's state (request head, response writing) is
             // large, and only needed while it runs, not while the connection
@@ -261,7 +254,7 @@ impl Conn {
             .await
             .is_err()
         {
-            return Next::Close("client stopped reading");
+            return Next::Close(Close::ClientStoppedReading);
         }
         let (body, shared_body) = match head.framing {
             parse::Framing::Empty => {
@@ -291,7 +284,7 @@ impl Conn {
         // Boxed, so the connection's own future stays small while idle.
         // No wait on the stop signal here: when the drain deadline passes,
         // the worker's runtime is dropped, and every connection with it.
-        let res = std::pin::pin!(super::public_request(
+        let res = std::pin::pin!(super::request::public_request(
             &self.shared,
             req,
             self.peer,
@@ -300,7 +293,7 @@ impl Conn {
         .await;
         let upgrading = upgrade.is_some() && res.status() == StatusCode::SWITCHING_PROTOCOLS;
         let keep_alive = head.keep_alive
-            && !*self.drain.borrow()
+            && !self.shutdown.is_draining()
             && !shared_body
                 .as_ref()
                 .is_some_and(|b| b.beyond_drain(DRAIN_LIMIT));
@@ -311,18 +304,18 @@ impl Conn {
 
         if let Some(shared) = shared_body {
             let Some((mut read, mut decoder, failed)) = shared.reclaim() else {
-                return Next::Close("request body not recovered");
+                return Next::Close(Close::BodyNotRecovered);
             };
             if failed {
                 self.linger_on(read);
-                return Next::Close("malformed request body");
+                return Next::Close(Close::MalformedBody);
             }
             let finished = decoder.is_done()
                 || (keep_alive
                     && drain_body(&mut read, &mut decoder, self.limits.header_read_timeout).await);
             if !finished {
                 self.linger_on(read);
-                return Next::Close("request body not read");
+                return Next::Close(Close::BodyNotRead);
             }
             self.read = Some(read);
         }
@@ -337,12 +330,12 @@ impl Conn {
                     ticket.map(|t| Box::new(t) as halves::Held),
                 ));
             }
-            return Next::Close("upgraded");
+            return Next::Close(Close::Upgraded);
         }
         if keep_alive {
             Next::Continue
         } else {
-            Next::Close("not keep-alive")
+            Next::Close(Close::NotKeepAlive)
         }
     }
 
@@ -358,7 +351,7 @@ impl Conn {
         res: Reply,
         exchange: Exchange,
         keep_alive: bool,
-    ) -> Result<bool, &'static str> {
+    ) -> Result<bool, Close> {
         let mut out = h1::take_buf(512);
         let result = self
             .write_response(res, exchange, keep_alive, &mut out)
@@ -374,7 +367,7 @@ impl Conn {
         exchange: Exchange,
         mut keep_alive: bool,
         out: &mut Vec<u8>,
-    ) -> Result<bool, &'static str> {
+    ) -> Result<bool, Close> {
         let (parts, mut body, received, request_id) = res.into_parts();
         let fields = encode::Fields {
             received: received.untouched(),
@@ -415,7 +408,7 @@ impl Conn {
                     tracing::debug!(peer = %self.peer, error = %e, "response body failed");
                     // Whatever was sent, the client must not take it as whole.
                     let _ = self.flush(out, None, idle).await;
-                    return Err("response body failed");
+                    return Err(Close::ResponseBodyFailed);
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if !data.is_empty() => data,
@@ -426,7 +419,7 @@ impl Conn {
             if let Framing::Length(n) = framing {
                 if sent + len > n {
                     tracing::debug!(peer = %self.peer, "response body longer than its length");
-                    return Err("response body longer than declared");
+                    return Err(Close::ResponseTooLong);
                 }
             }
             sent += len;
@@ -437,7 +430,7 @@ impl Conn {
         if let Framing::Length(n) = framing {
             if sent != n {
                 let _ = self.flush(out, None, idle).await;
-                return Err("response body shorter than declared");
+                return Err(Close::ResponseTooShort);
             }
         }
         encode::end_body(framing == Framing::Chunked, out);
@@ -452,7 +445,7 @@ impl Conn {
         pending: &mut Vec<u8>,
         extra: Option<(&[u8], &[u8])>,
         idle: Duration,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), Close> {
         if pending.is_empty() && extra.is_none() {
             return Ok(());
         }
@@ -469,26 +462,48 @@ impl Conn {
         pending.clear();
         match result {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err("write error"),
-            Err(_) => Err("client stopped reading"),
+            Ok(Err(_)) => Err(Close::WriteError),
+            Err(_) => Err(Close::ClientStoppedReading),
         }
     }
 }
 
 enum Next {
     Continue,
-    Close(&'static str),
+    Close(Close),
 }
 
-/// Reads until a whole request head is in `read.buf`. `Err(None)`: the
-/// connection ended first.
-async fn read_head(read: &mut ReadSide, max: usize) -> Result<parse::Head, Option<HeadError>> {
+/// What waiting for the next request ended with.
+enum Wait {
+    /// A read finished: bytes, the client's end (0), or an error.
+    Read(std::io::Result<usize>),
+    /// The idle timer fired (perhaps for an earlier wait).
+    TimerFired,
+}
+
+/// What reading a request head ended with.
+// Unboxed: a head is read for every request, and boxing it would cost an
+// allocation each time, as the `Result` this replaces did not.
+#[allow(clippy::large_enum_variant)]
+enum HeadRead {
+    Head(parse::Head),
+    Malformed(HeadError),
+    /// The connection ended first.
+    Closed,
+    /// `server.header_read_timeout` passed first.
+    TimedOut,
+}
+
+/// Reads until a whole request head is in `read.buf`.
+async fn read_head(read: &mut ReadSide, max: usize) -> HeadRead {
     loop {
-        if let Some(head) = parse::parse(&mut read.buf, max).map_err(Some)? {
-            return Ok(head);
+        match parse::parse(&mut read.buf, max) {
+            Ok(Some(head)) => return HeadRead::Head(head),
+            Err(e) => return HeadRead::Malformed(e),
+            Ok(None) => {}
         }
         match read.fill().await {
-            Ok(0) | Err(_) => return Err(None),
+            Ok(0) | Err(_) => return HeadRead::Closed,
             Ok(_) => {}
         }
     }

@@ -1,7 +1,8 @@
--- Opens a session by adoption (SPEC §8) unless the same token was adopted
--- within the window, atomic so that instances adopting one token in
--- parallel converge on one session. Both keys carry the session handle as
--- their hash tag (one cluster slot).
+-- Opens a session by adoption (README, Putting sis-gateway in front of an
+-- existing Sign-in Service) unless the same token was adopted within the
+-- window, atomic so that instances adopting one token in parallel converge on
+-- one session. Both keys carry the session handle as their hash tag (one
+-- cluster slot).
 --
 -- KEYS[1]  session hash (see rotate.lua)
 -- KEYS[2]  adoption record: hash `sealed` (the session's first token,

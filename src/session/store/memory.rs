@@ -15,7 +15,8 @@ use super::{
 /// How often the sweeper drops expired sessions.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
-/// One stored session: the record plus the token state of SPEC §2.
+/// One stored session: the record plus the token state of README, How rotation
+/// works.
 #[derive(Debug, Clone)]
 pub(super) struct Entry {
     record: SessionRecord,

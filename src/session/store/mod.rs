@@ -1,4 +1,4 @@
-//! Session storage and the rotation rules of SPEC §2.
+//! Session storage and the rotation rules (README, How rotation works).
 //!
 //! The store never sees a refresh token: only SHA-256 hex hashes of tokens and
 //! an opaque sealed blob holding the successor token, which only the holder of
@@ -85,9 +85,10 @@ pub struct NewSession {
 }
 
 /// A session opened by adopting a refresh token of another Sign-in Service
-/// (SPEC §8). Its handle is derived from that token, so every instance that
-/// adopts the token names the same session; the adoption is recorded beside
-/// the session (same hash tag) for the replay window.
+/// (README, Putting sis-gateway in front of an existing Sign-in Service). Its
+/// handle is derived from that token, so every instance that adopts the token
+/// names the same session; the adoption is recorded beside the session (same
+/// hash tag) for the replay window.
 #[derive(Clone, Debug)]
 pub struct NewAdoption {
     pub session: NewSession,

@@ -1,6 +1,6 @@
--- Revoke with a refresh token (SPEC §1): the session is deleted whatever the
--- token, and the answer says whether the token was still good. The same
--- classification as rotate.lua, in one atomic step.
+-- Revoke with a refresh token (README, The sign-in endpoints): the session is
+-- deleted whatever the token, and the answer says whether the token was still
+-- good. The same classification as rotate.lua, in one atomic step.
 --
 -- KEYS[1]  session hash (see rotate.lua)
 -- ARGV     presented_hash, parent_hash ('' when none), now_ms, grace_ms,

@@ -1,4 +1,5 @@
--- Refresh-token rotation (SPEC §2), atomic because Redis runs a script alone.
+-- Refresh-token rotation (README, How rotation works), atomic because Redis
+-- runs a script alone.
 --
 -- KEYS[1]  session hash: user, client, attrs, created, exp, cur, prev, prev_until, succ
 -- ARGV     presented_hash, new_hash, sealed_successor, now_ms, grace_ms,
