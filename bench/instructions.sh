@@ -16,6 +16,8 @@
 #   GATEWAY_BIN defaults to this tree's release build (built when missing);
 #   give another build's binary to compare two builds.
 # Knobs (environment): WARMUP=3 DURATION=8 CONNECTIONS=8
+#   CALLGRIND_DIR=DIR keeps each route's dump as DIR/pub.callgrind and
+#   DIR/sess.callgrind, for callgrind_annotate (which functions changed).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -126,7 +128,12 @@ for route in pub sess; do
     sleep 1
     dump=$(ls -t "$WORK"/callgrind.out.* | head -1)
     total=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
-    rm -f "$dump"
+    if [[ -n ${CALLGRIND_DIR:-} ]]; then
+        mkdir -p "$CALLGRIND_DIR"
+        mv "$dump" "$CALLGRIND_DIR/$route.callgrind"
+    else
+        rm -f "$dump"
+    fi
     printf '%-6s (auth=%s)  %8d requests  %6d instructions per request\n' \
         "/$route" "$([[ $route == pub ]] && echo public || echo session)" \
         "$requests" $((total / requests))
