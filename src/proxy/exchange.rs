@@ -34,7 +34,7 @@ use crate::ctx::X_REQUEST_ID;
 use crate::http::body::BoxError;
 use crate::http::fields::BadLength;
 use crate::http::h1::decode::{Decoder, Step};
-use crate::http::h1::encode::{self, RequestFraming};
+use crate::http::h1::encode::{self, FieldWriter, RequestFraming};
 use crate::http::h1::parse::{
     self, InvalidResponse, ResponseFields, ResponseFraming, ResponseHead,
 };
@@ -210,23 +210,18 @@ pub(super) fn encode_request_head(
     dst: &mut Vec<u8>,
 ) -> RequestFraming {
     let (target, path) = added.target;
-    let request_id = X_REQUEST_ID;
-    let own = parts
-        .headers
-        .iter()
-        .filter(|(name, _)| !super::policy::written_by_gateway(name))
-        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
-    let forwarded = added
-        .forwarded
-        .fields()
-        .map(|(name, value)| (name.as_bytes(), value.as_bytes()));
-    let fields = std::iter::once((&b"host"[..], added.host.as_bytes()))
-        .chain(own)
-        .chain(std::iter::once((
-            request_id.as_str().as_bytes(),
-            added.request_id,
-        )))
-        .chain(forwarded);
+    let fields = |out: &mut FieldWriter<'_>| {
+        out.field(b"host", added.host.as_bytes());
+        for (name, value) in &parts.headers {
+            if !super::policy::written_by_gateway(name) {
+                out.field(name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        out.field(X_REQUEST_ID.as_str().as_bytes(), added.request_id);
+        for (name, value) in added.forwarded.fields() {
+            out.field(name.as_bytes(), value.as_bytes());
+        }
+    };
     encode::request_head(
         &parts.method,
         |dst| target.write_target(path, dst),
