@@ -127,6 +127,27 @@ pub fn current() -> Option<Rc<Worker>> {
     CURRENT.try_with(|c| c.borrow().clone()).ok().flatten()
 }
 
+/// Runs `f` on the current worker's context; `None` off the worker
+/// threads. Nothing is cloned: the request path reads the context several
+/// times per request.
+pub fn with_current<R>(f: impl FnOnce(&Worker) -> R) -> Option<R> {
+    CURRENT
+        .try_with(|c| c.borrow().as_deref().map(f))
+        .ok()
+        .flatten()
+}
+
+/// Runs `f` on what a higher layer stored of type `T` in the current
+/// worker's context; `None` off the worker threads or when nothing of that
+/// type is stored. `f` must not store into the context.
+pub fn with<T: Any, R>(f: impl FnOnce(&T) -> R) -> Option<R> {
+    with_current(|w| {
+        let held = w.held.borrow();
+        held.iter().find_map(|h| h.downcast_ref::<T>()).map(f)
+    })
+    .flatten()
+}
+
 /// What a higher layer stored of type `T` in the current worker's context.
 pub fn get<T: Any>() -> Option<Rc<T>> {
     CURRENT
@@ -158,7 +179,8 @@ impl Worker {
         self.held
             .borrow()
             .iter()
-            .find_map(|h| h.clone().downcast::<T>().ok())
+            .find(|h| h.is::<T>())
+            .and_then(|h| h.clone().downcast::<T>().ok())
     }
 }
 

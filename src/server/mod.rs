@@ -142,19 +142,19 @@ impl Shared {
 
     /// The live `App`, for one request.
     fn app(&self) -> Arc<LiveApp> {
-        let Some(slot) = crate::worker::get::<WorkerApp>() else {
-            return Arc::new(LiveApp(self.app.load_full()));
-        };
-        let live = self.app.load();
-        let mut cached = slot.0.borrow_mut();
-        match &*cached {
-            Some(app) if Arc::ptr_eq(&app.0, &*live) => app.clone(),
-            _ => {
-                let app = Arc::new(LiveApp(arc_swap::Guard::into_inner(live)));
-                *cached = Some(app.clone());
-                app
+        crate::worker::with(|slot: &WorkerApp| {
+            let live = self.app.load();
+            let mut cached = slot.0.borrow_mut();
+            match &*cached {
+                Some(app) if Arc::ptr_eq(&app.0, &*live) => app.clone(),
+                _ => {
+                    let app = Arc::new(LiveApp(arc_swap::Guard::into_inner(live)));
+                    *cached = Some(app.clone());
+                    app
+                }
             }
-        }
+        })
+        .unwrap_or_else(|| Arc::new(LiveApp(self.app.load_full())))
     }
 
     /// The shutdown phase as this thread's tasks watch it.

@@ -162,7 +162,7 @@ pub(super) fn for_worker(control: &ShutdownControl) {
 
 /// The current worker thread's [`Shutdown`], if this is a worker thread.
 pub(super) fn on_worker() -> Option<Shutdown> {
-    crate::worker::get::<OnWorker>().map(|w| w.shutdown.clone())
+    crate::worker::with(|w: &OnWorker| w.shutdown.clone())
 }
 
 #[derive(Default)]
@@ -199,15 +199,13 @@ impl Future for DrainWait {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         // Not a worker (any more): its connections are going anyway.
-        let Some(worker) = crate::worker::get::<OnWorker>() else {
-            return Poll::Ready(());
-        };
-        {
+        let slot = &mut self.slot;
+        crate::worker::with(|worker: &OnWorker| {
             let mut set = worker.idle.borrow_mut();
             if set.draining {
                 return Poll::Ready(());
             }
-            match self.slot {
+            match *slot {
                 Some(i) => match &mut set.wakers[i] {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     slot => *slot = Some(cx.waker().clone()),
@@ -224,22 +222,23 @@ impl Future for DrainWait {
                             set.wakers.len() - 1
                         }
                     };
-                    self.slot = Some(i);
+                    *slot = Some(i);
                 }
             }
             Poll::Pending
-        }
+        })
+        .unwrap_or(Poll::Ready(()))
     }
 }
 
 impl Drop for DrainWait {
     fn drop(&mut self) {
         if let Some(i) = self.slot {
-            if let Some(worker) = crate::worker::get::<OnWorker>() {
+            crate::worker::with(|worker: &OnWorker| {
                 let mut set = worker.idle.borrow_mut();
                 set.wakers[i] = None;
                 set.free.push(i);
-            }
+            });
         }
     }
 }

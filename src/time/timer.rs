@@ -81,17 +81,17 @@ impl<F: Future> Future for Timeout<F> {
 
 /// A kept sleep, on a worker thread that has one.
 fn kept() -> Option<Pin<Box<Sleep>>> {
-    crate::worker::current()?.sleeps().borrow_mut().pop()
+    crate::worker::with_current(|w| w.sleeps().borrow_mut().pop()).flatten()
 }
 
 /// Keeps `sleep` for a later timeout on this worker thread (or drops it).
 fn keep(sleep: Pin<Box<Sleep>>) {
-    if let Some(worker) = crate::worker::current() {
+    crate::worker::with_current(|worker| {
         let mut sleeps = worker.sleeps().borrow_mut();
         if sleeps.len() < KEPT {
             sleeps.push(sleep);
         }
-    }
+    });
 }
 
 #[cfg(test)]
