@@ -154,12 +154,11 @@ impl Config {
         };
         let de = toml::Deserializer::parse(text).map_err(|e| fail(vec![toml_problem(text, &e)]))?;
         let mut unknown = Vec::new();
-        let raw: RawConfig = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
+        let raw: RawConfig = serde_ignored::deserialize(de, |path| unknown.push(key_of(&path)))
             .map_err(|e| fail(vec![toml_problem(text, &e)]))?;
         let mut v = Validator::default();
         for key in unknown {
-            // serde_ignored writes `?` for the inside of an Option.
-            v.problem(key.replace(".?", ""), "unknown key");
+            v.problem(key, "unknown key");
         }
         let config = v.config(raw, keys);
         if v.problems.is_empty() {
@@ -325,6 +324,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     humantime::parse_duration(s.trim()).map_err(|e| e.to_string())
+}
+
+/// An ignored key's path as every other problem names its key:
+/// `routes[0].prefix`, with the insides of options left out.
+fn key_of(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_of(parent)),
+        Path::Map { parent, key } => match key_of(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_of(parent),
+    }
 }
 
 #[cfg(test)]
