@@ -1,6 +1,9 @@
 //! Opening sessions: for a user who has just signed in, and for the user of
 //! a refresh token adopted from another Sign-in Service.
 
+use std::sync::Arc;
+
+use crate::config::ClientConfig;
 use crate::session::store::{AdoptOutcome, NewAdoption, NewSession, SessionRecord, SessionStore};
 use crate::tokens::random_hex;
 use crate::tokens::seal::{open_successor, seal_successor, RefreshPayload};
@@ -16,33 +19,20 @@ impl Sessions {
         client_id: &str,
         user_attributes: serde_json::Value,
     ) -> Result<Bundle, CreateError> {
-        let client = self
-            .clients
-            .get(client_id)
-            .cloned()
-            .ok_or(CreateError::UnknownClient)?;
-        let now = self.clock.now_ms();
-        let handle = uuid::Uuid::new_v4().to_string();
-        let payload =
-            RefreshPayload::new(handle.clone(), user_uuid.to_owned(), client_id.to_owned());
-        let refresh_token = self.sealer.seal(&payload);
-        let refresh_exp_ms =
-            (now + client.refresh_token_ttl.as_millis() as u64).min(now + self.max_age_ms());
-        let record = SessionRecord {
-            handle,
-            user_uuid: user_uuid.to_owned(),
-            client_id: client_id.to_owned(),
-            user_attributes: user_attributes.to_string(),
-            created_at_ms: now,
-            refresh_exp_ms,
-        };
+        let Opening {
+            client,
+            payload,
+            refresh_token,
+            session,
+        } = self.opening(
+            uuid::Uuid::new_v4().to_string(),
+            user_uuid,
+            client_id,
+            &user_attributes,
+        )?;
+        let record = session.record.clone();
         self.store
-            .create(NewSession {
-                record: record.clone(),
-                token_hash: token_hash(&refresh_token),
-                max_age_ms: self.max_age_ms(),
-                now_ms: now,
-            })
+            .create(session)
             .await
             .map_err(CreateError::Store)?;
         self.bundle(
@@ -71,35 +61,22 @@ impl Sessions {
         client_id: &str,
         user_attributes: serde_json::Value,
     ) -> Result<Bundle, CreateError> {
-        let client = self
-            .clients
-            .get(client_id)
-            .cloned()
-            .ok_or(CreateError::UnknownClient)?;
-        let now = self.clock.now_ms();
-        let handle = adoption_handle(adopted);
-        let payload =
-            RefreshPayload::new(handle.clone(), user_uuid.to_owned(), client_id.to_owned());
-        let refresh_token = self.sealer.seal(&payload);
-        let refresh_exp_ms =
-            (now + client.refresh_token_ttl.as_millis() as u64).min(now + self.max_age_ms());
-        let record = SessionRecord {
-            handle,
-            user_uuid: user_uuid.to_owned(),
-            client_id: client_id.to_owned(),
-            user_attributes: user_attributes.to_string(),
-            created_at_ms: now,
-            refresh_exp_ms,
-        };
+        let Opening {
+            client,
+            payload,
+            refresh_token,
+            session,
+        } = self.opening(
+            adoption_handle(adopted),
+            user_uuid,
+            client_id,
+            &user_attributes,
+        )?;
+        let record = session.record.clone();
         let outcome = self
             .store
             .adopt(NewAdoption {
-                session: NewSession {
-                    record: record.clone(),
-                    token_hash: token_hash(&refresh_token),
-                    max_age_ms: self.max_age_ms(),
-                    now_ms: now,
-                },
+                session,
                 sealed_token: seal_successor(adopted, &refresh_token),
                 window_ms: self.grace.as_millis() as u64,
             })
@@ -146,6 +123,59 @@ impl Sessions {
             }
             AdoptOutcome::Gone => Err(CreateError::Gone),
         }
+    }
+}
+
+/// A session about to be opened: its record and first refresh token, for
+/// the store, and what its first answer is made of.
+struct Opening {
+    client: Arc<ClientConfig>,
+    payload: RefreshPayload,
+    refresh_token: String,
+    session: NewSession,
+}
+
+impl Sessions {
+    /// The session `handle` of `user_uuid` on `client_id`, as both ways of
+    /// opening one start it: its first refresh token sealed, its expiry the
+    /// client's refresh lifetime capped by the session's maximum age.
+    fn opening(
+        &self,
+        handle: String,
+        user_uuid: &str,
+        client_id: &str,
+        user_attributes: &serde_json::Value,
+    ) -> Result<Opening, CreateError> {
+        let client = self
+            .clients
+            .get(client_id)
+            .cloned()
+            .ok_or(CreateError::UnknownClient)?;
+        let now = self.clock.now_ms();
+        let payload =
+            RefreshPayload::new(handle.clone(), user_uuid.to_owned(), client_id.to_owned());
+        let refresh_token = self.sealer.seal(&payload);
+        let refresh_exp_ms =
+            (now + client.refresh_token_ttl.as_millis() as u64).min(now + self.max_age_ms());
+        let session = NewSession {
+            record: SessionRecord {
+                handle,
+                user_uuid: user_uuid.to_owned(),
+                client_id: client_id.to_owned(),
+                user_attributes: user_attributes.to_string(),
+                created_at_ms: now,
+                refresh_exp_ms,
+            },
+            token_hash: token_hash(&refresh_token),
+            max_age_ms: self.max_age_ms(),
+            now_ms: now,
+        };
+        Ok(Opening {
+            client,
+            payload,
+            refresh_token,
+            session,
+        })
     }
 }
 
