@@ -415,7 +415,7 @@ pub fn parse_response_heads(data: &[u8]) -> usize {
             assert!(raw.iter().all(|(name, value, _)| {
                 HeaderName::from_bytes(name).is_ok() && HeaderValue::from_bytes(value).is_ok()
             }));
-            assert_eq!(raw.into_map(HeaderMap::new()).len(), count);
+            assert_eq!(raw.fold(HeaderMap::new()).len(), count);
         }
         heads += 1;
     }

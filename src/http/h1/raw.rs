@@ -6,8 +6,9 @@
 //! field) and iterating that map to write it again costs more than the rest
 //! of the exchange's head handling. So a plain response's end-to-end fields
 //! stay where the parser found them, and the HTTP/1 writer copies them out
-//! before the response's own (gateway-added) header map. An HTTP/2 client,
-//! or anything else that needs a map, gets one with [`RawFields::into_map`].
+//! before the response's own (gateway-added) header map. Anything that reads
+//! or changes them through a header map (the `Reply` that carries them, an
+//! HTTP/2 client) has them folded in with [`RawFields::fold`].
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -170,37 +171,6 @@ impl RawFields {
             .map(|&s| &self.head[s.name()])
             .find(|n| n.eq_ignore_ascii_case(name.as_bytes()))
     }
-
-    /// These fields then `rest`'s, in one header map: received fields first,
-    /// in order, then the ones the gateway set. A field of `rest` replaces
-    /// received ones of its name, except `Set-Cookie`, which is added.
-    pub(crate) fn into_map(self: Box<Self>, rest: HeaderMap) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.spans.len() + rest.len());
-        for &s in &self.spans {
-            // Both were validated by the parser; a field that still fails
-            // here is left out rather than failing the response.
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(&self.head[s.name()]),
-                HeaderValue::from_maybe_shared(self.head.slice(s.value())),
-            ) {
-                map.append(name, value);
-            }
-        }
-        let mut last: Option<HeaderName> = None;
-        for (name, value) in rest {
-            if let Some(n) = name {
-                if n != http::header::SET_COOKIE {
-                    map.remove(&n);
-                }
-                last = Some(n);
-            }
-            if let Some(n) = &last {
-                map.append(n.clone(), value);
-            }
-        }
-        self.recycle();
-        map
-    }
 }
 
 #[cfg(test)]
@@ -243,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn into_map_adds_cookies_and_replaces_the_rest() {
+    fn fold_keeps_received_fields_first_then_the_added_ones() {
         let raw = fields(
             b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-Thing: up\r\nVary: accept\r\n\r\n",
             &["Set-Cookie", "X-Thing", "Vary"],
@@ -253,11 +223,12 @@ mod tests {
         rest.append("set-cookie", HeaderValue::from_static("b=2"));
         rest.append("set-cookie", HeaderValue::from_static("c=3"));
         rest.insert("x-thing", HeaderValue::from_static("gateway"));
-        let map = raw.into_map(rest);
+        let map = raw.fold(rest);
         let cookies: Vec<_> = map.get_all("set-cookie").iter().collect();
         assert_eq!(cookies, ["a=1", "b=2", "c=3"]);
         let things: Vec<_> = map.get_all("x-thing").iter().collect();
-        assert_eq!(things, ["gateway"]);
+        assert_eq!(things, ["up", "gateway"]);
         assert_eq!(map["vary"], "accept");
+        assert_eq!(raw.case_of("x-thing"), Some(&b"X-Thing"[..]));
     }
 }
